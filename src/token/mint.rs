@@ -1,0 +1,85 @@
+//! Verified claims + permission → the signed ability token.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::Algorithm;
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::keys::Key;
+use super::permission::Permission;
+use super::verify::Claims;
+
+/// One claim of the minted payload: the caller's bytes as received, or the permission's value.
+enum Claim<'a> {
+    Raw(&'a RawValue),
+    Value(&'a Value),
+    Exp(u64),
+}
+
+impl Serialize for Claim<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Claim::Raw(raw) => raw.serialize(serializer),
+            Claim::Value(value) => value.serialize(serializer),
+            Claim::Exp(exp) => serializer.serialize_u64(*exp),
+        }
+    }
+}
+
+/// The caller's claims in order, then the permission's new keys in order; a key both hold takes
+/// the permission's value in the caller's position (Ruby's `Hash#merge`, as the legacy did).
+struct Payload<'a> {
+    claims: &'a Claims,
+    permission: Option<&'a Permission>,
+    capped_exp: Option<u64>,
+}
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (name, raw) in self.claims.entries() {
+            let claim = match (self.permission.and_then(|p| p.get(name)), name.as_str()) {
+                (Some(value), _) => Claim::Value(value),
+                (None, "exp") => self.capped_exp.map_or(Claim::Raw(raw), Claim::Exp),
+                (None, _) => Claim::Raw(raw),
+            };
+            map.serialize_entry(name, &claim)?;
+        }
+        for (name, value) in self.permission.into_iter().flatten() {
+            if self.claims.get(name).is_none() {
+                map.serialize_entry(name, &Claim::Value(value))?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// Signs the merged claims with `key`; `exp` becomes `min(exp, now + max_ttl)` when capped.
+pub fn mint(
+    claims: &Claims,
+    permission: Option<&Permission>,
+    key: &Key,
+    max_ttl_secs: Option<u64>,
+    now: u64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let capped_exp = max_ttl_secs
+        .map(|ttl| now.saturating_add(ttl))
+        .filter(|cap| (*cap as f64) < claims.exp());
+    let payload = serde_json::to_vec(&Payload {
+        claims,
+        permission,
+        capped_exp,
+    })?;
+    let header = key.signing_header();
+    let mut token = String::with_capacity(header.len() + payload.len() * 4 / 3 + 48);
+    token.push_str(header);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+    let signature = jsonwebtoken::crypto::sign(token.as_bytes(), key.encoding(), Algorithm::HS256)?;
+    token.push('.');
+    token.push_str(&signature);
+    Ok(token)
+}

@@ -1,0 +1,258 @@
+//! The token route's logic, pure: no sockets, no Pingora, the clock passed in.
+//!
+//! A request reads top to bottom: [`extract`] finds the session token, [`verify`] checks it,
+//! [`permission`] parses and polices the body, [`mint`] merges and signs.
+
+pub mod extract;
+pub mod keys;
+pub mod mint;
+pub mod permission;
+pub mod verify;
+
+use serde::Serialize;
+
+use crate::error::{ApiError, ErrorCode};
+pub use keys::{KeyError, Keyring, Secret};
+pub use permission::PermissionPolicy;
+pub use verify::{Claims, VerifyPolicy};
+
+/// What the token route needs of a request, borrowed from wherever it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRequest<'a> {
+    /// Every `Authorization` header value, in order.
+    pub authorization: &'a [&'a [u8]],
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<&'a [u8]>,
+    /// The whole request body.
+    pub body: &'a [u8],
+}
+
+/// A successful answer: the JSON body and who it was minted for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minted {
+    /// `{"token":"…","endpoint":"…"}`, byte for byte.
+    pub body: Vec<u8>,
+    /// The session token as received, for the `X-token` header.
+    pub session_token: String,
+    /// The verified subject.
+    pub subject: String,
+}
+
+/// A caller whose session token verified.
+#[derive(Debug)]
+pub struct Caller<'a> {
+    /// The token as it came in.
+    pub token: &'a str,
+    /// Its verified claims.
+    pub claims: Claims,
+}
+
+/// The token route's configuration, validated, ready to answer requests.
+pub struct TokenService {
+    /// Keys that verify session tokens; the first signs.
+    pub keys: Keyring,
+    /// What a session token must satisfy.
+    pub verify: VerifyPolicy,
+    /// What a permission must satisfy.
+    pub permission: PermissionPolicy,
+    /// Upper bound on a minted token's lifetime, in seconds.
+    pub max_ttl_secs: Option<u64>,
+    /// The `endpoint` returned with minted tokens.
+    pub endpoint: String,
+}
+
+impl TokenService {
+    /// Finds and verifies the request's session token.
+    pub fn authenticate<'a>(
+        &self,
+        authorization: &[&'a [u8]],
+        now: u64,
+    ) -> Result<Caller<'a>, ApiError> {
+        let token = extract::bearer_token(authorization.iter().copied())?;
+        let claims = verify::verify(token, &self.keys, &self.verify, now)?;
+        Ok(Caller { token, claims })
+    }
+
+    /// Answers `POST /api/v1/token` at `now` (seconds since the Unix epoch).
+    pub fn handle(&self, request: &TokenRequest<'_>, now: u64) -> Result<Minted, ApiError> {
+        let caller = self.authenticate(request.authorization, now)?;
+        let permission =
+            permission::parse_body(request.content_type, request.body, &self.permission)?;
+        if let Some(permission) = &permission {
+            let held = caller
+                .claims
+                .entries()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_ref()));
+            permission::check_attenuation(permission, held)?;
+        }
+        let token = mint::mint(
+            &caller.claims,
+            permission.as_ref(),
+            self.keys.signing(),
+            self.max_ttl_secs,
+            now,
+        )
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "The token could not be signed."))?;
+        Ok(Minted {
+            body: response_body(&token, &self.endpoint),
+            session_token: caller.token.to_owned(),
+            subject: caller.claims.subject().to_owned(),
+        })
+    }
+}
+
+fn response_body(token: &str, endpoint: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        token: &'a str,
+        endpoint: &'a str,
+    }
+    serde_json::to_vec(&Body { token, endpoint }).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verify::tests::{ring, sign_raw, SECRET};
+    use super::*;
+    use jsonwebtoken::Algorithm;
+
+    const SEED_HEADER: &str = r#"{"typ":"JWT","alg":"HS256"}"#;
+    const SEED_CLAIMS: &str =
+        r#"{"exp":1554759531,"iat":1554745131,"user_id":"f551a1cb-930e-4501-87a9-f51a0718da3e"}"#;
+    const SEED_BODY: &str = "permission=%7B%22abilities%22%3A%7B%22album_id%22%3A%7B%22Access%22%3A%7B%22see%22%3Atrue%2C%22image_list%22%3Atrue%2C%22image_upload%22%3Atrue%2C%22image_delete%22%3Atrue%2C%22fullscreen%22%3Atrue%2C%22image_caption%22%3Atrue%7D%7D%2C%22tags%22%3A%7B%22auto_tag%22%3A%22test%22%7D%7D%2C%22Id%22%3A%22album_id%22%7D";
+    /// The first two segments of the seed's response token.
+    const SEED_MINTED: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJleHAiOjE1NTQ3NTk1MzEsImlhdCI6MTU1NDc0NTEzMSwidXNlcl9pZCI6ImY1NTFhMWNiLTkzMGUtNDUwMS04N2E5LWY1MWEwNzE4ZGEzZSIsImFiaWxpdGllcyI6eyJhbGJ1bV9pZCI6eyJBY2Nlc3MiOnsic2VlIjp0cnVlLCJpbWFnZV9saXN0Ijp0cnVlLCJpbWFnZV91cGxvYWQiOnRydWUsImltYWdlX2RlbGV0ZSI6dHJ1ZSwiZnVsbHNjcmVlbiI6dHJ1ZSwiaW1hZ2VfY2FwdGlvbiI6dHJ1ZX19LCJ0YWdzIjp7ImF1dG9fdGFnIjoidGVzdCJ9fSwiSWQiOiJhbGJ1bV9pZCJ9";
+    const SEED_IAT: u64 = 1_554_745_131;
+    const SEED_EXP: u64 = 1_554_759_531;
+
+    fn service() -> TokenService {
+        TokenService {
+            keys: ring(&[Algorithm::HS256]),
+            verify: VerifyPolicy::default(),
+            permission: PermissionPolicy::default(),
+            max_ttl_secs: None,
+            endpoint: "localhost:5001".into(),
+        }
+    }
+
+    fn seed_request(
+        session: &str,
+        f: impl FnOnce(&TokenRequest<'_>) -> Result<Minted, ApiError>,
+    ) -> Result<Minted, ApiError> {
+        let auth = format!("Token token=\"{session}\"");
+        let authorization = [auth.as_bytes()];
+        f(&TokenRequest {
+            authorization: &authorization,
+            content_type: Some(b"application/x-www-form-urlencoded"),
+            body: SEED_BODY.as_bytes(),
+        })
+    }
+
+    #[test]
+    fn seed_request_is_answered_byte_for_byte() {
+        let session = sign_raw(SEED_HEADER, SEED_CLAIMS, Algorithm::HS256, SECRET);
+        let svc = service();
+        for now in [SEED_IAT, SEED_IAT + 7_000, SEED_EXP - 1] {
+            let minted = seed_request(&session, |r| svc.handle(r, now)).unwrap();
+            let body = String::from_utf8(minted.body).unwrap();
+            assert_eq!(body.len(), 485);
+            let expected_sig = jsonwebtoken::crypto::sign(
+                SEED_MINTED.as_bytes(),
+                &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+                Algorithm::HS256,
+            )
+            .unwrap();
+            assert_eq!(
+                body,
+                format!(
+                    r#"{{"token":"{SEED_MINTED}.{expected_sig}","endpoint":"localhost:5001"}}"#
+                )
+            );
+            assert_eq!(minted.session_token, session);
+            assert_eq!(minted.subject, "f551a1cb-930e-4501-87a9-f51a0718da3e");
+        }
+        let expired = seed_request(&session, |r| svc.handle(r, SEED_EXP)).unwrap_err();
+        assert_eq!(expired.code, ErrorCode::TokenExpired);
+    }
+
+    #[test]
+    fn max_ttl_caps_exp_only_when_shorter() {
+        let session = sign_raw(SEED_HEADER, SEED_CLAIMS, Algorithm::HS256, SECRET);
+        let svc = TokenService {
+            max_ttl_secs: Some(60),
+            ..service()
+        };
+        let minted = seed_request(&session, |r| svc.handle(r, SEED_IAT)).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&minted.body).unwrap();
+        let token = body["token"].as_str().unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        let payload =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .unwrap();
+        let payload = String::from_utf8(payload).unwrap();
+        assert!(
+            payload.starts_with(&format!(r#"{{"exp":{},"iat":1554745131,"#, SEED_IAT + 60)),
+            "{payload}"
+        );
+        // Near the end of the session the caller's own exp is the smaller one and is kept.
+        let late = seed_request(&session, |r| svc.handle(r, SEED_EXP - 10)).unwrap();
+        let late: serde_json::Value = serde_json::from_slice(&late.body).unwrap();
+        assert_eq!(
+            late["token"].as_str().unwrap().split('.').nth(1).unwrap(),
+            SEED_MINTED.split('.').nth(1).unwrap()
+        );
+    }
+
+    #[test]
+    fn no_permission_keeps_claims_unchanged() {
+        let session = sign_raw(SEED_HEADER, SEED_CLAIMS, Algorithm::HS256, SECRET);
+        let auth = format!("Bearer {session}");
+        let minted = service()
+            .handle(
+                &TokenRequest {
+                    authorization: &[auth.as_bytes()],
+                    content_type: None,
+                    body: b"",
+                },
+                SEED_IAT,
+            )
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&minted.body).unwrap();
+        let token = body["token"].as_str().unwrap();
+        assert_eq!(
+            token.rsplit_once('.').unwrap().0,
+            session.rsplit_once('.').unwrap().0
+        );
+    }
+
+    #[test]
+    fn minted_token_remints_narrower_but_not_wider() {
+        let svc = service();
+        let session = sign_raw(SEED_HEADER, SEED_CLAIMS, Algorithm::HS256, SECRET);
+        let minted = seed_request(&session, |r| svc.handle(r, SEED_IAT)).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&minted.body).unwrap();
+        let ability = format!("Bearer {}", body["token"].as_str().unwrap());
+        let ask = |permission: &str| {
+            let body = serde_json::json!({ "permission": serde_json::from_str::<serde_json::Value>(permission).unwrap() }).to_string();
+            svc.handle(
+                &TokenRequest {
+                    authorization: &[ability.as_bytes()],
+                    content_type: Some(b"application/json"),
+                    body: body.as_bytes(),
+                },
+                SEED_IAT,
+            )
+            .map(|_| ())
+            .map_err(|e| e.code)
+        };
+        assert_eq!(
+            ask(r#"{"abilities":{"album_id":{"Access":{"see":true}}}}"#),
+            Ok(())
+        );
+        assert_eq!(
+            ask(r#"{"abilities":{"other_album":{"Access":{"see":true}}}}"#),
+            Err(ErrorCode::Escalation)
+        );
+    }
+}

@@ -1,0 +1,551 @@
+//! Request body + content type → the requested permission, and the rules it must obey.
+
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// Claims a permission may never set, whatever the configuration says.
+pub const RESERVED_CLAIMS: [&str; 7] = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"];
+
+/// The requested permission: a JSON object whose top-level keys keep their order.
+pub type Permission = Map<String, Value>;
+
+/// The rules a permission is held to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermissionPolicy {
+    /// Deepest nesting allowed; the permission object itself is depth 1.
+    pub max_depth: usize,
+    /// Most object keys allowed, counted at every depth.
+    pub max_keys: usize,
+    /// Claim names refused besides [`RESERVED_CLAIMS`] (the subject claim belongs here).
+    pub reserved: Vec<String>,
+    /// When set, the only names `abilities.<resource>.Access` may hold.
+    pub abilities: Option<Vec<String>>,
+}
+
+impl Default for PermissionPolicy {
+    fn default() -> Self {
+        PermissionPolicy {
+            max_depth: 16,
+            max_keys: 512,
+            reserved: vec!["user_id".to_owned()],
+            abilities: None,
+        }
+    }
+}
+
+impl PermissionPolicy {
+    fn is_reserved(&self, name: &str) -> bool {
+        RESERVED_CLAIMS.contains(&name) || self.reserved.iter().any(|r| r == name)
+    }
+}
+
+const fn bad_request(message: &'static str) -> ApiError {
+    ApiError::new(ErrorCode::InvalidRequest, message)
+}
+
+const fn invalid(message: &'static str) -> ApiError {
+    ApiError::new(ErrorCode::InvalidPermission, message)
+}
+
+const UNSUPPORTED: ApiError = ApiError::new(
+    ErrorCode::UnsupportedMediaType,
+    "Send the body as application/x-www-form-urlencoded or application/json.",
+);
+const NOT_JSON: ApiError = bad_request("The permission is not valid JSON.");
+const NOT_OBJECT: ApiError = invalid("The permission must be a JSON object.");
+const RESERVED: ApiError =
+    invalid("The permission may not set a reserved claim such as exp, iat or the subject.");
+const DUPLICATE: ApiError = invalid("The permission repeats a key.");
+const TOO_DEEP: ApiError = invalid("The permission is nested too deeply.");
+const TOO_MANY_KEYS: ApiError = invalid("The permission has too many keys.");
+const UNKNOWN_ABILITY: ApiError = invalid(
+    "The permission names an ability that is not allowed, or gives it a non-boolean value.",
+);
+const ESCALATION: ApiError = ApiError::new(
+    ErrorCode::Escalation,
+    "The permission grants more than the session token does.",
+);
+
+/// Reads the permission out of a request body; `Ok(None)` when the body names none.
+pub fn parse_body(
+    content_type: Option<&[u8]>,
+    body: &[u8],
+    policy: &PermissionPolicy,
+) -> Result<Option<Permission>, ApiError> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let text = match media_type(content_type) {
+        Some(MediaType::Form) => form_permission(body)?,
+        Some(MediaType::Json) => json_permission(body)?,
+        None => return Err(UNSUPPORTED),
+    };
+    text.map(|text| parse_permission(&text, policy)).transpose()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum MediaType {
+    Form,
+    Json,
+}
+
+/// `type/subtype` before any `;` parameters, case-insensitively.
+fn media_type(content_type: Option<&[u8]>) -> Option<MediaType> {
+    let value = std::str::from_utf8(content_type?).ok()?;
+    let essence = value.split(';').next()?.trim();
+    if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        Some(MediaType::Form)
+    } else if essence.eq_ignore_ascii_case("application/json") {
+        Some(MediaType::Json)
+    } else {
+        None
+    }
+}
+
+fn form_permission(body: &[u8]) -> Result<Option<String>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+        .map_err(|_| bad_request("The form body is not valid UTF-8 url-encoded text."))?;
+    let mut found = None;
+    for (key, value) in pairs {
+        if key == "permission" && found.replace(value).is_some() {
+            return Err(bad_request(
+                "The form body names permission more than once.",
+            ));
+        }
+    }
+    Ok(found)
+}
+
+fn json_permission(body: &[u8]) -> Result<Option<String>, ApiError> {
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        permission: Option<&'a RawValue>,
+    }
+    const MALFORMED: ApiError =
+        bad_request("The JSON body must be an object such as {\"permission\": {...}}.");
+    // serde would also read a struct from a JSON array; only an object is a body.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(MALFORMED);
+    }
+    let parsed: Body = serde_json::from_slice(body).map_err(|_| MALFORMED)?;
+    let Some(raw) = parsed.permission else {
+        return Ok(None);
+    };
+    match raw.get().as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(raw.get())
+            .map(Some)
+            .map_err(|_| MALFORMED),
+        Some(b'n') => Ok(None),
+        _ => Ok(Some(raw.get().to_owned())),
+    }
+}
+
+/// Parses permission JSON text and applies every rule that needs no caller claims.
+pub fn parse_permission(text: &str, policy: &PermissionPolicy) -> Result<Permission, ApiError> {
+    let value = parse_strict(text, policy)?;
+    let Value::Object(permission) = value else {
+        return Err(NOT_OBJECT);
+    };
+    if permission.keys().any(|k| policy.is_reserved(k)) {
+        return Err(RESERVED);
+    }
+    if let Some(allowed) = &policy.abilities {
+        check_ability_names(permission.get("abilities"), allowed)?;
+    }
+    Ok(permission)
+}
+
+/// `abilities.<resource>.Access` may hold only allowed names, each a boolean.
+fn check_ability_names(abilities: Option<&Value>, allowed: &[String]) -> Result<(), ApiError> {
+    let Some(abilities) = abilities else {
+        return Ok(());
+    };
+    let resources = abilities.as_object().ok_or(UNKNOWN_ABILITY)?;
+    for resource in resources.values() {
+        let Some(access) = resource.get("Access") else {
+            continue;
+        };
+        let access = access.as_object().ok_or(UNKNOWN_ABILITY)?;
+        let all_known = access
+            .iter()
+            .all(|(name, value)| value.is_boolean() && allowed.iter().any(|a| a == name));
+        if !all_known {
+            return Err(UNKNOWN_ABILITY);
+        }
+    }
+    Ok(())
+}
+
+/// The request may only narrow: every grant it makes must be the caller's grant too, and a
+/// claim the caller already holds may not be changed (that would be a grant of its own).
+pub fn check_attenuation<'a, I>(permission: &Permission, caller: I) -> Result<(), ApiError>
+where
+    I: IntoIterator<Item = (&'a str, &'a RawValue)>,
+{
+    for (name, raw) in caller {
+        let Some(requested) = permission.get(name) else {
+            continue;
+        };
+        let held: Value = serde_json::from_str(raw.get()).map_err(|_| ESCALATION)?;
+        let allowed = if name == "abilities" {
+            covers(requested, &held)
+        } else {
+            *requested == held
+        };
+        if !allowed {
+            return Err(ESCALATION);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `held` grants everything `requested` grants; `false` and empty containers grant nothing.
+fn covers(requested: &Value, held: &Value) -> bool {
+    if !grants_anything(requested) {
+        return true;
+    }
+    match (requested, held) {
+        (Value::Object(req), Value::Object(held)) => req
+            .iter()
+            .all(|(k, v)| covers(v, held.get(k).unwrap_or(&Value::Null))),
+        (Value::Bool(true), held) => *held == Value::Bool(true),
+        (requested, held) => requested == held,
+    }
+}
+
+fn grants_anything(value: &Value) -> bool {
+    match value {
+        Value::Null | Value::Bool(false) => false,
+        Value::Object(map) => map.values().any(grants_anything),
+        Value::Array(items) => items.iter().any(grants_anything),
+        _ => true,
+    }
+}
+
+/// Parses JSON refusing duplicate keys at any depth, nesting past the limit and too many keys;
+/// `serde_json::Value` alone would silently keep the last of two equal keys.
+fn parse_strict(text: &str, policy: &PermissionPolicy) -> Result<Value, ApiError> {
+    let violation = Cell::new(None);
+    let keys = Cell::new(0usize);
+    let seed = Strict {
+        depth: 0,
+        policy,
+        keys: &keys,
+        violation: &violation,
+    };
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let parsed = seed
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value));
+    match (parsed, violation.get()) {
+        (_, Some(rule)) => Err(rule),
+        (Ok(value), None) => Ok(value),
+        (Err(_), None) => Err(NOT_JSON),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Strict<'a> {
+    depth: usize,
+    policy: &'a PermissionPolicy,
+    keys: &'a Cell<usize>,
+    violation: &'a Cell<Option<ApiError>>,
+}
+
+impl Strict<'_> {
+    fn deeper<E: de::Error>(self) -> Result<Self, E> {
+        if self.depth + 1 > self.policy.max_depth {
+            return Err(self.refuse(TOO_DEEP));
+        }
+        Ok(Strict {
+            depth: self.depth + 1,
+            ..self
+        })
+    }
+
+    fn refuse<E: de::Error>(self, rule: ApiError) -> E {
+        self.violation.set(Some(rule));
+        E::custom(rule.message)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.deeper()?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(inner)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.deeper()?;
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(self.refuse(DUPLICATE));
+            }
+            self.keys.set(self.keys.get() + 1);
+            if self.keys.get() > self.policy.max_keys {
+                return Err(self.refuse(TOO_MANY_KEYS));
+            }
+            let value = map.next_value_seed(inner)?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORM: &[u8] = b"application/x-www-form-urlencoded";
+    const JSON: &[u8] = b"application/json";
+
+    fn parse(ct: Option<&[u8]>, body: &str) -> Result<Option<String>, ErrorCode> {
+        parse_body(ct, body.as_bytes(), &PermissionPolicy::default())
+            .map(|p| p.map(|p| serde_json::to_string(&p).unwrap()))
+            .map_err(|e| e.code)
+    }
+
+    #[test]
+    fn both_body_forms_give_the_same_permission() {
+        let want = Ok(Some(r#"{"a":{"b":true},"Id":"x y"}"#.to_string()));
+        assert_eq!(
+            parse(
+                Some(FORM),
+                "permission=%7B%22a%22%3A%7B%22b%22%3Atrue%7D%2C%22Id%22%3A%22x+y%22%7D"
+            ),
+            want
+        );
+        assert_eq!(
+            parse(
+                Some(b"Application/X-WWW-Form-Urlencoded; charset=UTF-8"),
+                "other=1&permission=%7B%22a%22:%7B%22b%22:true%7D,%22Id%22:%22x%20y%22%7D"
+            ),
+            want
+        );
+        assert_eq!(
+            parse(Some(JSON), r#"{"permission":{"a":{"b":true},"Id":"x y"}}"#),
+            want
+        );
+        assert_eq!(
+            parse(
+                Some(b"application/json; charset=utf-8"),
+                r#" {"permission":"{\"a\":{\"b\":true},\"Id\":\"x y\"}"}"#
+            ),
+            want
+        );
+    }
+
+    #[test]
+    fn permission_is_optional() {
+        assert_eq!(parse(None, ""), Ok(None));
+        assert_eq!(parse(Some(FORM), "other=1"), Ok(None));
+        assert_eq!(parse(Some(JSON), "{}"), Ok(None));
+        assert_eq!(parse(Some(JSON), r#"{"permission":null}"#), Ok(None));
+    }
+
+    #[test]
+    fn each_bad_body_has_its_code() {
+        use ErrorCode::*;
+        let cases: &[(Option<&[u8]>, &str, ErrorCode)] = &[
+            (None, "permission=%7B%7D", UnsupportedMediaType),
+            (
+                Some(b"text/plain"),
+                "permission=%7B%7D",
+                UnsupportedMediaType,
+            ),
+            (
+                Some(b"multipart/form-data; boundary=x"),
+                "--x",
+                UnsupportedMediaType,
+            ),
+            (Some(FORM), "permission=%7Bnot", InvalidRequest),
+            (Some(FORM), "permission=", InvalidRequest),
+            (
+                Some(FORM),
+                "permission=%7B%7D&permission=%7B%7D",
+                InvalidRequest,
+            ),
+            (Some(FORM), "permission=%FF", InvalidRequest),
+            (Some(JSON), "[{\"permission\":{}}]", InvalidRequest),
+            (Some(JSON), "{\"permission\":{}", InvalidRequest),
+            (
+                Some(JSON),
+                "{\"permission\":{},\"permission\":{}}",
+                InvalidRequest,
+            ),
+            (Some(JSON), "{\"permission\":\"nope\"}", InvalidRequest),
+            (Some(JSON), "{\"permission\":[1]}", InvalidPermission),
+            (Some(JSON), "{\"permission\":\"7\"}", InvalidPermission),
+            (
+                Some(JSON),
+                "{\"permission\":{\"exp\":9999999999}}",
+                InvalidPermission,
+            ),
+            (
+                Some(JSON),
+                "{\"permission\":{\"user_id\":\"admin\"}}",
+                InvalidPermission,
+            ),
+            (
+                Some(JSON),
+                "{\"permission\":{\"a\":1,\"a\":2}}",
+                InvalidPermission,
+            ),
+            (
+                Some(JSON),
+                "{\"permission\":{\"a\":{\"b\":1,\"b\":1}}}",
+                InvalidPermission,
+            ),
+            (
+                Some(JSON),
+                "{\"permission\":{\"a\":[{\"b\":1,\"b\":1}]}}",
+                InvalidPermission,
+            ),
+        ];
+        for (ct, body, code) in cases {
+            assert_eq!(parse(*ct, body), Err(*code), "{body}");
+        }
+    }
+
+    #[test]
+    fn depth_and_key_limits() {
+        let policy = PermissionPolicy::default();
+        let nested = |n: usize| format!("{}{}", "{\"a\":".repeat(n), format!("1{}", "}".repeat(n)));
+        assert!(parse_permission(&nested(16), &policy).is_ok());
+        assert_eq!(parse_permission(&nested(17), &policy).err(), Some(TOO_DEEP));
+        let arrays = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(parse_permission(&arrays, &policy).err(), Some(TOO_DEEP));
+        let many: Vec<String> = (0..513).map(|i| format!("\"k{i}\":1")).collect();
+        assert_eq!(
+            parse_permission(&format!("{{{}}}", many.join(",")), &policy).err(),
+            Some(TOO_MANY_KEYS)
+        );
+    }
+
+    #[test]
+    fn ability_allow_list() {
+        let policy = PermissionPolicy {
+            abilities: Some(vec!["see".into(), "image_list".into()]),
+            ..PermissionPolicy::default()
+        };
+        let ok = r#"{"abilities":{"a1":{"Access":{"see":true,"image_list":false}},"tags":{"auto_tag":"x"}}}"#;
+        assert!(parse_permission(ok, &policy).is_ok());
+        for bad in [
+            r#"{"abilities":{"a1":{"Access":{"rm_rf":true}}}}"#,
+            r#"{"abilities":{"a1":{"Access":{"see":"yes"}}}}"#,
+            r#"{"abilities":{"a1":{"Access":["see"]}}}"#,
+            r#"{"abilities":["a1"]}"#,
+        ] {
+            assert_eq!(
+                parse_permission(bad, &policy).err(),
+                Some(UNKNOWN_ABILITY),
+                "{bad}"
+            );
+        }
+    }
+
+    fn attenuate(requested: &str, caller: &[(&str, &str)]) -> Result<(), ErrorCode> {
+        let permission = parse_permission(requested, &PermissionPolicy::default()).unwrap();
+        let raw: Vec<(&str, Box<RawValue>)> = caller
+            .iter()
+            .map(|(k, v)| (*k, RawValue::from_string(v.to_string()).unwrap()))
+            .collect();
+        check_attenuation(&permission, raw.iter().map(|(k, v)| (*k, v.as_ref())))
+            .map_err(|e| e.code)
+    }
+
+    #[test]
+    fn attenuation_narrows_never_widens() {
+        let held = r#"{"a1":{"Access":{"see":true,"image_list":true,"image_upload":false}},"tags":{"auto_tag":"t"}}"#;
+        let caller = [("abilities", held), ("Id", "\"a1\"")];
+        assert_eq!(
+            attenuate(r#"{"abilities":{"a1":{"Access":{"see":true}}}}"#, &caller),
+            Ok(())
+        );
+        assert_eq!(
+            attenuate(
+                r#"{"abilities":{"a1":{"Access":{"see":true,"image_delete":false}}},"Id":"a1"}"#,
+                &caller
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            attenuate(r#"{"abilities":{"tags":{"auto_tag":"t"}}}"#, &caller),
+            Ok(())
+        );
+        assert_eq!(attenuate(r#"{"extra":1}"#, &caller), Ok(()));
+        for widen in [
+            r#"{"abilities":{"a1":{"Access":{"image_upload":true}}}}"#,
+            r#"{"abilities":{"a1":{"Access":{"image_delete":true}}}}"#,
+            r#"{"abilities":{"a2":{"Access":{"see":true}}}}"#,
+            r#"{"abilities":{"tags":{"auto_tag":"other"}}}"#,
+            r#"{"Id":"a2"}"#,
+        ] {
+            assert_eq!(
+                attenuate(widen, &caller),
+                Err(ErrorCode::Escalation),
+                "{widen}"
+            );
+        }
+        // A caller without abilities may be given any.
+        assert_eq!(
+            attenuate(r#"{"abilities":{"a9":{"Access":{"see":true}}}}"#, &[]),
+            Ok(())
+        );
+    }
+}
