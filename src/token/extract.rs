@@ -34,7 +34,7 @@ where
     }
     let value = std::str::from_utf8(value).map_err(|_| NOT_TEXT)?.trim();
     let (scheme, rest) = value
-        .split_once(|c: char| c == ' ' || c == '\t')
+        .split_once([' ', '\t'])
         .unwrap_or((value, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
