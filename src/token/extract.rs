@@ -33,9 +33,7 @@ where
         return Err(MULTIPLE_HEADERS);
     }
     let value = std::str::from_utf8(value).map_err(|_| NOT_TEXT)?.trim();
-    let (scheme, rest) = value
-        .split_once([' ', '\t'])
-        .unwrap_or((value, ""));
+    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
         bearer(rest)

@@ -465,7 +465,7 @@ mod tests {
     #[test]
     fn depth_and_key_limits() {
         let policy = PermissionPolicy::default();
-        let nested = |n: usize| format!("{}{}", "{\"a\":".repeat(n), format!("1{}", "}".repeat(n)));
+        let nested = |n: usize| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
         assert!(parse_permission(&nested(16), &policy).is_ok());
         assert_eq!(parse_permission(&nested(17), &policy).err(), Some(TOO_DEEP));
         let arrays = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
