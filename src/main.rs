@@ -1,1 +1,85 @@
-fn main() {}
+//! The `tokengate` binary: parse the command line, load the configuration, run.
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use pingora::server::configuration::Opt;
+use pingora::server::{RunArgs, UnixShutdownSignalWatch};
+use tokengate::cli::{Cli, Command};
+use tokengate::config::{Config, ProcessEnv};
+use tokengate::server::{self, MarkDraining};
+use tokengate::token::mint::session_token;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.conf.as_deref(), &ProcessEnv) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    env_logger::Builder::new()
+        .filter_level(config.log)
+        .format_target(false)
+        .init();
+    match cli.command {
+        Some(Command::Sign { user_id, ttl }) => sign(&config, &user_id, ttl.as_secs()),
+        None if cli.test => {
+            println!("tokengate: configuration OK");
+            ExitCode::SUCCESS
+        }
+        None => serve(config, &cli),
+    }
+}
+
+fn serve(config: Config, cli: &Cli) -> ExitCode {
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        ..Opt::default()
+    };
+    log::info!(
+        "tokengate {} listening on {}, admin on {}, forwarding to {}",
+        env!("CARGO_PKG_VERSION"),
+        config.listen,
+        config.admin_listen,
+        config.upstream
+    );
+    let built = match server::build(config, Some(opt)) {
+        Ok(built) => built,
+        Err(e) => return fail(e),
+    };
+    server::exit_when_drained(built.state.clone());
+    let signals = MarkDraining::new(UnixShutdownSignalWatch, built.state);
+    built.server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    ExitCode::SUCCESS
+}
+
+fn sign(config: &Config, user_id: &str, ttl_secs: u64) -> ExitCode {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let service = match config.token_service() {
+        Ok(service) => service,
+        Err(e) => return fail(e),
+    };
+    match session_token(
+        service.keys.signing(),
+        &config.subject_claim,
+        user_id,
+        now,
+        ttl_secs,
+    ) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tokengate: {e}");
+    ExitCode::from(2)
+}

@@ -73,11 +73,31 @@ pub fn mint(
         permission,
         capped_exp,
     })?;
+    sign(key, &payload)
+}
+
+/// A session token like the legacy application's: `exp`, `iat`, then the subject claim.
+pub fn session_token(
+    key: &Key,
+    subject_claim: &str,
+    subject: &str,
+    now: u64,
+    ttl_secs: u64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut claims = serde_json::Map::new();
+    claims.insert("exp".into(), now.saturating_add(ttl_secs).into());
+    claims.insert("iat".into(), now.into());
+    claims.insert(subject_claim.into(), subject.into());
+    sign(key, &serde_json::to_vec(&claims)?)
+}
+
+/// `header.payload.signature` with the key's precomputed header, signed HS256.
+fn sign(key: &Key, payload: &[u8]) -> Result<String, jsonwebtoken::errors::Error> {
     let header = key.signing_header();
     let mut token = String::with_capacity(header.len() + payload.len() * 4 / 3 + 48);
     token.push_str(header);
     token.push('.');
-    URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+    URL_SAFE_NO_PAD.encode_string(payload, &mut token);
     let signature = jsonwebtoken::crypto::sign(token.as_bytes(), key.encoding(), Algorithm::HS256)?;
     token.push('.');
     token.push_str(&signature);

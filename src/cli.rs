@@ -1,0 +1,41 @@
+//! The command line: serve (with Pingora's `-d`, `-u`, `-t`) or `sign` a session token.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// tokengate: a Pingora reverse proxy that mints ability tokens in-process.
+#[derive(Debug, Parser)]
+#[command(name = "tokengate", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (YAML); the environment overrides it.
+    #[arg(short = 'c', long = "conf", global = true)]
+    pub conf: Option<PathBuf>,
+    /// Run in the background (Pingora's daemon mode).
+    #[arg(short, long)]
+    pub daemon: bool,
+    /// Take the listening sockets over from a running instance (zero-downtime upgrade).
+    #[arg(short, long)]
+    pub upgrade: bool,
+    /// Check the configuration and exit.
+    #[arg(short, long)]
+    pub test: bool,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a session token signed with the configured secret, for trying the service by hand.
+    Sign {
+        /// The subject, stored in the subject claim (`user_id` by default).
+        #[arg(long)]
+        user_id: String,
+        /// Lifetime, such as 4h or 30m.
+        #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}

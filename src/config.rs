@@ -1,0 +1,569 @@
+//! YAML file + environment → one validated [`Config`], or one line saying what is wrong.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::HeaderName;
+use jsonwebtoken::Algorithm;
+use pingora::server::configuration::ServerConf;
+use serde::Deserialize;
+
+use crate::token::{KeyError, Keyring, PermissionPolicy, Secret, TokenService, VerifyPolicy};
+
+/// Why the configuration was refused; `Display` is the one line printed at start-up.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read(PathBuf, std::io::Error),
+    /// The file is not valid YAML of the expected shape (unknown keys included).
+    Parse(String),
+    /// A setting has a value that cannot be used.
+    Invalid {
+        /// The setting, as `tokengate.key` or `TOKENGATE_VAR`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The secrets do not make a usable keyring.
+    Keys(KeyError),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read(path, e) => write!(f, "cannot read {}: {e}", path.display()),
+            ConfigError::Parse(e) => write!(f, "invalid configuration: {e}"),
+            ConfigError::Invalid { key, problem } => write!(f, "invalid {key}: {problem}"),
+            ConfigError::Keys(e) => write!(f, "invalid secrets: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &str, problem: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+/// Whether forwarded requests must carry a valid token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Forward everything; a valid token only adds identity.
+    Passthrough,
+    /// Answer 401 for a missing or invalid token; the upstream never sees the request.
+    Required,
+}
+
+/// Timeouts towards the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Waiting for each read from the upstream.
+    pub read: Duration,
+    /// Waiting for each write to the upstream.
+    pub write: Duration,
+    /// How long a pooled keep-alive connection may sit idle.
+    pub idle: Duration,
+}
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Proxy listener.
+    pub listen: SocketAddr,
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_listen: SocketAddr,
+    /// Upstream address, resolved once at start-up.
+    pub upstream: SocketAddr,
+    /// The `endpoint` returned with minted tokens.
+    pub endpoint: String,
+    /// Verification secrets; the first signs.
+    pub secrets: Vec<Secret>,
+    /// Algorithms session tokens may use.
+    pub algorithms: Vec<Algorithm>,
+    /// Name of the subject claim.
+    pub subject_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Upper bound on a minted token's lifetime.
+    pub max_ttl: Option<Duration>,
+    /// Path of the token route.
+    pub token_path: String,
+    /// Largest token request body, in bytes.
+    pub body_limit: usize,
+    /// Deepest permission nesting.
+    pub max_depth: usize,
+    /// Most keys in one permission.
+    pub max_keys: usize,
+    /// Claims a permission may not set, besides the standard ones.
+    pub reserved_claims: Vec<String>,
+    /// Allowed ability names, when restricted.
+    pub abilities: Option<Vec<String>>,
+    /// Header carrying the subject to the upstream.
+    pub identity_header: HeaderName,
+    /// Whether forwarded requests need a valid token.
+    pub auth: AuthMode,
+    /// How long `SIGTERM` waits for in-flight requests.
+    pub grace_period: Duration,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Log level.
+    pub log: log::LevelFilter,
+    /// Upstream timeouts.
+    pub upstream_timeouts: UpstreamTimeouts,
+    /// Pingora's own server settings (from the same file's other top-level keys).
+    pub server: ServerConf,
+}
+
+/// The `tokengate:` section as written; every field optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    upstream: Option<String>,
+    endpoint: Option<String>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    subject_claim: Option<String>,
+    algorithms: Option<Vec<String>>,
+    leeway: Option<String>,
+    max_ttl: Option<String>,
+    token_path: Option<String>,
+    body_limit: Option<usize>,
+    max_depth: Option<usize>,
+    max_keys: Option<usize>,
+    reserved_claims: Vec<String>,
+    abilities: Option<Vec<String>>,
+    identity_header: Option<String>,
+    auth: Option<AuthMode>,
+    grace_period: Option<String>,
+    threads: Option<usize>,
+    log: Option<String>,
+    upstream_timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<String>,
+    read: Option<String>,
+    write: Option<String>,
+    idle: Option<String>,
+}
+
+/// Where environment variables come from; tests pass a map instead of the process environment.
+pub trait Env {
+    /// The variable's value, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+impl Config {
+    /// Loads `path` (or defaults when `None`), applies the environment, and validates.
+    pub fn load(path: Option<&Path>, env: &impl Env) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?
+            }
+            None => String::new(),
+        };
+        Config::from_yaml(&text, env)
+    }
+
+    /// Parses YAML text: a `tokengate:` section beside Pingora's own server keys.
+    pub fn from_yaml(text: &str, env: &impl Env) -> Result<Config, ConfigError> {
+        let (raw, server) = split_sections(text)?;
+        resolve(raw, server, env)
+    }
+
+    /// The token route's service, built from this configuration.
+    pub fn token_service(&self) -> Result<TokenService, ConfigError> {
+        let keys = Keyring::new(&self.secrets, &self.algorithms).map_err(ConfigError::Keys)?;
+        let mut reserved = self.reserved_claims.clone();
+        reserved.push(self.subject_claim.clone());
+        Ok(TokenService {
+            keys,
+            verify: VerifyPolicy {
+                subject_claim: self.subject_claim.clone(),
+                leeway_secs: self.leeway.as_secs(),
+            },
+            permission: PermissionPolicy {
+                max_depth: self.max_depth,
+                max_keys: self.max_keys,
+                reserved,
+                abilities: self.abilities.clone(),
+            },
+            max_ttl_secs: self.max_ttl.map(|d| d.as_secs()),
+            endpoint: self.endpoint.clone(),
+        })
+    }
+}
+
+fn split_sections(text: &str) -> Result<(RawConfig, ServerConf), ConfigError> {
+    let parse_err = |e: serde_yaml::Error| ConfigError::Parse(e.to_string());
+    let mut doc: serde_yaml::Mapping = if text.trim().is_empty() {
+        serde_yaml::Mapping::new()
+    } else {
+        serde_yaml::from_str(text).map_err(parse_err)?
+    };
+    let raw = match doc.remove("tokengate") {
+        Some(section) => serde_yaml::from_value(section)
+            .map_err(|e| ConfigError::Parse(format!("tokengate: {e}")))?,
+        None => RawConfig::default(),
+    };
+    // Pingora ignores keys it does not know; a typo there must not pass silently either.
+    let known = pingora_keys();
+    if let Some(key) = doc
+        .keys()
+        .find(|k| !k.as_str().is_some_and(|k| known.contains(k)))
+    {
+        let key = serde_yaml::to_string(key).unwrap_or_default();
+        return Err(ConfigError::Parse(format!(
+            "unknown key `{}` (tokengate's own settings go under `tokengate:`)",
+            key.trim()
+        )));
+    }
+    let server = serde_yaml::from_value(serde_yaml::Value::Mapping(doc)).map_err(parse_err)?;
+    Ok((raw, server))
+}
+
+fn pingora_keys() -> BTreeSet<String> {
+    let defaults = serde_yaml::to_value(ServerConf::default()).unwrap_or_default();
+    defaults
+        .as_mapping()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A setting's value: the environment's if set, else the file's, else the default.
+fn pick(env: &impl Env, var: &str, file: Option<String>, default: &str) -> (String, String) {
+    match env.var(var) {
+        Some(value) => (var.to_owned(), value),
+        None => (String::new(), file.unwrap_or_else(|| default.to_owned())),
+    }
+}
+
+fn setting_name(source: String, key: &str) -> String {
+    if source.is_empty() {
+        format!("tokengate.{key}")
+    } else {
+        source
+    }
+}
+
+fn duration(
+    env: &impl Env,
+    var: &str,
+    key: &str,
+    file: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let (source, text) = pick(env, var, file, default);
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            &setting_name(source, key),
+            format!("{text:?} is not a duration like 10s or 500ms ({e})"),
+        )
+    })
+}
+
+fn address(
+    env: &impl Env,
+    var: &str,
+    key: &str,
+    file: Option<String>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let (source, text) = pick(env, var, file, default);
+    let name = setting_name(source, key);
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| invalid(&name, format!("{text:?} is not a host:port address ({e})")))?;
+    addrs
+        .next()
+        .ok_or_else(|| invalid(&name, format!("{text:?} resolves to no address")))
+}
+
+fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Config, ConfigError> {
+    let listen = address(
+        env,
+        "TOKENGATE_LISTEN",
+        "listen",
+        raw.listen,
+        "127.0.0.1:8080",
+    )?;
+    let admin_listen = address(
+        env,
+        "TOKENGATE_ADMIN_LISTEN",
+        "admin_listen",
+        raw.admin_listen,
+        "127.0.0.1:9090",
+    )?;
+    let upstream = address(
+        env,
+        "TOKENGATE_UPSTREAM",
+        "upstream",
+        raw.upstream,
+        "127.0.0.1:3000",
+    )?;
+    if listen == admin_listen {
+        return Err(invalid(
+            "tokengate.admin_listen",
+            "must differ from the proxy listener",
+        ));
+    }
+    let (_, endpoint) = pick(env, "TOKENGATE_ENDPOINT", raw.endpoint, "localhost:5001");
+    let secrets = secrets(env, raw.secret, raw.secret_file)?;
+    let algorithms = raw
+        .algorithms
+        .unwrap_or_else(|| vec!["HS256".to_owned()])
+        .iter()
+        .map(|a| {
+            Algorithm::from_str(a)
+                .map_err(|_| invalid("tokengate.algorithms", format!("unknown algorithm {a:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (threads_source, threads) = pick(
+        env,
+        "TOKENGATE_THREADS",
+        raw.threads.map(|t| t.to_string()),
+        "0",
+    );
+    let threads = match threads.trim().parse::<usize>() {
+        Ok(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Ok(n) => n,
+        Err(_) => {
+            return Err(invalid(
+                &setting_name(threads_source, "threads"),
+                format!("{threads:?} is not a whole number"),
+            ))
+        }
+    };
+    let (log_source, log) = pick(env, "TOKENGATE_LOG", raw.log, "info");
+    let log = log::LevelFilter::from_str(log.trim()).map_err(|_| {
+        invalid(
+            &setting_name(log_source, "log"),
+            format!("{log:?} is not one of off, error, warn, info, debug, trace"),
+        )
+    })?;
+    let identity_header = raw
+        .identity_header
+        .unwrap_or_else(|| "X-User-Id".to_owned());
+    let identity_header = HeaderName::from_str(&identity_header).map_err(|_| {
+        invalid(
+            "tokengate.identity_header",
+            format!("{identity_header:?} is not a header name"),
+        )
+    })?;
+    let token_path = raw.token_path.unwrap_or_else(|| "/api/v1/token".to_owned());
+    if !token_path.starts_with('/') {
+        return Err(invalid("tokengate.token_path", "must start with /"));
+    }
+    let max_ttl = raw
+        .max_ttl
+        .map(|text| {
+            humantime::parse_duration(text.trim()).map_err(|e| {
+                invalid(
+                    "tokengate.max_ttl",
+                    format!("{text:?} is not a duration ({e})"),
+                )
+            })
+        })
+        .transpose()?;
+    let grace_period = duration(
+        env,
+        "TOKENGATE_GRACE_PERIOD",
+        "grace_period",
+        raw.grace_period,
+        "10s",
+    )?;
+    let t = raw.upstream_timeouts;
+    let upstream_timeouts = UpstreamTimeouts {
+        connect: duration(
+            env,
+            "TOKENGATE_UPSTREAM_CONNECT_TIMEOUT",
+            "upstream_timeouts.connect",
+            t.connect,
+            "5s",
+        )?,
+        read: duration(
+            env,
+            "TOKENGATE_UPSTREAM_READ_TIMEOUT",
+            "upstream_timeouts.read",
+            t.read,
+            "60s",
+        )?,
+        write: duration(
+            env,
+            "TOKENGATE_UPSTREAM_WRITE_TIMEOUT",
+            "upstream_timeouts.write",
+            t.write,
+            "60s",
+        )?,
+        idle: duration(
+            env,
+            "TOKENGATE_UPSTREAM_IDLE_TIMEOUT",
+            "upstream_timeouts.idle",
+            t.idle,
+            "60s",
+        )?,
+    };
+    server.threads = threads;
+    // Pingora's grace sleep is fixed; the drain watcher exits as soon as in-flight work is done.
+    server.grace_period_seconds = Some(grace_period.as_secs());
+    server.graceful_shutdown_timeout_seconds = Some(1);
+    let config = Config {
+        listen,
+        admin_listen,
+        upstream,
+        endpoint,
+        secrets,
+        algorithms,
+        subject_claim: raw.subject_claim.unwrap_or_else(|| "user_id".to_owned()),
+        leeway: duration(env, "TOKENGATE_LEEWAY", "leeway", raw.leeway, "0s")?,
+        max_ttl,
+        token_path,
+        body_limit: raw.body_limit.unwrap_or(16 * 1024),
+        max_depth: raw.max_depth.unwrap_or(16),
+        max_keys: raw.max_keys.unwrap_or(512),
+        reserved_claims: raw.reserved_claims,
+        abilities: raw.abilities,
+        identity_header,
+        auth: raw.auth.unwrap_or(AuthMode::Passthrough),
+        grace_period,
+        threads,
+        log,
+        upstream_timeouts,
+        server,
+    };
+    // Building the keyring once here refuses short or missing secrets before anything listens.
+    config.token_service()?;
+    Ok(config)
+}
+
+fn secrets(
+    env: &impl Env,
+    secret: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Vec<Secret>, ConfigError> {
+    let secret = env.var("TOKENGATE_SECRET").or(secret);
+    let file = env.var("TOKENGATE_SECRET_FILE").map(PathBuf::from).or(file);
+    let mut secrets: Vec<Secret> = secret
+        .map(|s| Secret {
+            id: None,
+            bytes: s.into_bytes(),
+        })
+        .into_iter()
+        .collect();
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| ConfigError::Read(path.clone(), e))?;
+        secrets.extend(Secret::parse_file(&text));
+    }
+    Ok(secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: (&str, &str) = ("TOKENGATE_SECRET", "0123456789abcdef0123456789abcdef");
+
+    fn err<E: Env>(yaml: &str, env: &E) -> String {
+        Config::from_yaml(yaml, env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = Config::from_yaml("", &[SECRET]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.upstream.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.endpoint, "localhost:5001");
+        assert_eq!(c.grace_period, Duration::from_secs(10));
+        assert_eq!(c.body_limit, 16384);
+        assert_eq!(c.auth, AuthMode::Passthrough);
+        assert_eq!(c.server.grace_period_seconds, Some(10));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let yaml = "tokengate:\n  listen: 127.0.0.1:1111\n  upstream_timeouts:\n    read: 30s\n";
+        let env = [
+            SECRET,
+            ("TOKENGATE_LISTEN", "127.0.0.1:2222"),
+            ("TOKENGATE_UPSTREAM_READ_TIMEOUT", "500ms"),
+            ("TOKENGATE_THREADS", "3"),
+        ];
+        let c = Config::from_yaml(yaml, &env).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:2222");
+        assert_eq!(c.upstream_timeouts.read, Duration::from_millis(500));
+        assert_eq!(c.threads, 3);
+        assert_eq!(c.server.threads, 3);
+    }
+
+    #[test]
+    fn refusals_name_the_problem_in_one_line() {
+        assert_eq!(
+            err("", &[("X", "")]),
+            "invalid secrets: no signing secret: set TOKENGATE_SECRET or TOKENGATE_SECRET_FILE"
+        );
+        assert_eq!(
+            err("", &[("TOKENGATE_SECRET", "short")]),
+            "invalid secrets: secret #1 is 5 bytes long; at least 32 bytes are required"
+        );
+        assert!(err("", &[SECRET, ("TOKENGATE_LISTEN", "nonsense")])
+            .starts_with("invalid TOKENGATE_LISTEN: \"nonsense\" is not a host:port address"));
+        assert!(err("tokengate:\n  bogus: 1\n", &[SECRET]).contains("unknown field `bogus`"));
+        assert!(err("bogus: 1\n", &[SECRET]).contains("unknown key `bogus`"));
+        assert!(err("tokengate:\n  grace_period: soon\n", &[SECRET])
+            .starts_with("invalid tokengate.grace_period:"));
+        for e in [
+            err("", &[("TOKENGATE_SECRET", "short")]),
+            err("tokengate: [", &[SECRET]),
+        ] {
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn pingora_keys_may_sit_beside_the_section() {
+        let c = Config::from_yaml(
+            "version: 1\nupgrade_sock: /tmp/tg.sock\ntokengate:\n  auth: required\n",
+            &[SECRET],
+        )
+        .unwrap();
+        assert_eq!(c.server.upgrade_sock, "/tmp/tg.sock");
+        assert_eq!(c.auth, AuthMode::Required);
+    }
+}

@@ -1,0 +1,172 @@
+//! Every metric, defined once, registered in the registry `pingora-prometheus` serves.
+
+use std::sync::LazyLock;
+
+use pingora_prometheus::prometheus::{
+    self, register_gauge_vec, register_histogram, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge, GaugeVec, Histogram, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge,
+};
+
+use crate::error::ErrorCode;
+
+/// Buckets from 50 µs to 10 s: the token route answers in microseconds, upstreams in seconds.
+const BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Route label values: the token route or everything forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /api/v1/token`, answered in-process.
+    Token,
+    /// Forwarded to the upstream.
+    Proxy,
+}
+
+impl Route {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Token => "token",
+            Route::Proxy => "proxy",
+        }
+    }
+}
+
+/// Upstream error kinds, the `kind` label of `tokengate_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// Refused, reset or unreachable while connecting.
+    Connect,
+    /// A connect, read or write timeout.
+    Timeout,
+    /// Anything else after the connection was made.
+    Other,
+}
+
+impl UpstreamErrorKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Other => "other",
+        }
+    }
+}
+
+/// All of tokengate's metrics.
+pub struct Metrics {
+    /// `tokengate_requests_total{route,code}`.
+    pub requests: IntCounterVec,
+    /// `tokengate_request_duration_seconds{route}`.
+    pub request_duration: HistogramVec,
+    /// `tokengate_tokens_minted_total`.
+    pub minted: IntCounter,
+    /// `tokengate_token_rejections_total{reason}`.
+    pub rejections: IntCounterVec,
+    /// `tokengate_upstream_errors_total{kind}`.
+    pub upstream_errors: IntCounterVec,
+    /// `tokengate_upstream_duration_seconds`.
+    pub upstream_duration: Histogram,
+    /// `tokengate_in_flight_requests`.
+    pub in_flight: IntGauge,
+    /// `tokengate_build_info{version}`.
+    pub build_info: GaugeVec,
+}
+
+fn register() -> Result<Metrics, prometheus::Error> {
+    let metrics = Metrics {
+        requests: register_int_counter_vec!(
+            "tokengate_requests_total",
+            "Requests answered, by route and HTTP status.",
+            &["route", "code"]
+        )?,
+        request_duration: register_histogram_vec!(
+            "tokengate_request_duration_seconds",
+            "Time from request start to the end of the response, by route.",
+            &["route"],
+            BUCKETS.to_vec()
+        )?,
+        minted: register_int_counter!("tokengate_tokens_minted_total", "Ability tokens minted.")?,
+        rejections: register_int_counter_vec!(
+            "tokengate_token_rejections_total",
+            "Requests refused by tokengate, by error code.",
+            &["reason"]
+        )?,
+        upstream_errors: register_int_counter_vec!(
+            "tokengate_upstream_errors_total",
+            "Failed upstream exchanges, by kind.",
+            &["kind"]
+        )?,
+        upstream_duration: register_histogram!(
+            "tokengate_upstream_duration_seconds",
+            "Time from sending a request upstream to its response header.",
+            BUCKETS.to_vec()
+        )?,
+        in_flight: register_int_gauge!(
+            "tokengate_in_flight_requests",
+            "Requests being served right now."
+        )?,
+        build_info: register_gauge_vec!(
+            "tokengate_build_info",
+            "Always 1; the version label says which build runs.",
+            &["version"]
+        )?,
+    };
+    metrics
+        .build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1.0);
+    // Zero series up front, so rates and alerts work before the first refusal happens.
+    for code in ErrorCode::ALL.iter().filter(|c| c.status() < 500) {
+        metrics.rejections.with_label_values(&[code.as_str()]);
+    }
+    for kind in [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Other,
+    ] {
+        metrics.upstream_errors.with_label_values(&[kind.as_str()]);
+    }
+    Ok(metrics)
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    // Static names and help texts that a unit test registers: failing here is a programming error.
+    register().expect("tokengate metric definitions are valid and registered once")
+});
+
+/// The process-wide metrics, registered on first use.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora_prometheus::prometheus::{Encoder, TextEncoder};
+
+    #[test]
+    fn every_spec_metric_is_exported() {
+        get().minted.inc_by(0);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&prometheus::gather(), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for name in [
+            "# TYPE tokengate_tokens_minted_total counter",
+            "# TYPE tokengate_token_rejections_total counter",
+            "# TYPE tokengate_upstream_errors_total counter",
+            "# TYPE tokengate_upstream_duration_seconds histogram",
+            "# TYPE tokengate_in_flight_requests gauge",
+            "tokengate_build_info{version=\"0.1.0\"} 1",
+            "tokengate_token_rejections_total{reason=\"escalation\"} 0",
+        ] {
+            assert!(text.contains(name), "missing {name}");
+        }
+    }
+}

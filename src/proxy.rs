@@ -1,0 +1,499 @@
+//! The `ProxyHttp` implementation: the token route answered in-process, everything else forwarded.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use http::{HeaderName, Method};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::config::{AuthMode, Config, UpstreamTimeouts};
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::{self, Route, UpstreamErrorKind};
+use crate::respond::{self, Response};
+use crate::token::{TokenRequest, TokenService};
+
+/// Process-wide state shared by the proxy, the admin listener and the shutdown logic.
+#[derive(Debug, Default)]
+pub struct AppState {
+    /// The proxy listener accepts connections.
+    pub listening: AtomicBool,
+    /// Shutdown or upgrade began: `/readyz` answers 503.
+    pub draining: AtomicBool,
+    /// `SIGTERM` arrived: the process may exit as soon as nothing is in flight.
+    pub terminating: AtomicBool,
+    /// Requests between their first filter and their log line.
+    pub in_flight: AtomicUsize,
+}
+
+impl AppState {
+    /// Whether Kubernetes should route traffic here.
+    pub fn is_ready(&self) -> bool {
+        self.listening.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Counts a request as in flight for as long as it lives.
+pub struct InFlight(Arc<AppState>);
+
+impl InFlight {
+    fn new(state: Arc<AppState>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        metrics::get().in_flight.inc();
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        metrics::get().in_flight.dec();
+    }
+}
+
+/// Per-request state, passed through every phase.
+pub struct RequestCtx {
+    /// When the request's first filter ran.
+    start: Instant,
+    /// Which route answered: drives metric labels.
+    route: Route,
+    /// The propagated or generated request id.
+    request_id: String,
+    /// The valid session token the request carried, and its subject.
+    caller: Option<(String, String)>,
+    /// When the request went upstream.
+    upstream_start: Option<Instant>,
+    /// How the upstream failed, if it did.
+    upstream_error: Option<UpstreamErrorKind>,
+    /// Held for the request's lifetime.
+    _in_flight: InFlight,
+}
+
+/// The tokengate proxy.
+pub struct Tokengate {
+    tokens: TokenService,
+    token_path: String,
+    body_limit: usize,
+    upstream: SocketAddr,
+    timeouts: UpstreamTimeouts,
+    identity_header: HeaderName,
+    auth: AuthMode,
+    state: Arc<AppState>,
+}
+
+impl Tokengate {
+    /// Builds the proxy from a validated configuration.
+    pub fn new(
+        config: &Config,
+        state: Arc<AppState>,
+    ) -> Result<Tokengate, crate::config::ConfigError> {
+        Ok(Tokengate {
+            tokens: config.token_service()?,
+            token_path: config.token_path.clone(),
+            body_limit: config.body_limit,
+            upstream: config.upstream,
+            timeouts: config.upstream_timeouts,
+            identity_header: config.identity_header.clone(),
+            auth: config.auth,
+            state,
+        })
+    }
+
+    /// Answers the token route; always ends the request.
+    async fn token_route(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if session.req_header().method != Method::POST {
+            let error = ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "Use POST on the token endpoint.",
+            );
+            return self
+                .refuse(session, ctx, &error, &[("Allow", "POST")])
+                .await;
+        }
+        let body = match self.read_body(session).await? {
+            Ok(body) => body,
+            Err(error) => {
+                // The rest of an oversized body stays unread: close rather than drain it.
+                session.set_keepalive(None);
+                return self.refuse(session, ctx, &error, &[]).await;
+            }
+        };
+        let header = session.req_header();
+        let authorization: Vec<&[u8]> = header
+            .headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let request = TokenRequest {
+            authorization: &authorization,
+            content_type: header
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+            body: &body,
+        };
+        match self.tokens.handle(&request, unix_now()) {
+            Ok(minted) => {
+                metrics::get().minted.inc();
+                let response = Response::minted(
+                    minted.body,
+                    &minted.session_token,
+                    &ctx.request_id,
+                    ctx.start.elapsed(),
+                );
+                respond::send(session, response).await
+            }
+            Err(error) => self.refuse(session, ctx, &error, &[]).await,
+        }
+    }
+
+    /// Reads the whole body within the limit: `Content-Length` first, then a running count.
+    async fn read_body(
+        &self,
+        session: &mut Session,
+    ) -> pingora::Result<Result<BytesMut, ApiError>> {
+        const TOO_LARGE: ApiError =
+            ApiError::new(ErrorCode::PayloadTooLarge, "The request body is too large.");
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if declared.is_some_and(|len| len > self.body_limit) {
+            return Ok(Err(TOO_LARGE));
+        }
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            session.write_continue_response().await?;
+        }
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.len() + chunk.len() > self.body_limit {
+                return Ok(Err(TOO_LARGE));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Ok(body))
+    }
+
+    /// Answers an error of tokengate's own and counts it.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        error: &ApiError,
+        extra: &[(&'static str, &'static str)],
+    ) -> pingora::Result<()> {
+        metrics::get()
+            .rejections
+            .with_label_values(&[error.code.as_str()])
+            .inc();
+        let mut response = Response::error(error, &ctx.request_id);
+        for (name, value) in extra {
+            response = response.with_header(name, *value);
+        }
+        respond::send(session, response).await
+    }
+
+    /// Removes every client-sent copy of the identity header, in any case and with `_` for `-`.
+    fn strip_identity(&self, header: &mut RequestHeader) {
+        let wanted = self.identity_header.as_str();
+        let spoofed: Vec<HeaderName> = header
+            .headers
+            .keys()
+            .filter(|name| {
+                let name = name.as_str();
+                name.len() == wanted.len()
+                    && name
+                        .bytes()
+                        .zip(wanted.bytes())
+                        .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+            })
+            .cloned()
+            .collect();
+        for name in spoofed {
+            header.remove_header(&name);
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The caller's `X-Request-Id` when it is 1–200 visible ASCII characters, else a new UUID v4.
+pub fn request_id(header: &RequestHeader) -> String {
+    header
+        .headers
+        .get("x-request-id")
+        .map(|v| v.as_bytes())
+        .filter(|v| (1..=200).contains(&v.len()) && v.iter().all(|b| b.is_ascii_graphic()))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+fn upstream_error_code(error: &Error) -> (UpstreamErrorKind, ErrorCode) {
+    match error.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            (UpstreamErrorKind::Timeout, ErrorCode::UpstreamTimeout)
+        }
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::SocketError => (UpstreamErrorKind::Connect, ErrorCode::UpstreamUnavailable),
+        _ => (UpstreamErrorKind::Other, ErrorCode::UpstreamUnavailable),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Tokengate {
+    type CTX = RequestCtx;
+
+    /// Runs first for every request: starts its clock and counts it in flight.
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            route: Route::Proxy,
+            request_id: String::new(),
+            caller: None,
+            upstream_start: None,
+            upstream_error: None,
+            _in_flight: InFlight::new(self.state.clone()),
+        }
+    }
+
+    /// Decides the route. `Ok(true)`: tokengate answered (token route, or `required` auth refused);
+    /// `Ok(false)`: forward upstream.
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        ctx.start = Instant::now();
+        ctx.request_id = request_id(session.req_header());
+        if session.req_header().uri.path() == self.token_path {
+            ctx.route = Route::Token;
+            self.token_route(session, ctx).await?;
+            return Ok(true);
+        }
+        let header = session.req_header();
+        let authorization: Vec<&[u8]> = header
+            .headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        match self.tokens.authenticate(&authorization, unix_now()) {
+            Ok(caller) => {
+                ctx.caller = Some((caller.token.to_owned(), caller.claims.subject().to_owned()));
+                Ok(false)
+            }
+            Err(error) if self.auth == AuthMode::Required => {
+                self.refuse(session, ctx, &error, &[]).await?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Where every forwarded request goes: the one configured upstream, with its timeouts.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        peer.options.connection_timeout = Some(self.timeouts.connect);
+        peer.options.read_timeout = Some(self.timeouts.read);
+        peer.options.write_timeout = Some(self.timeouts.write);
+        peer.options.idle_timeout = Some(self.timeouts.idle);
+        Ok(Box::new(peer))
+    }
+
+    /// Rewrites the upstream request: identity from the verified token only, forwarding headers.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        self.strip_identity(upstream);
+        if let Some((_, subject)) = &ctx.caller {
+            upstream.insert_header(self.identity_header.clone(), subject.as_str())?;
+        }
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        if let Some(ip) = client_ip {
+            let forwarded = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(existing) => format!("{existing}, {ip}"),
+                None => ip,
+            };
+            upstream.insert_header("X-Forwarded-For", forwarded)?;
+        }
+        upstream.insert_header("X-Forwarded-Proto", "http")?;
+        if let Some(host) = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+        {
+            upstream.insert_header("X-Forwarded-Host", host)?;
+        }
+        upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        ctx.upstream_start = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Times the upstream up to its response header.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(start) = ctx.upstream_start.take() {
+            metrics::get()
+                .upstream_duration
+                .observe(start.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// Adds `X-Request-Id`, and `X-token` when the request carried a valid token.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        response.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        if let Some((token, _)) = &ctx.caller {
+            response.insert_header("X-token", token.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Notes that connecting failed, for the answer and the metric.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.upstream_error = Some(upstream_error_code(&e).0);
+        e
+    }
+
+    /// Answers a fatal error in the SPEC's JSON instead of Pingora's bare page.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let error = match e.esource() {
+            ErrorSource::Upstream => {
+                let (kind, code) = upstream_error_code(e);
+                ctx.upstream_error = Some(kind);
+                let message = match code {
+                    ErrorCode::UpstreamTimeout => "The upstream did not answer in time.",
+                    _ => "The upstream is unavailable.",
+                };
+                Some(ApiError::new(code, message))
+            }
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => None,
+                ErrorType::ReadTimedout => None,
+                _ => Some(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "The request could not be read.",
+                )),
+            },
+            _ => Some(ApiError::new(
+                ErrorCode::Internal,
+                "tokengate failed to handle the request.",
+            )),
+        };
+        let Some(error) = error else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if let Some(kind) = ctx.upstream_error {
+            metrics::get()
+                .upstream_errors
+                .with_label_values(&[kind.as_str()])
+                .inc();
+        }
+        if session.response_written().is_none() {
+            session.set_keepalive(None);
+            let response = Response::error(&error, &ctx.request_id);
+            if let Err(write_error) = respond::send(session, response).await {
+                log::debug!("could not send error response: {write_error}");
+            }
+        }
+        FailToProxy {
+            error_code: error.code.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Records the request's metrics once it is over.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map_or("0", |r| r.status.as_str());
+        let m = metrics::get();
+        let route = ctx.route.as_str();
+        m.requests.with_label_values(&[route, status]).inc();
+        m.request_duration
+            .with_label_values(&[route])
+            .observe(ctx.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Keeps connecting to the proxy listener until it answers, then marks the state as listening.
+pub async fn watch_listener(addr: SocketAddr, state: Arc<AppState>) {
+    let probe = match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    };
+    loop {
+        if tokio::net::TcpStream::connect(probe).await.is_ok() {
+            state.listening.store(true, Ordering::Release);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,154 @@
+//! Responses tokengate answers itself: the standard header sets, and one writer for all of them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use crate::error::ApiError;
+
+/// The legacy service's security and caching headers, less the obsolete `P3P`.
+const TOKEN_HEADERS: [(&str, &str); 10] = [
+    ("Cache-Control", "no-cache, no-store"),
+    ("Pragma", "no-cache"),
+    ("Expires", "Fri, 01 Jan 1990 00:00:00 GMT"),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-XSS-Protection", "1; mode=block"),
+    ("X-Download-Options", "noopen"),
+    ("X-Permitted-Cross-Domain-Policies", "none"),
+    (
+        "Referrer-Policy",
+        "origin-when-cross-origin, strict-origin-when-cross-origin",
+    ),
+    ("Vary", "Accept-Encoding"),
+];
+
+const JSON: &str = "application/json; charset=utf-8";
+
+/// A complete response: status, headers in order, body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers in the order they are written.
+    pub headers: Vec<(&'static str, String)>,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl Response {
+    /// `200` with a minted token: the legacy header set plus `X-token`, `X-Request-Id`, `X-Runtime`.
+    pub fn minted(
+        body: Vec<u8>,
+        session_token: &str,
+        request_id: &str,
+        runtime: Duration,
+    ) -> Response {
+        let mut headers = Vec::with_capacity(TOKEN_HEADERS.len() + 4);
+        headers.push(("Content-Type", JSON.to_owned()));
+        headers.extend(TOKEN_HEADERS.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        headers.push(("X-token", session_token.to_owned()));
+        headers.push(("X-Request-Id", request_id.to_owned()));
+        headers.push(("X-Runtime", format!("{:.6}", runtime.as_secs_f64())));
+        Response {
+            status: 200,
+            headers,
+            body: Bytes::from(body),
+        }
+    }
+
+    /// The JSON error of the SPEC, with `WWW-Authenticate` on a 401.
+    pub fn error(error: &ApiError, request_id: &str) -> Response {
+        let mut headers = vec![
+            ("Content-Type", JSON.to_owned()),
+            ("Cache-Control", "no-cache, no-store".to_owned()),
+            ("X-Request-Id", request_id.to_owned()),
+        ];
+        if let Some(challenge) = error.code.www_authenticate() {
+            headers.push(("WWW-Authenticate", challenge.to_owned()));
+        }
+        Response {
+            status: error.code.status(),
+            headers,
+            body: Bytes::from(error.body()),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The Pingora response header, `Content-Length` included.
+    pub fn header(&self) -> pingora::Result<ResponseHeader> {
+        let mut header = ResponseHeader::build(self.status, Some(self.headers.len() + 1))?;
+        for (name, value) in &self.headers {
+            header.append_header(*name, value.as_str())?;
+        }
+        header.insert_header("Content-Length", self.body.len().to_string())?;
+        Ok(header)
+    }
+}
+
+/// Writes `response` whole: header, then body, ending the stream; keep-alive is left as it was.
+pub async fn send(session: &mut Session, response: Response) -> pingora::Result<()> {
+    let header = response.header()?;
+    session
+        .write_response_header(Box::new(header), response.body.is_empty())
+        .await?;
+    if !response.body.is_empty() {
+        session
+            .write_response_body(Some(response.body), true)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn minted_carries_every_spec_header() {
+        let r = Response::minted(b"{}".to_vec(), "a.b.c", "rid", Duration::from_micros(123));
+        let names: Vec<&str> = r.headers.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            names,
+            [
+                "Content-Type",
+                "Cache-Control",
+                "Pragma",
+                "Expires",
+                "X-Frame-Options",
+                "X-Content-Type-Options",
+                "X-XSS-Protection",
+                "X-Download-Options",
+                "X-Permitted-Cross-Domain-Policies",
+                "Referrer-Policy",
+                "Vary",
+                "X-token",
+                "X-Request-Id",
+                "X-Runtime"
+            ]
+        );
+        assert_eq!(r.headers[13].1, "0.000123");
+        let h = r.header().unwrap();
+        assert_eq!(h.headers.get("content-length").unwrap(), "2");
+    }
+
+    #[test]
+    fn errors_challenge_only_on_401() {
+        let e = Response::error(&ApiError::new(ErrorCode::MissingToken, "x"), "rid");
+        assert_eq!(e.status, 401);
+        assert!(e.headers.contains(&(
+            "WWW-Authenticate",
+            r#"Bearer realm="tokengate", error="invalid_request""#.to_owned()
+        )));
+        let e = Response::error(&ApiError::new(ErrorCode::PayloadTooLarge, "x"), "rid");
+        assert!(!e.headers.iter().any(|(k, _)| *k == "WWW-Authenticate"));
+    }
+}

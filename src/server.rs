@@ -1,0 +1,154 @@
+//! Config → a ready-to-run Pingora `Server`: the proxy, the admin listener, the readiness probe.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::server::configuration::Opt;
+use pingora::server::ShutdownWatch;
+use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::config::{Config, ConfigError};
+use crate::proxy::{watch_listener, AppState, Tokengate};
+
+/// Why the server could not be built.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is unusable.
+    Config(ConfigError),
+    /// A listener address is taken or not ours to bind.
+    Bind(SocketAddr, std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => e.fmt(f),
+            StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<ConfigError> for StartError {
+    fn from(e: ConfigError) -> Self {
+        StartError::Config(e)
+    }
+}
+
+/// A built server and the state its probes report.
+pub struct Built {
+    /// The Pingora server, ready for `run`.
+    pub server: Server,
+    /// Shared readiness and in-flight state.
+    pub state: Arc<AppState>,
+}
+
+/// Builds the whole server from `config`; `opt` carries Pingora's `-u`, `-d`, `-t`.
+pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
+    let upgrading = opt.as_ref().is_some_and(|o| o.upgrade);
+    if !upgrading {
+        // Pingora panics inside its runtime on a bind failure; find out here, with a clear line.
+        for addr in [config.listen, config.admin_listen] {
+            TcpListener::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
+        }
+    }
+    let state = Arc::new(AppState::default());
+    let tokengate = Tokengate::new(&config, state.clone())?;
+    let mut server = Server::new_with_opt_and_conf(opt, config.server);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        tokengate,
+        "tokengate proxy",
+    );
+    proxy.add_tcp(&config.listen.to_string());
+    proxy.threads = Some(config.threads);
+
+    let mut admin = Service::new("tokengate admin".to_owned(), AdminApp::new(state.clone()));
+    admin.add_tcp(&config.admin_listen.to_string());
+    admin.threads = Some(1);
+
+    let mut probe = background_service(
+        "listener probe",
+        ListenerProbe {
+            addr: config.listen,
+            state: state.clone(),
+        },
+    );
+    probe.threads = Some(1);
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(probe);
+    Ok(Built { server, state })
+}
+
+struct ListenerProbe {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for ListenerProbe {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        watch_listener(self.addr, self.state.clone()).await;
+    }
+}
+
+/// Exits the process with 0 once `SIGTERM` arrived and no request is in flight; Pingora itself
+/// would sleep out the whole grace period even when idle.
+pub fn exit_when_drained(state: Arc<AppState>) {
+    std::thread::spawn(move || {
+        let poll = std::time::Duration::from_millis(50);
+        let mut idle_polls = 0;
+        loop {
+            std::thread::sleep(poll);
+            if !state.terminating.load(Ordering::Acquire) {
+                continue;
+            }
+            // Two idle polls in a row: a request accepted just before the listener closed has
+            // had time to be counted.
+            idle_polls = if state.in_flight.load(Ordering::Acquire) == 0 {
+                idle_polls + 1
+            } else {
+                0
+            };
+            if idle_polls >= 2 {
+                log::info!("drained: no request in flight, exiting");
+                std::process::exit(0);
+            }
+        }
+    });
+}
+
+/// Wraps a shutdown signal source so `/readyz` turns 503 the moment shutdown begins.
+pub struct MarkDraining<W> {
+    inner: W,
+    state: Arc<AppState>,
+}
+
+impl<W> MarkDraining<W> {
+    /// Reports shutdown on `state` when `inner` fires.
+    pub fn new(inner: W, state: Arc<AppState>) -> Self {
+        MarkDraining { inner, state }
+    }
+}
+
+#[async_trait]
+impl<W: ShutdownSignalWatch + Send + Sync> ShutdownSignalWatch for MarkDraining<W> {
+    async fn recv(&self) -> ShutdownSignal {
+        let signal = self.inner.recv().await;
+        self.state.draining.store(true, Ordering::Release);
+        if matches!(signal, ShutdownSignal::GracefulTerminate) {
+            self.state.terminating.store(true, Ordering::Release);
+        }
+        signal
+    }
+}
