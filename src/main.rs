@@ -37,7 +37,7 @@ fn serve(config: Config, cli: &Cli) -> ExitCode {
         daemon: cli.daemon,
         ..Opt::default()
     };
-    log::info!(
+    let banner = format!(
         "tokengate {} listening on {}, admin on {}, forwarding to {}",
         env!("CARGO_PKG_VERSION"),
         config.listen,
@@ -48,6 +48,7 @@ fn serve(config: Config, cli: &Cli) -> ExitCode {
         Ok(built) => built,
         Err(e) => return fail(e),
     };
+    log::info!("{banner}");
     server::exit_when_drained(built.state.clone());
     let signals = MarkDraining::new(UnixShutdownSignalWatch, built.state);
     built.server.run(RunArgs {

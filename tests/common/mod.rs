@@ -1,0 +1,396 @@
+//! Test harness: the real `tokengate` binary on free loopback ports, a real upstream, a raw
+//! HTTP/1.1 client that can show keep-alive and duplicate headers.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+/// The secret every test server signs with.
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+/// How long anything may take before a test gives up.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Signs `header` and `payload` JSON exactly as given with HS256 (or the header's alg).
+pub fn sign_raw(header: &str, payload: &str, secret: &str) -> String {
+    let alg: serde_json::Value = serde_json::from_str(header).unwrap();
+    let alg: jsonwebtoken::Algorithm = alg["alg"].as_str().unwrap_or("HS256").parse().unwrap();
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg).unwrap();
+    format!("{message}.{sig}")
+}
+
+/// A session token for `user` valid for an hour, legacy claim order.
+pub fn session(user: &str) -> String {
+    let now = now();
+    sign_raw(
+        r#"{"typ":"JWT","alg":"HS256"}"#,
+        &format!(r#"{{"exp":{},"iat":{now},"user_id":"{user}"}}"#, now + 3600),
+        SECRET,
+    )
+}
+
+/// The decoded payload JSON text of a token.
+pub fn payload(token: &str) -> String {
+    let p = token.split('.').nth(1).unwrap();
+    String::from_utf8(URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap()
+}
+
+/// A running tokengate child process; killed when dropped.
+pub struct Tokengate {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstream: SocketAddr,
+}
+
+impl Tokengate {
+    /// Starts tokengate in front of `upstream` with extra environment, waits until ready.
+    pub fn start(upstream: SocketAddr, env: &[(&str, &str)]) -> Tokengate {
+        Self::start_with_args(upstream, env, &[])
+    }
+
+    /// Like [`start`], with command-line arguments.
+    pub fn start_with_args(upstream: SocketAddr, env: &[(&str, &str)], args: &[&str]) -> Tokengate {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokengate"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TOKENGATE_LISTEN", addr.to_string())
+            .env("TOKENGATE_ADMIN_LISTEN", admin.to_string())
+            .env("TOKENGATE_UPSTREAM", upstream.to_string())
+            .env("TOKENGATE_SECRET", SECRET)
+            .env("TOKENGATE_THREADS", "2")
+            .env("TOKENGATE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("tokengate binary starts");
+        let tg = Tokengate {
+            child,
+            addr,
+            admin,
+            upstream,
+        };
+        tg.wait_ready();
+        tg
+    }
+
+    /// Polls `/readyz` until it answers 200.
+    pub fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = try_request(
+                self.admin,
+                b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            ) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(start.elapsed() < DEADLINE, "tokengate did not become ready");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A new connection to the proxy listener.
+    pub fn connect(&self) -> TcpStream {
+        connect(self.addr)
+    }
+
+    /// One request on a new connection.
+    pub fn request(&self, raw: &[u8]) -> Resp {
+        request(self.addr, raw)
+    }
+
+    /// The admin `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let r = request(
+            self.admin,
+            b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        String::from_utf8(r.body).unwrap()
+    }
+
+    /// One sample's value from `/metrics`, 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Tokengate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    /// The first value of a header, case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+pub fn request(addr: SocketAddr, raw: &[u8]) -> Resp {
+    try_request(addr, raw).expect("request succeeds")
+}
+
+pub fn try_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(DEADLINE))?;
+    exchange(&mut s, raw)
+}
+
+/// Writes `raw` and reads one response (Content-Length, chunked or close-delimited).
+pub fn exchange(stream: &mut TcpStream, raw: &[u8]) -> std::io::Result<Resp> {
+    stream.write_all(raw)?;
+    read_response(stream)
+}
+
+/// Reads one response from `stream`, leaving the connection usable for the next one.
+pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Resp> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head_len) =
+            parsed.parse(&buf).map_err(std::io::Error::other)?
+        {
+            let status = parsed.code.unwrap_or(0);
+            let headers: Vec<(String, String)> = parsed
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            if status == 100 {
+                buf.drain(..head_len);
+                continue;
+            }
+            let mut body = buf[head_len..].to_vec();
+            let find = |n: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                    .map(|(_, v)| v.clone())
+            };
+            if let Some(len) = find("content-length") {
+                let len: usize = len.trim().parse().unwrap();
+                while body.len() < len {
+                    let n = stream.read(&mut chunk)?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+                body.truncate(len);
+            } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+                body = read_chunked(stream, body)?;
+            } else if status != 204 && status != 304 {
+                stream.read_to_end(&mut body)?;
+            }
+            return Ok(Resp {
+                status,
+                headers,
+                body,
+            });
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn read_chunked(stream: &mut TcpStream, mut pending: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match httparse::parse_chunk_size(&pending) {
+            Ok(httparse::Status::Complete((used, size))) => {
+                let size = size as usize;
+                while pending.len() < used + size + 2 {
+                    let n = stream.read(&mut chunk)?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    pending.extend_from_slice(&chunk[..n]);
+                }
+                body.extend_from_slice(&pending[used..used + size]);
+                pending.drain(..used + size + 2);
+                if size == 0 {
+                    return Ok(body);
+                }
+            }
+            Ok(httparse::Status::Partial) => {
+                let n = stream.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                pending.extend_from_slice(&chunk[..n]);
+            }
+            Err(_) => return Err(std::io::ErrorKind::InvalidData.into()),
+        }
+    }
+}
+
+/// What the test upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+}
+
+impl Seen {
+    /// Every value of a header, case-insensitively.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A real HTTP upstream on loopback that records each request and answers `200 upstream says hi`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    server: Arc<tiny_http::Server>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("upstream binds"));
+        let addr = server.server_addr().to_ip().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (srv, log) = (server.clone(), seen.clone());
+        thread::spawn(move || {
+            for mut req in srv.incoming_requests() {
+                let mut body = Vec::new();
+                let _ = req.as_reader().read_to_end(&mut body);
+                log.lock().unwrap().push(Seen {
+                    method: req.method().to_string(),
+                    url: req.url().to_owned(),
+                    headers: req
+                        .headers()
+                        .iter()
+                        .map(|h| (h.field.to_string(), h.value.to_string()))
+                        .collect(),
+                    body_len: body.len(),
+                });
+                let _ = req.respond(tiny_http::Response::from_string("upstream says hi"));
+            }
+        });
+        Upstream { addr, seen, server }
+    }
+
+    /// Requests seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.server.unblock();
+    }
+}
+
+/// An address where nothing listens: connections are refused.
+pub fn dead_upstream() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+/// A token request with the given Authorization header line(s), content type and body.
+pub fn token_request(auth: &[&str], content_type: Option<&str>, body: &str) -> Vec<u8> {
+    let mut r = String::from("POST /api/v1/token HTTP/1.1\r\nHost: example.org\r\n");
+    for a in auth {
+        r.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    if let Some(ct) = content_type {
+        r.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    r.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    r.into_bytes()
+}

@@ -1,0 +1,115 @@
+//! Everything that is not the token route: forwarded to a real upstream.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn a_valid_token_sets_identity_and_x_token_and_spoofs_are_stripped() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    let session = session("frank");
+    let raw = format!(
+        "POST /albums/7/images?x=1 HTTP/1.1\r\nHost: images.example\r\nAuthorization: Bearer {session}\r\n\
+         X-User-Id: mallory\r\nx-user-id: mallory2\r\nX_User_Id: mallory3\r\nX-Forwarded-For: 10.0.0.9\r\n\
+         X-Request-Id: trace-abc\r\nContent-Length: 5\r\n\r\nhello"
+    );
+    let r = tg.request(raw.as_bytes());
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "upstream says hi");
+    assert_eq!(r.header("X-token"), Some(session.as_str()));
+    assert_eq!(r.header("X-Request-Id"), Some("trace-abc"));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(
+        (s.method.as_str(), s.url.as_str(), s.body_len),
+        ("POST", "/albums/7/images?x=1", 5)
+    );
+    assert_eq!(s.all("X-User-Id"), ["frank"]);
+    assert!(s.all("X_User_Id").is_empty());
+    assert_eq!(s.all("X-Forwarded-For"), ["10.0.0.9, 127.0.0.1"]);
+    assert_eq!(s.all("X-Forwarded-Proto"), ["http"]);
+    assert_eq!(s.all("X-Forwarded-Host"), ["images.example"]);
+    assert_eq!(s.all("X-Request-Id"), ["trace-abc"]);
+}
+
+#[test]
+fn without_a_valid_token_nothing_identifies_the_caller() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    for auth in ["", "Authorization: Bearer forged.token.here\r\n"] {
+        let raw = format!("GET /public HTTP/1.1\r\nHost: a\r\n{auth}X-User-Id: admin\r\n\r\n");
+        let r = tg.request(raw.as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("X-token"), None);
+        let id = r.header("X-Request-Id").unwrap();
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.all("X-User-Id").is_empty()));
+}
+
+#[test]
+fn required_mode_answers_401_and_never_reaches_the_upstream() {
+    let up = Upstream::start();
+    let conf = std::env::temp_dir().join(format!("tokengate-required-{}.yaml", free_port()));
+    std::fs::write(&conf, "tokengate:\n  auth: required\n").unwrap();
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
+    let r = tg.request(b"GET /private HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("missing_token"))
+    );
+    let r = tg.request(b"GET /private HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x.y.z\r\n\r\n");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    assert!(up.seen().is_empty());
+    let ok = format!(
+        "GET /private HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\n\r\n",
+        session("gina")
+    );
+    assert_eq!(tg.request(ok.as_bytes()).status, 200);
+    assert_eq!(up.seen().len(), 1);
+    std::fs::remove_file(conf).unwrap();
+}
+
+#[test]
+fn a_refused_upstream_is_a_json_502_and_counted() {
+    let tg = Tokengate::start(dead_upstream(), &[]);
+    let r = tg.request(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: rid-1\r\n\r\n");
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        r.text(),
+        r#"{"error":"upstream_unavailable","message":"The upstream is unavailable."}"#
+    );
+    assert_eq!(r.header("X-Request-Id"), Some("rid-1"));
+    assert_eq!(
+        tg.metric(r#"tokengate_upstream_errors_total{kind="connect"}"#),
+        1.0
+    );
+    assert_eq!(
+        tg.metric(r#"tokengate_requests_total{code="502",route="proxy"}"#),
+        1.0
+    );
+}
+
+#[test]
+fn a_silent_upstream_is_a_json_504() {
+    // Accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tg = Tokengate::start(
+        silent.local_addr().unwrap(),
+        &[("TOKENGATE_UPSTREAM_READ_TIMEOUT", "300ms")],
+    );
+    let r = tg.request(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert_eq!(
+        tg.metric(r#"tokengate_upstream_errors_total{kind="timeout"}"#),
+        1.0
+    );
+}

@@ -1,0 +1,204 @@
+//! Start-up, the command line, probes and shutdown, as an operator meets them.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn tokengate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("tokengate runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_configuration_stops_start_up_with_one_clear_line() {
+    let dir = std::env::temp_dir();
+    let unknown = dir.join(format!("tokengate-unknown-{}.yaml", free_port()));
+    std::fs::write(
+        &unknown,
+        "tokengate:\n  listen: 127.0.0.1:0\n  secrett: oops\n",
+    )
+    .unwrap();
+    let unknown = unknown.to_str().unwrap();
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
+        (&[], &[], "tokengate: invalid secrets: no signing secret: set TOKENGATE_SECRET or TOKENGATE_SECRET_FILE"),
+        (&[], &[("TOKENGATE_SECRET", "too-short")], "tokengate: invalid secrets: secret #1 is 9 bytes long; at least 32 bytes are required"),
+        (&[], &[("TOKENGATE_SECRET", SECRET), ("TOKENGATE_LISTEN", "localhost")], "tokengate: invalid TOKENGATE_LISTEN: \"localhost\" is not a host:port address"),
+        (&[], &[("TOKENGATE_SECRET", SECRET), ("TOKENGATE_UPSTREAM_READ_TIMEOUT", "soon")], "tokengate: invalid TOKENGATE_UPSTREAM_READ_TIMEOUT: \"soon\" is not a duration"),
+        (&["-c", unknown], &[("TOKENGATE_SECRET", SECRET)], "tokengate: invalid configuration: tokengate: unknown field `secrett`"),
+        (&["-c", "/nonexistent/tokengate.yaml"], &[("TOKENGATE_SECRET", SECRET)], "tokengate: cannot read /nonexistent/tokengate.yaml: No such file or directory"),
+    ];
+    for (args, env, expected) in cases {
+        let out = tokengate(args, env);
+        assert_eq!(out.status.code(), Some(2), "{expected}");
+        let err = stderr(&out);
+        assert!(err.starts_with(expected), "got {err:?}, want {expected:?}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!err.contains(SECRET));
+    }
+    std::fs::remove_file(unknown).unwrap();
+}
+
+#[test]
+fn a_taken_port_is_refused_clearly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("TOKENGATE_SECRET", SECRET),
+        ("TOKENGATE_LISTEN", &addr),
+        ("TOKENGATE_ADMIN_LISTEN", &admin),
+    ];
+    let out = tokengate(&[], &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with(&format!("tokengate: cannot listen on {addr}: ")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn dash_t_checks_the_shipped_configuration() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/tokengate.yaml");
+    let out = tokengate(&["-t", "-c", conf], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tokengate: configuration OK\n"
+    );
+    let out = tokengate(&["-t", "-c", conf], &[("TOKENGATE_SECRET", "short")]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn sign_prints_a_session_token_the_proxy_accepts() {
+    let out = tokengate(
+        &["sign", "--user-id", "hank", "--ttl", "30m"],
+        &[("TOKENGATE_SECRET", SECRET)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let claims: serde_json::Value = serde_json::from_str(&payload(&token)).unwrap();
+    let keys: Vec<&str> = claims
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["exp", "iat", "user_id"]);
+    assert_eq!(claims["user_id"], "hank");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        1800
+    );
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    let r = tg.request(&token_request(&[&format!("Bearer {token}")], None, ""));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn help_and_version() {
+    let out = tokengate(&["--version"], &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        concat!("tokengate ", env!("CARGO_PKG_VERSION"), "\n")
+    );
+    let out = tokengate(&["--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["--conf", "--daemon", "--upgrade", "--test", "sign"] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn probes_report_health_and_sigterm_exits_zero_promptly() {
+    let up = Upstream::start();
+    let mut tg = Tokengate::start(up.addr, &[]);
+    let r = request(tg.admin, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
+    let r = request(tg.admin, b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!((r.status, r.text().as_str()), (200, "ready\n"));
+    let pid = tg.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = tg.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(9),
+            "still running: the 10 s grace period was slept out"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish() {
+    // An upstream that answers only after the test has sent SIGTERM.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf).unwrap();
+        wait.recv().unwrap();
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+            .unwrap();
+    });
+    let mut tg = Tokengate::start(upstream, &[]);
+    let addr = tg.addr;
+    let client =
+        std::thread::spawn(move || request(addr, b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"));
+    let start = Instant::now();
+    while tg.metric("tokengate_in_flight_requests") < 1.0 {
+        assert!(start.elapsed() < DEADLINE);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = tg.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    loop {
+        let r = try_request(tg.admin, b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n");
+        if r.map_or(true, |r| r.status == 503) {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "/readyz never turned 503");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(tg.alive(), "exited with a request in flight");
+    release.send(()).unwrap();
+    let r = client.join().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "slow"));
+    server.join().unwrap();
+    let start = Instant::now();
+    while tg.alive() {
+        assert!(start.elapsed() < DEADLINE);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(tg.child.wait().unwrap().code(), Some(0));
+}
