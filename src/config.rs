@@ -12,6 +12,7 @@ use jsonwebtoken::Algorithm;
 use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
+use crate::access_log::LogFormat;
 use crate::token::{KeyError, Keyring, PermissionPolicy, Secret, TokenService, VerifyPolicy};
 
 /// Why the configuration was refused; `Display` is the one line printed at start-up.
@@ -118,6 +119,10 @@ pub struct Config {
     pub threads: usize,
     /// Log level.
     pub log: log::LevelFilter,
+    /// Format of log lines, the access log's and the application's.
+    pub log_format: LogFormat,
+    /// Whether each request gets an access-log line on stdout.
+    pub access_log: bool,
     /// Upstream timeouts.
     pub upstream_timeouts: UpstreamTimeouts,
     /// Pingora's own server settings (from the same file's other top-level keys).
@@ -149,6 +154,8 @@ struct RawConfig {
     grace_period: Option<String>,
     threads: Option<usize>,
     log: Option<String>,
+    log_format: Option<String>,
+    access_log: Option<bool>,
     upstream_timeouts: RawTimeouts,
 }
 
@@ -376,6 +383,29 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
             format!("{log:?} is not one of off, error, warn, info, debug, trace"),
         )
     })?;
+    let (format_source, log_format) = pick(env, "TOKENGATE_LOG_FORMAT", raw.log_format, "json");
+    let log_format = LogFormat::from_str(&log_format).map_err(|()| {
+        invalid(
+            &setting_name(format_source, "log_format"),
+            format!("{log_format:?} is not json or text"),
+        )
+    })?;
+    let (access_source, access_log) = pick(
+        env,
+        "TOKENGATE_ACCESS_LOG",
+        raw.access_log.map(|b| b.to_string()),
+        "true",
+    );
+    let access_log = match access_log.trim() {
+        "true" | "on" | "1" => true,
+        "false" | "off" | "0" => false,
+        other => {
+            return Err(invalid(
+                &setting_name(access_source, "access_log"),
+                format!("{other:?} is not true or false"),
+            ))
+        }
+    };
     let identity_header = raw
         .identity_header
         .unwrap_or_else(|| "X-User-Id".to_owned());
@@ -463,6 +493,8 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
         grace_period,
         threads,
         log,
+        log_format,
+        access_log,
         upstream_timeouts,
         server,
     };

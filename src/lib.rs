@@ -3,6 +3,7 @@
 //! A request reads top to bottom: [`proxy`] decides the route, [`token`] decides the answer,
 //! [`respond`] puts it on the wire, [`metrics`] observes.
 
+pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;

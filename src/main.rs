@@ -3,9 +3,12 @@
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::io::Write;
+
 use clap::Parser;
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, UnixShutdownSignalWatch};
+use tokengate::access_log::LogFormat;
 use tokengate::cli::{Cli, Command};
 use tokengate::config::{Config, ProcessEnv};
 use tokengate::server::{self, MarkDraining};
@@ -17,10 +20,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(e),
     };
-    env_logger::Builder::new()
-        .filter_level(config.log)
-        .format_target(false)
-        .init();
+    init_logging(&config);
     match cli.command {
         Some(Command::Sign { user_id, ttl }) => sign(&config, &user_id, ttl.as_secs()),
         None if cli.test => {
@@ -29,6 +29,23 @@ fn main() -> ExitCode {
         }
         None => serve(config, &cli),
     }
+}
+
+/// Application logs go to stderr (stdout carries the access log), in the configured format.
+fn init_logging(config: &Config) {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(config.log).format_target(false);
+    if config.log_format == LogFormat::Json {
+        builder.format(|buf, record| {
+            let line = serde_json::json!({
+                "time": tokengate::access_log::now_rfc3339(),
+                "level": record.level().as_str(),
+                "message": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    builder.init();
 }
 
 fn serve(config: Config, cli: &Cli) -> ExitCode {

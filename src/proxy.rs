@@ -13,6 +13,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
+use crate::access_log::{self, AccessLog, Entry};
 use crate::config::{AuthMode, Config, UpstreamTimeouts};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{self, Route, UpstreamErrorKind};
@@ -65,10 +66,16 @@ pub struct RequestCtx {
     route: Route,
     /// The propagated or generated request id.
     request_id: String,
-    /// The valid session token the request carried, and its subject.
+    /// The valid session token a forwarded request carried, and its subject.
     caller: Option<(String, String)>,
+    /// The verified subject, on either route, for the access log.
+    subject: Option<String>,
+    /// The error code tokengate answered with, if any.
+    reason: Option<ErrorCode>,
     /// When the request went upstream.
     upstream_start: Option<Instant>,
+    /// Seconds the upstream took to its response header.
+    upstream_duration: Option<f64>,
     /// How the upstream failed, if it did.
     upstream_error: Option<UpstreamErrorKind>,
     /// Held for the request's lifetime.
@@ -84,6 +91,7 @@ pub struct Tokengate {
     timeouts: UpstreamTimeouts,
     identity_header: HeaderName,
     auth: AuthMode,
+    access_log: AccessLog,
     state: Arc<AppState>,
 }
 
@@ -101,6 +109,7 @@ impl Tokengate {
             timeouts: config.upstream_timeouts,
             identity_header: config.identity_header.clone(),
             auth: config.auth,
+            access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
             state,
         })
     }
@@ -146,6 +155,7 @@ impl Tokengate {
         match self.tokens.handle(&request, unix_now()) {
             Ok(minted) => {
                 metrics::get().minted.inc();
+                ctx.subject = Some(minted.subject);
                 let response = Response::minted(
                     minted.body,
                     &minted.session_token,
@@ -196,7 +206,7 @@ impl Tokengate {
     async fn refuse(
         &self,
         session: &mut Session,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         error: &ApiError,
         extra: &[(&'static str, &'static str)],
     ) -> pingora::Result<()> {
@@ -204,6 +214,7 @@ impl Tokengate {
             .rejections
             .with_label_values(&[error.code.as_str()])
             .inc();
+        ctx.reason = Some(error.code);
         let mut response = Response::error(error, &ctx.request_id);
         for (name, value) in extra {
             response = response.with_header(name, *value);
@@ -274,7 +285,10 @@ impl ProxyHttp for Tokengate {
             route: Route::Proxy,
             request_id: String::new(),
             caller: None,
+            subject: None,
+            reason: None,
             upstream_start: None,
+            upstream_duration: None,
             upstream_error: None,
             _in_flight: InFlight::new(self.state.clone()),
         }
@@ -303,7 +317,9 @@ impl ProxyHttp for Tokengate {
             .collect();
         match self.tokens.authenticate(&authorization, unix_now()) {
             Ok(caller) => {
-                ctx.caller = Some((caller.token.to_owned(), caller.claims.subject().to_owned()));
+                let subject = caller.claims.subject().to_owned();
+                ctx.caller = Some((caller.token.to_owned(), subject.clone()));
+                ctx.subject = Some(subject);
                 Ok(false)
             }
             Err(error) if self.auth == AuthMode::Required => {
@@ -376,9 +392,9 @@ impl ProxyHttp for Tokengate {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         if let Some(start) = ctx.upstream_start.take() {
-            metrics::get()
-                .upstream_duration
-                .observe(start.elapsed().as_secs_f64());
+            let seconds = start.elapsed().as_secs_f64();
+            metrics::get().upstream_duration.observe(seconds);
+            ctx.upstream_duration = Some(seconds);
         }
         Ok(())
     }
@@ -451,6 +467,7 @@ impl ProxyHttp for Tokengate {
                 .with_label_values(&[kind.as_str()])
                 .inc();
         }
+        ctx.reason = Some(error.code);
         if session.response_written().is_none() {
             session.set_keepalive(None);
             let response = Response::error(&error, &ctx.request_id);
@@ -464,17 +481,34 @@ impl ProxyHttp for Tokengate {
         }
     }
 
-    /// Records the request's metrics once it is over.
+    /// Records the request's metrics and access-log line once it is over.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map_or("0", |r| r.status.as_str());
+        let duration = ctx.start.elapsed().as_secs_f64();
+        let written = session.response_written();
+        let status = written.map_or(0, |r| r.status.as_u16());
         let m = metrics::get();
         let route = ctx.route.as_str();
-        m.requests.with_label_values(&[route, status]).inc();
+        m.requests
+            .with_label_values(&[route, written.map_or("0", |r| r.status.as_str())])
+            .inc();
         m.request_duration
             .with_label_values(&[route])
-            .observe(ctx.start.elapsed().as_secs_f64());
+            .observe(duration);
+        let header = session.req_header();
+        self.access_log.write(&Entry {
+            time: access_log::now_rfc3339(),
+            request_id: &ctx.request_id,
+            method: header.method.as_str(),
+            path: header.uri.path(),
+            status,
+            route,
+            duration,
+            upstream_duration: ctx.upstream_duration,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            subject: ctx.subject.as_deref(),
+            reason: ctx.reason.map(ErrorCode::as_str),
+        });
     }
 }
 

@@ -69,6 +69,26 @@ pub struct Tokengate {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub upstream: SocketAddr,
+    /// Lines the process wrote to stdout (the access log), read continuously so it never blocks.
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    /// Lines the process wrote to stderr (application logs).
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// Collects a pipe's lines in a thread.
+fn collect_lines(pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            match line {
+                Ok(line) => sink.lock().unwrap().push(line),
+                Err(_) => break,
+            }
+        }
+    });
+    lines
 }
 
 impl Tokengate {
@@ -97,19 +117,23 @@ impl Tokengate {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("tokengate binary starts");
-        let tg = Tokengate {
+        let mut child = cmd.spawn().expect("tokengate binary starts");
+        let stdout = collect_lines(child.stdout.take().unwrap());
+        let stderr = collect_lines(child.stderr.take().unwrap());
+        let mut tg = Tokengate {
             child,
             addr,
             admin,
             upstream,
+            stdout,
+            stderr,
         };
         tg.wait_ready();
         tg
     }
 
     /// Polls `/readyz` until it answers 200.
-    pub fn wait_ready(&self) {
+    pub fn wait_ready(&mut self) {
         let start = Instant::now();
         loop {
             if let Ok(r) = try_request(
@@ -119,6 +143,12 @@ impl Tokengate {
                 if r.status == 200 {
                     return;
                 }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "tokengate exited with {status}: {:?}",
+                    self.stderr.lock().unwrap()
+                );
             }
             assert!(start.elapsed() < DEADLINE, "tokengate did not become ready");
             thread::sleep(Duration::from_millis(20));
@@ -153,6 +183,23 @@ impl Tokengate {
                     .and_then(|rest| rest.strip_prefix(' '))
             })
             .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    /// Polls until `n` access-log lines have been written, and returns them.
+    pub fn access_log(&self, n: usize) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let lines = self.stdout.lock().unwrap().clone();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "only {} of {n} access-log lines",
+                lines.len()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Whether the process is still running.
