@@ -58,6 +58,8 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
             TcpListener::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
         }
     }
+    // Register every metric now, so the first scrape already shows them all at zero.
+    crate::metrics::get();
     let state = Arc::new(AppState::default());
     let tokengate = Tokengate::new(&config, state.clone())?;
     let mut server = Server::new_with_opt_and_conf(opt, config.server);

@@ -304,3 +304,40 @@ fn text_log_format_and_access_log_off() {
     }
     assert!(quiet.stdout.lock().unwrap().is_empty());
 }
+
+/// A dashboard panel or an alert on a metric nobody exports would stay silently empty.
+#[test]
+fn dashboard_and_alerts_query_only_exported_metrics() {
+    let tg = Tokengate::start(dead_upstream(), &[]);
+    tg.request(&token_request(
+        &[&format!("Bearer {}", session("mo"))],
+        None,
+        "",
+    ));
+    tg.request(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    let scrape = tg.metrics();
+    let exported: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in [
+        "k8s/monitoring/grafana-dashboard.json",
+        "k8s/monitoring/tokengate-rules.yaml",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let used: Vec<&str> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("tokengate_") || w.starts_with("process_"))
+            .collect();
+        assert!(used.len() >= 5, "{file} queries almost nothing");
+        for name in used {
+            let histogram = format!("{name}_bucket");
+            assert!(
+                exported.contains(name) || exported.contains(histogram.as_str()),
+                "{file} queries {name}, which /metrics does not export"
+            );
+        }
+    }
+}

@@ -127,6 +127,13 @@ fn help_and_version() {
 fn probes_report_health_and_sigterm_exits_zero_promptly() {
     let up = Upstream::start();
     let mut tg = Tokengate::start(up.addr, &[]);
+    // Before any request, every counter is already there at zero for alerts to work with.
+    let scrape = tg.metrics();
+    assert!(
+        scrape.contains("\ntokengate_tokens_minted_total 0\n"),
+        "{scrape}"
+    );
+    assert!(scrape.contains("\ntokengate_token_rejections_total{reason=\"invalid_token\"} 0\n"));
     let r = request(tg.admin, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
     let r = request(tg.admin, b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n");
