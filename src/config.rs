@@ -63,6 +63,40 @@ pub enum AuthMode {
     Required,
 }
 
+/// `auth` for one path prefix, overriding the global mode.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPath {
+    /// Path prefix, matched against the request path.
+    pub prefix: String,
+    /// Mode for paths under the prefix.
+    pub auth: AuthMode,
+}
+
+/// The auth mode of every path: the longest matching prefix wins, else the global mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRules {
+    default: AuthMode,
+    /// Sorted longest prefix first.
+    paths: Vec<AuthPath>,
+}
+
+impl AuthRules {
+    /// Rules from the global mode and the per-prefix overrides.
+    pub fn new(default: AuthMode, mut paths: Vec<AuthPath>) -> AuthRules {
+        paths.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        AuthRules { default, paths }
+    }
+
+    /// The mode for `path`.
+    pub fn mode_for(&self, path: &str) -> AuthMode {
+        self.paths
+            .iter()
+            .find(|p| path.starts_with(&p.prefix))
+            .map_or(self.default, |p| p.auth)
+    }
+}
+
 /// Timeouts towards the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamTimeouts {
@@ -111,8 +145,8 @@ pub struct Config {
     pub abilities: Option<Vec<String>>,
     /// Header carrying the subject to the upstream.
     pub identity_header: HeaderName,
-    /// Whether forwarded requests need a valid token.
-    pub auth: AuthMode,
+    /// Whether forwarded requests need a valid token, globally and per path prefix.
+    pub auth: AuthRules,
     /// How long `SIGTERM` waits for in-flight requests.
     pub grace_period: Duration,
     /// Worker threads of the proxy service.
@@ -151,6 +185,7 @@ struct RawConfig {
     abilities: Option<Vec<String>>,
     identity_header: Option<String>,
     auth: Option<AuthMode>,
+    auth_paths: Vec<AuthPath>,
     grace_period: Option<String>,
     threads: Option<usize>,
     log: Option<String>,
@@ -489,7 +524,7 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
         reserved_claims: raw.reserved_claims,
         abilities: raw.abilities,
         identity_header,
-        auth: raw.auth.unwrap_or(AuthMode::Passthrough),
+        auth: AuthRules::new(raw.auth.unwrap_or(AuthMode::Passthrough), raw.auth_paths),
         grace_period,
         threads,
         log,
@@ -544,7 +579,7 @@ mod tests {
         assert_eq!(c.endpoint, "localhost:5001");
         assert_eq!(c.grace_period, Duration::from_secs(10));
         assert_eq!(c.body_limit, 16384);
-        assert_eq!(c.auth, AuthMode::Passthrough);
+        assert_eq!(c.auth.mode_for("/anything"), AuthMode::Passthrough);
         assert_eq!(c.server.grace_period_seconds, Some(10));
     }
 
@@ -589,6 +624,15 @@ mod tests {
     }
 
     #[test]
+    fn longest_auth_prefix_wins() {
+        let yaml = "tokengate:\n  auth_paths:\n    - {prefix: /admin, auth: required}\n    - {prefix: /admin/health, auth: passthrough}\n";
+        let c = Config::from_yaml(yaml, &[SECRET]).unwrap();
+        assert_eq!(c.auth.mode_for("/admin/users"), AuthMode::Required);
+        assert_eq!(c.auth.mode_for("/admin/health"), AuthMode::Passthrough);
+        assert_eq!(c.auth.mode_for("/public"), AuthMode::Passthrough);
+    }
+
+    #[test]
     fn pingora_keys_may_sit_beside_the_section() {
         let c = Config::from_yaml(
             "version: 1\nupgrade_sock: /tmp/tg.sock\ntokengate:\n  auth: required\n",
@@ -596,6 +640,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.server.upgrade_sock, "/tmp/tg.sock");
-        assert_eq!(c.auth, AuthMode::Required);
+        assert_eq!(c.auth.mode_for("/"), AuthMode::Required);
     }
 }

@@ -14,7 +14,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::access_log::{self, AccessLog, Entry};
-use crate::config::{AuthMode, Config, UpstreamTimeouts};
+use crate::config::{AuthMode, AuthRules, Config, UpstreamTimeouts};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{self, Route, UpstreamErrorKind};
 use crate::respond::{self, Response};
@@ -90,7 +90,7 @@ pub struct Tokengate {
     upstream: SocketAddr,
     timeouts: UpstreamTimeouts,
     identity_header: HeaderName,
-    auth: AuthMode,
+    auth: AuthRules,
     access_log: AccessLog,
     state: Arc<AppState>,
 }
@@ -108,7 +108,7 @@ impl Tokengate {
             upstream: config.upstream,
             timeouts: config.upstream_timeouts,
             identity_header: config.identity_header.clone(),
-            auth: config.auth,
+            auth: config.auth.clone(),
             access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
             state,
         })
@@ -322,7 +322,9 @@ impl ProxyHttp for Tokengate {
                 ctx.subject = Some(subject);
                 Ok(false)
             }
-            Err(error) if self.auth == AuthMode::Required => {
+            Err(error)
+                if self.auth.mode_for(session.req_header().uri.path()) == AuthMode::Required =>
+            {
                 self.refuse(session, ctx, &error, &[]).await?;
                 Ok(true)
             }

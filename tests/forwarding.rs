@@ -113,3 +113,143 @@ fn a_silent_upstream_is_a_json_504() {
         1.0
     );
 }
+
+#[test]
+fn every_method_and_http_1_0_pass_through() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    for (method, body) in [
+        ("HEAD", ""),
+        ("OPTIONS", ""),
+        ("DELETE", ""),
+        ("PATCH", "{\"a\":1}"),
+        ("GET", "body on a GET"),
+    ] {
+        let raw = format!(
+            "{method} /m HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut conn = tg.connect();
+        std::io::Write::write_all(&mut conn, raw.as_bytes()).unwrap();
+        let r = read_response_to(&mut conn, method == "HEAD").unwrap();
+        assert_eq!(r.status, 200, "{method}");
+        let expected: &[u8] = if method == "HEAD" {
+            b""
+        } else {
+            b"upstream says hi"
+        };
+        assert_eq!(r.body, expected, "{method}");
+    }
+    let seen = up.seen();
+    let got: Vec<(&str, usize)> = seen
+        .iter()
+        .map(|s| (s.method.as_str(), s.body_len))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("HEAD", 0),
+            ("OPTIONS", 0),
+            ("DELETE", 0),
+            ("PATCH", 7),
+            ("GET", 13)
+        ]
+    );
+
+    // An HTTP/1.0 client without Host gets its answer and a closed connection.
+    let r = tg.request(b"GET /old HTTP/1.0\r\n\r\n");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"upstream says hi"[..])
+    );
+}
+
+#[test]
+fn upstream_connections_are_pooled() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[("TOKENGATE_THREADS", "1")]);
+    let mut conn = tg.connect();
+    for _ in 0..5 {
+        let r = exchange(&mut conn, b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let ports: std::collections::BTreeSet<_> =
+        up.seen().iter().map(|s| s.peer.unwrap().port()).collect();
+    assert_eq!(
+        ports.len(),
+        1,
+        "five requests used {} upstream connections",
+        ports.len()
+    );
+}
+
+#[test]
+fn per_path_auth_modes() {
+    let up = Upstream::start();
+    let conf = std::env::temp_dir().join(format!("tokengate-paths-{}.yaml", free_port()));
+    std::fs::write(
+        &conf,
+        "tokengate:\n  auth: passthrough\n  auth_paths:\n    - {prefix: /albums/, auth: required}\n",
+    )
+    .unwrap();
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
+    assert_eq!(
+        tg.request(b"GET /public HTTP/1.1\r\nHost: a\r\n\r\n")
+            .status,
+        200
+    );
+    let r = tg.request(b"GET /albums/1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("missing_token"))
+    );
+    let urls: Vec<String> = up.seen().iter().map(|s| s.url.clone()).collect();
+    assert_eq!(urls, ["/public"]);
+    std::fs::remove_file(conf).unwrap();
+}
+
+#[test]
+fn a_minted_ability_token_identifies_its_subject_too() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    let body = r#"{"permission":{"abilities":{"a1":{"Access":{"see":true}}},"Id":"a1"}}"#;
+    let r = tg.request(&token_request(
+        &[&format!("Bearer {}", session("nia"))],
+        Some("application/json"),
+        body,
+    ));
+    let minted = r.json()["token"].as_str().unwrap().to_owned();
+    let raw =
+        format!("GET /albums/a1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {minted}\r\n\r\n");
+    let r = tg.request(raw.as_bytes());
+    assert_eq!(r.header("X-token"), Some(minted.as_str()));
+    assert_eq!(up.seen()[0].all("X-User-Id"), ["nia"]);
+}
+
+#[test]
+fn websocket_upgrades_pass_through() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut ws = tungstenite::accept(stream).unwrap();
+        loop {
+            match ws.read() {
+                Ok(msg) if msg.is_text() || msg.is_binary() => ws.send(msg).unwrap(),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    let tg = Tokengate::start(upstream, &[]);
+    let (mut ws, response) =
+        tungstenite::client(format!("ws://{}/socket", tg.addr), tg.connect()).unwrap();
+    assert_eq!(response.status().as_u16(), 101);
+    for text in ["hello", "through", "tokengate"] {
+        ws.send(tungstenite::Message::text(text)).unwrap();
+        assert_eq!(ws.read().unwrap(), tungstenite::Message::text(text));
+    }
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    server.join().unwrap();
+}

@@ -202,6 +202,41 @@ impl Tokengate {
         }
     }
 
+    /// The process's resident memory high-water mark, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+
+    /// Sends `signal` (e.g. `-TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                start.elapsed() < within,
+                "tokengate still runs after {within:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -268,6 +303,11 @@ pub fn exchange(stream: &mut TcpStream, raw: &[u8]) -> std::io::Result<Resp> {
 
 /// Reads one response from `stream`, leaving the connection usable for the next one.
 pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Resp> {
+    read_response_to(stream, false)
+}
+
+/// Reads one response to a `HEAD` request, or any other, from `stream`.
+pub fn read_response_to(stream: &mut TcpStream, head: bool) -> std::io::Result<Resp> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -292,6 +332,13 @@ pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Resp> {
                 continue;
             }
             let mut body = buf[head_len..].to_vec();
+            if head {
+                return Ok(Resp {
+                    status,
+                    headers,
+                    body,
+                });
+            }
             let find = |n: &str| {
                 headers
                     .iter()
@@ -366,6 +413,8 @@ pub struct Seen {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    /// The proxy's side of the upstream connection: equal ports mean a reused connection.
+    pub peer: Option<SocketAddr>,
 }
 
 impl Seen {
@@ -394,8 +443,9 @@ impl Upstream {
         let (srv, log) = (server.clone(), seen.clone());
         thread::spawn(move || {
             for mut req in srv.incoming_requests() {
-                let mut body = Vec::new();
-                let _ = req.as_reader().read_to_end(&mut body);
+                // Count the body instead of keeping it: uploads in these tests reach a GiB.
+                let body_len =
+                    std::io::copy(req.as_reader(), &mut std::io::sink()).unwrap_or(0) as usize;
                 log.lock().unwrap().push(Seen {
                     method: req.method().to_string(),
                     url: req.url().to_owned(),
@@ -404,9 +454,24 @@ impl Upstream {
                         .iter()
                         .map(|h| (h.field.to_string(), h.value.to_string()))
                         .collect(),
-                    body_len: body.len(),
+                    body_len,
+                    peer: req.remote_addr().copied(),
                 });
-                let _ = req.respond(tiny_http::Response::from_string("upstream says hi"));
+                // `/bytes/N` streams N bytes back; anything else gets a short greeting.
+                let size = req
+                    .url()
+                    .strip_prefix("/bytes/")
+                    .and_then(|n| n.parse::<u64>().ok());
+                let _ = match size {
+                    Some(n) => req.respond(tiny_http::Response::new(
+                        200.into(),
+                        vec![],
+                        std::io::Read::take(std::io::repeat(b'x'), n),
+                        Some(n as usize),
+                        None,
+                    )),
+                    None => req.respond(tiny_http::Response::from_string("upstream says hi")),
+                };
             }
         });
         Upstream { addr, seen, server }
