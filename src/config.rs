@@ -84,7 +84,7 @@ pub struct AuthRules {
 impl AuthRules {
     /// Rules from the global mode and the per-prefix overrides.
     pub fn new(default: AuthMode, mut paths: Vec<AuthPath>) -> AuthRules {
-        paths.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        paths.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
         AuthRules { default, paths }
     }
 
