@@ -101,6 +101,19 @@ impl Tokengate {
     pub fn start_with_args(upstream: SocketAddr, env: &[(&str, &str)], args: &[&str]) -> Tokengate {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut tg = Self::spawn_on(addr, admin, upstream, env, args);
+        tg.wait_ready();
+        tg
+    }
+
+    /// Spawns tokengate on the given addresses without waiting for it.
+    pub fn spawn_on(
+        addr: SocketAddr,
+        admin: SocketAddr,
+        upstream: SocketAddr,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Tokengate {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokengate"));
         cmd.args(args)
             .env_clear()
@@ -120,16 +133,14 @@ impl Tokengate {
         let mut child = cmd.spawn().expect("tokengate binary starts");
         let stdout = collect_lines(child.stdout.take().unwrap());
         let stderr = collect_lines(child.stderr.take().unwrap());
-        let mut tg = Tokengate {
+        Tokengate {
             child,
             addr,
             admin,
             upstream,
             stdout,
             stderr,
-        };
-        tg.wait_ready();
-        tg
+        }
     }
 
     /// Polls `/readyz` until it answers 200.
