@@ -253,3 +253,37 @@ fn websocket_upgrades_pass_through() {
     while ws.read().is_ok() {}
     server.join().unwrap();
 }
+
+#[test]
+fn the_upstream_sees_exactly_the_forwarding_headers() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    let session = session("olga");
+    let raw = format!(
+        "GET /exact HTTP/1.1\r\nHost: images.example\r\nAuthorization: Bearer {session}\r\n\
+         Connection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: private\r\n\
+         Proxy-Connection: keep-alive\r\nTE: trailers\r\nX-App: kept\r\nUser_Id: kept-too\r\n\r\n"
+    );
+    assert_eq!(tg.request(raw.as_bytes()).status, 200);
+    let seen = &up.seen()[0];
+    let mut names: Vec<String> = seen
+        .headers
+        .iter()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "authorization",
+            "host",
+            "user_id",
+            "x-app",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-request-id",
+            "x-user-id"
+        ]
+    );
+}
