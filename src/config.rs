@@ -13,7 +13,9 @@ use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
 use crate::access_log::LogFormat;
-use crate::token::{KeyError, Keyring, PermissionPolicy, Secret, TokenService, VerifyPolicy};
+use crate::token::{
+    KeyError, Keyring, PermissionPolicy, Secret, SharedKeyring, TokenService, VerifyPolicy,
+};
 
 /// Why the configuration was refused; `Display` is the one line printed at start-up.
 #[derive(Debug)]
@@ -97,6 +99,32 @@ impl AuthRules {
     }
 }
 
+/// Where secrets come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretSource {
+    /// `secret` / `TOKENGATE_SECRET`, first when set.
+    pub inline: Option<String>,
+    /// `secret_file` / `TOKENGATE_SECRET_FILE`, re-read on change or `SIGHUP`.
+    pub file: Option<PathBuf>,
+}
+
+impl SecretSource {
+    /// Reads the secrets again (the file may have been rotated) and builds a keyring.
+    pub fn keyring(&self, algorithms: &[Algorithm]) -> Result<Keyring, ConfigError> {
+        let secrets = load_secrets(self.inline.clone(), self.file.clone())?;
+        Keyring::new(&secrets, algorithms).map_err(ConfigError::Keys)
+    }
+}
+
+/// How many tokens one subject may mint per window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Mints allowed in one window.
+    pub mints: u32,
+    /// The window.
+    pub per: Duration,
+}
+
 /// Timeouts towards the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamTimeouts {
@@ -123,6 +151,10 @@ pub struct Config {
     pub endpoint: String,
     /// Verification secrets; the first signs.
     pub secrets: Vec<Secret>,
+    /// Where the secrets came from, to read them again on rotation.
+    pub secret_source: SecretSource,
+    /// Mints allowed per subject and window; `None` means unlimited.
+    pub rate_limit: Option<RateLimit>,
     /// Algorithms session tokens may use.
     pub algorithms: Vec<Algorithm>,
     /// Name of the subject claim.
@@ -192,6 +224,14 @@ struct RawConfig {
     log_format: Option<String>,
     access_log: Option<bool>,
     upstream_timeouts: RawTimeouts,
+    rate_limit: RawRateLimit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawRateLimit {
+    mints: Option<u32>,
+    per: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,8 +244,9 @@ struct RawTimeouts {
 }
 
 /// Where environment variables come from; tests pass a map instead of the process environment.
+/// An empty variable counts as unset, as Kubernetes' `value: ""` means.
 pub trait Env {
-    /// The variable's value, if set.
+    /// The variable's value, if set and not empty.
     fn var(&self, name: &str) -> Option<String>;
 }
 
@@ -214,7 +255,7 @@ pub struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
+        std::env::var(name).ok().filter(|v| !v.is_empty())
     }
 }
 
@@ -223,6 +264,7 @@ impl<const N: usize> Env for [(&str, &str); N] {
         self.iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| (*v).to_owned())
+            .filter(|v| !v.is_empty())
     }
 }
 
@@ -244,9 +286,14 @@ impl Config {
         resolve(raw, server, env)
     }
 
+    /// The keyring the configured secrets make.
+    pub fn keyring(&self) -> Result<Keyring, ConfigError> {
+        Keyring::new(&self.secrets, &self.algorithms).map_err(ConfigError::Keys)
+    }
+
     /// The token route's service, built from this configuration.
     pub fn token_service(&self) -> Result<TokenService, ConfigError> {
-        let keys = Keyring::new(&self.secrets, &self.algorithms).map_err(ConfigError::Keys)?;
+        let keys = SharedKeyring::new(self.keyring()?);
         let mut reserved = self.reserved_claims.clone();
         reserved.push(self.subject_claim.clone());
         Ok(TokenService {
@@ -385,7 +432,31 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
         ));
     }
     let (_, endpoint) = pick(env, "TOKENGATE_ENDPOINT", raw.endpoint, "localhost:5001");
-    let secrets = secrets(env, raw.secret, raw.secret_file)?;
+    let secret_source = SecretSource {
+        inline: env.var("TOKENGATE_SECRET").or(raw.secret),
+        file: env
+            .var("TOKENGATE_SECRET_FILE")
+            .map(PathBuf::from)
+            .or(raw.secret_file),
+    };
+    let secrets = load_secrets(secret_source.inline.clone(), secret_source.file.clone())?;
+    let rate_per = raw.rate_limit.per.unwrap_or_else(|| "1s".to_owned());
+    let rate_per = humantime::parse_duration(rate_per.trim())
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            invalid(
+                "tokengate.rate_limit.per",
+                format!("{rate_per:?} is not a duration like 1s"),
+            )
+        })?;
+    let rate_limit = match raw.rate_limit.mints.unwrap_or(30) {
+        0 => None,
+        mints => Some(RateLimit {
+            mints,
+            per: rate_per,
+        }),
+    };
     let algorithms = raw
         .algorithms
         .unwrap_or_else(|| vec!["HS256".to_owned()])
@@ -513,6 +584,8 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
         upstream,
         endpoint,
         secrets,
+        secret_source,
+        rate_limit,
         algorithms,
         subject_claim: raw.subject_claim.unwrap_or_else(|| "user_id".to_owned()),
         leeway: duration(env, "TOKENGATE_LEEWAY", "leeway", raw.leeway, "0s")?,
@@ -538,14 +611,8 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
     Ok(config)
 }
 
-fn secrets(
-    env: &impl Env,
-    secret: Option<String>,
-    file: Option<PathBuf>,
-) -> Result<Vec<Secret>, ConfigError> {
-    let secret = env.var("TOKENGATE_SECRET").or(secret);
-    let file = env.var("TOKENGATE_SECRET_FILE").map(PathBuf::from).or(file);
-    let mut secrets: Vec<Secret> = secret
+fn load_secrets(inline: Option<String>, file: Option<PathBuf>) -> Result<Vec<Secret>, ConfigError> {
+    let mut secrets: Vec<Secret> = inline
         .map(|s| Secret {
             id: None,
             bytes: s.into_bytes(),

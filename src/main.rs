@@ -78,12 +78,12 @@ fn sign(config: &Config, user_id: &str, ttl_secs: u64) -> ExitCode {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let service = match config.token_service() {
-        Ok(service) => service,
+    let keys = match config.keyring() {
+        Ok(keys) => keys,
         Err(e) => return fail(e),
     };
     match session_token(
-        service.keys.signing(),
+        keys.signing(),
         &config.subject_claim,
         user_id,
         now,

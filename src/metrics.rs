@@ -75,6 +75,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// `tokengate_build_info{version}`.
     pub build_info: GaugeVec,
+    /// `tokengate_secret_reloads_total{result}`: rotations taken (`ok`) or refused (`error`).
+    pub secret_reloads: IntCounterVec,
 }
 
 fn register() -> Result<Metrics, prometheus::Error> {
@@ -110,6 +112,11 @@ fn register() -> Result<Metrics, prometheus::Error> {
             "tokengate_in_flight_requests",
             "Requests being served right now."
         )?,
+        secret_reloads: register_int_counter_vec!(
+            "tokengate_secret_reloads_total",
+            "Secret file re-reads that changed the keyring (ok) or were refused (error).",
+            &["result"]
+        )?,
         build_info: register_gauge_vec!(
             "tokengate_build_info",
             "Always 1; the version label says which build runs.",
@@ -123,6 +130,9 @@ fn register() -> Result<Metrics, prometheus::Error> {
     // Zero series up front, so rates and alerts work before the first refusal happens.
     for code in ErrorCode::ALL.iter().filter(|c| c.status() < 500) {
         metrics.rejections.with_label_values(&[code.as_str()]);
+    }
+    for result in ["ok", "error"] {
+        metrics.secret_reloads.with_label_values(&[result]);
     }
     for kind in [
         UpstreamErrorKind::Connect,

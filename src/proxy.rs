@@ -14,11 +14,11 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::access_log::{self, AccessLog, Entry};
-use crate::config::{AuthMode, AuthRules, Config, UpstreamTimeouts};
+use crate::config::{AuthMode, AuthRules, Config, RateLimit, UpstreamTimeouts};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{self, Route, UpstreamErrorKind};
 use crate::respond::{self, Response};
-use crate::token::{TokenRequest, TokenService};
+use crate::token::{SharedKeyring, TokenRequest, TokenService};
 
 /// Process-wide state shared by the proxy, the admin listener and the shutdown logic.
 #[derive(Debug, Default)]
@@ -82,6 +82,28 @@ pub struct RequestCtx {
     _in_flight: InFlight,
 }
 
+/// Caps how many tokens one subject mints per window; memory stays fixed whatever the subjects.
+struct MintLimiter {
+    rate: pingora_limits::rate::Rate,
+    mints: isize,
+    retry_after: String,
+}
+
+impl MintLimiter {
+    fn new(limit: RateLimit) -> MintLimiter {
+        MintLimiter {
+            rate: pingora_limits::rate::Rate::new(limit.per),
+            mints: isize::try_from(limit.mints).unwrap_or(isize::MAX),
+            // The window's length is the longest a refused caller has to wait.
+            retry_after: limit.per.as_secs_f64().ceil().max(1.0).to_string(),
+        }
+    }
+
+    fn admit(&self, subject: &str) -> bool {
+        self.rate.observe(&subject, 1) <= self.mints
+    }
+}
+
 /// The tokengate proxy.
 pub struct Tokengate {
     tokens: TokenService,
@@ -92,6 +114,7 @@ pub struct Tokengate {
     identity_header: HeaderName,
     auth: AuthRules,
     access_log: AccessLog,
+    limiter: Option<MintLimiter>,
     state: Arc<AppState>,
 }
 
@@ -110,8 +133,14 @@ impl Tokengate {
             identity_header: config.identity_header.clone(),
             auth: config.auth.clone(),
             access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
+            limiter: config.rate_limit.map(MintLimiter::new),
             state,
         })
+    }
+
+    /// The keyring the token route verifies and signs with, for rotation.
+    pub fn keyring(&self) -> SharedKeyring {
+        self.tokens.keys.clone()
     }
 
     /// Answers the token route; always ends the request.
@@ -129,12 +158,15 @@ impl Tokengate {
                 .refuse(session, ctx, &error, &[("Allow", "POST")])
                 .await;
         }
-        let body = match self.read_body(session).await? {
+        let body = match self.read_body(session).await {
             Ok(body) => body,
             Err(error) => {
-                // The rest of an oversized body stays unread: close rather than drain it.
+                // The rest of the body stays unread (too large, or unreadable): close, don't drain.
                 session.set_keepalive(None);
-                return self.refuse(session, ctx, &error, &[]).await;
+                if let Err(e) = self.refuse(session, ctx, &error, &[]).await {
+                    log::debug!("client gone before its refusal was written: {e}");
+                }
+                return Ok(());
             }
         };
         let header = session.req_header();
@@ -152,7 +184,8 @@ impl Tokengate {
                 .map(|v| v.as_bytes()),
             body: &body,
         };
-        match self.tokens.handle(&request, unix_now()) {
+        let admit = |subject: &str| self.limiter.as_ref().is_none_or(|l| l.admit(subject));
+        match self.tokens.handle_admitted(&request, unix_now(), admit) {
             Ok(minted) => {
                 metrics::get().minted.inc();
                 ctx.subject = Some(minted.subject);
@@ -164,15 +197,24 @@ impl Tokengate {
                 );
                 respond::send(session, response).await
             }
+            Err(error) if error.code == ErrorCode::RateLimited => {
+                let retry_after = self
+                    .limiter
+                    .as_ref()
+                    .map_or("1", |l| l.retry_after.as_str());
+                self.refuse(session, ctx, &error, &[("Retry-After", retry_after)])
+                    .await
+            }
             Err(error) => self.refuse(session, ctx, &error, &[]).await,
         }
     }
 
     /// Reads the whole body within the limit: `Content-Length` first, then a running count.
-    async fn read_body(
-        &self,
-        session: &mut Session,
-    ) -> pingora::Result<Result<BytesMut, ApiError>> {
+    async fn read_body(&self, session: &mut Session) -> Result<BytesMut, ApiError> {
+        const UNREADABLE: ApiError = ApiError::new(
+            ErrorCode::InvalidRequest,
+            "The request body could not be read: bad chunked framing or a broken connection.",
+        );
         const TOO_LARGE: ApiError =
             ApiError::new(ErrorCode::PayloadTooLarge, "The request body is too large.");
         let declared = session
@@ -182,7 +224,7 @@ impl Tokengate {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<usize>().ok());
         if declared.is_some_and(|len| len > self.body_limit) {
-            return Ok(Err(TOO_LARGE));
+            return Err(TOO_LARGE);
         }
         let expects_continue = session
             .req_header()
@@ -190,16 +232,19 @@ impl Tokengate {
             .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         if expects_continue {
-            session.write_continue_response().await?;
+            session
+                .write_continue_response()
+                .await
+                .map_err(|_| UNREADABLE)?;
         }
         let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
-        while let Some(chunk) = session.read_request_body().await? {
+        while let Some(chunk) = session.read_request_body().await.map_err(|_| UNREADABLE)? {
             if body.len() + chunk.len() > self.body_limit {
-                return Ok(Err(TOO_LARGE));
+                return Err(TOO_LARGE);
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Ok(body))
+        Ok(body)
     }
 
     /// Answers an error of tokengate's own and counts it.
@@ -208,7 +253,7 @@ impl Tokengate {
         session: &mut Session,
         ctx: &mut RequestCtx,
         error: &ApiError,
-        extra: &[(&'static str, &'static str)],
+        extra: &[(&'static str, &str)],
     ) -> pingora::Result<()> {
         metrics::get()
             .rejections

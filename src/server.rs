@@ -4,16 +4,23 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use async_trait::async_trait;
+use jsonwebtoken::Algorithm;
 use pingora::server::configuration::Opt;
 use pingora::server::ShutdownWatch;
 use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::AdminApp;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, SecretSource};
+use crate::metrics;
 use crate::proxy::{watch_listener, AppState, Tokengate};
+use crate::token::SharedKeyring;
 
 /// Why the server could not be built.
 #[derive(Debug)]
@@ -62,6 +69,11 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
     crate::metrics::get();
     let state = Arc::new(AppState::default());
     let tokengate = Tokengate::new(&config, state.clone())?;
+    let reloader = KeyReloader {
+        source: config.secret_source.clone(),
+        algorithms: config.algorithms.clone(),
+        keys: tokengate.keyring(),
+    };
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
     server.bootstrap();
 
@@ -89,6 +101,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(probe);
+    server.add_service(background_service("secret reloader", reloader));
     Ok(Built { server, state })
 }
 
@@ -101,6 +114,68 @@ struct ListenerProbe {
 impl BackgroundService for ListenerProbe {
     async fn start(&self, _shutdown: ShutdownWatch) {
         watch_listener(self.addr, self.state.clone()).await;
+    }
+}
+
+/// How often the secret file is compared with what was loaded; Kubernetes takes about a minute
+/// to update a mounted Secret, so this is never the slow part.
+const SECRET_POLL: Duration = Duration::from_secs(2);
+
+/// Re-reads the secret file when it changes, or on `SIGHUP`, and swaps the keyring; a file that
+/// does not make a valid keyring is refused and the current keys stay.
+struct KeyReloader {
+    source: SecretSource,
+    algorithms: Vec<Algorithm>,
+    keys: SharedKeyring,
+}
+
+impl KeyReloader {
+    fn reload(&self) {
+        match self.source.keyring(&self.algorithms) {
+            Ok(keyring) => {
+                log::info!("secrets reloaded: {} verification keys", keyring.len());
+                self.keys.replace(keyring);
+                metrics::get()
+                    .secret_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
+            }
+            Err(e) => {
+                log::error!("secret rotation refused, the current keys stay: {e}");
+                metrics::get()
+                    .secret_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for KeyReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Handling SIGHUP at all matters: its default action would end the process.
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        let read = |path: &Option<PathBuf>| path.as_ref().and_then(|p| std::fs::read(p).ok());
+        let mut loaded = read(&self.source.file);
+        loop {
+            let forced = tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(SECRET_POLL) => false,
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            };
+            if self.source.file.is_none() {
+                if forced {
+                    log::info!("SIGHUP: no secret file is configured, nothing to reload");
+                }
+                continue;
+            }
+            let current = read(&self.source.file);
+            if forced || current != loaded {
+                loaded = current;
+                self.reload();
+            }
+        }
     }
 }
 

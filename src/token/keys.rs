@@ -1,6 +1,7 @@
 //! The keyring: HMAC secrets that verify session tokens, the first of which signs.
 
 use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -105,6 +106,12 @@ pub struct Key {
     signing_header: String,
 }
 
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key {{ id: {:?} }}", self.id)
+    }
+}
+
 impl Key {
     /// The key id, if it has one.
     pub fn id(&self) -> Option<&str> {
@@ -126,6 +133,7 @@ impl Key {
 }
 
 /// All verification keys and the algorithms tokens may use; never empty.
+#[derive(Debug)]
 pub struct Keyring {
     keys: Vec<Key>,
     algorithms: Vec<Algorithm>,
@@ -172,6 +180,16 @@ impl Keyring {
         })
     }
 
+    /// How many keys verify.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Never true: a keyring holds at least one key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The key that signs minted tokens.
     pub fn signing(&self) -> &Key {
         // `new` refuses an empty list, so the first key always exists.
@@ -188,6 +206,38 @@ impl Keyring {
         self.keys
             .iter()
             .filter(move |key| kid.is_none() || key.id.as_deref() == kid)
+    }
+}
+
+/// The keyring in use, swappable while requests run, so rotated secrets take effect without a
+/// restart.
+#[derive(Clone)]
+pub struct SharedKeyring(Arc<RwLock<Arc<Keyring>>>);
+
+impl SharedKeyring {
+    /// Shares `keyring`.
+    pub fn new(keyring: Keyring) -> SharedKeyring {
+        SharedKeyring(Arc::new(RwLock::new(Arc::new(keyring))))
+    }
+
+    /// The keyring as of now; a request holds on to it from start to end.
+    pub fn current(&self) -> Arc<Keyring> {
+        // A writer panicking mid-swap cannot leave a half-built Arc behind: the guard's data is fine.
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `keyring` in place for every later request.
+    pub fn replace(&self, keyring: Keyring) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);
+    }
+}
+
+impl fmt::Debug for SharedKeyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedKeyring")
     }
 }
 

@@ -12,7 +12,7 @@ pub mod verify;
 use serde::Serialize;
 
 use crate::error::{ApiError, ErrorCode};
-pub use keys::{KeyError, Keyring, Secret};
+pub use keys::{KeyError, Keyring, Secret, SharedKeyring};
 pub use permission::PermissionPolicy;
 pub use verify::{Claims, VerifyPolicy};
 
@@ -49,8 +49,8 @@ pub struct Caller<'a> {
 
 /// The token route's configuration, validated, ready to answer requests.
 pub struct TokenService {
-    /// Keys that verify session tokens; the first signs.
-    pub keys: Keyring,
+    /// Keys that verify session tokens; the first signs. Swapped on rotation.
+    pub keys: SharedKeyring,
     /// What a session token must satisfy.
     pub verify: VerifyPolicy,
     /// What a permission must satisfy.
@@ -68,14 +68,39 @@ impl TokenService {
         authorization: &[&'a [u8]],
         now: u64,
     ) -> Result<Caller<'a>, ApiError> {
+        self.authenticate_with(&self.keys.current(), authorization, now)
+    }
+
+    fn authenticate_with<'a>(
+        &self,
+        keys: &Keyring,
+        authorization: &[&'a [u8]],
+        now: u64,
+    ) -> Result<Caller<'a>, ApiError> {
         let token = extract::bearer_token(authorization.iter().copied())?;
-        let claims = verify::verify(token, &self.keys, &self.verify, now)?;
+        let claims = verify::verify(token, keys, &self.verify, now)?;
         Ok(Caller { token, claims })
     }
 
     /// Answers `POST /api/v1/token` at `now` (seconds since the Unix epoch).
     pub fn handle(&self, request: &TokenRequest<'_>, now: u64) -> Result<Minted, ApiError> {
-        let caller = self.authenticate(request.authorization, now)?;
+        self.handle_admitted(request, now, |_| true)
+    }
+
+    /// Like [`handle`](Self::handle), asking `admit` whether the verified subject may mint now.
+    pub fn handle_admitted(
+        &self,
+        request: &TokenRequest<'_>,
+        now: u64,
+        admit: impl FnOnce(&str) -> bool,
+    ) -> Result<Minted, ApiError> {
+        const RATE_LIMITED: ApiError = ApiError::new(
+            ErrorCode::RateLimited,
+            "Too many tokens minted for this subject; retry later.",
+        );
+        // One snapshot for the whole request: a rotation mid-way cannot mix two keyrings.
+        let keys = self.keys.current();
+        let caller = self.authenticate_with(&keys, request.authorization, now)?;
         let permission =
             permission::parse_body(request.content_type, request.body, &self.permission)?;
         if let Some(permission) = &permission {
@@ -86,10 +111,13 @@ impl TokenService {
                 .map(|(k, v)| (k.as_str(), v.as_ref()));
             permission::check_attenuation(permission, held)?;
         }
+        if !admit(caller.claims.subject()) {
+            return Err(RATE_LIMITED);
+        }
         let token = mint::mint(
             &caller.claims,
             permission.as_ref(),
-            self.keys.signing(),
+            keys.signing(),
             self.max_ttl_secs,
             now,
         )
@@ -128,7 +156,7 @@ mod tests {
 
     fn service() -> TokenService {
         TokenService {
-            keys: ring(&[Algorithm::HS256]),
+            keys: SharedKeyring::new(ring(&[Algorithm::HS256])),
             verify: VerifyPolicy::default(),
             permission: PermissionPolicy::default(),
             max_ttl_secs: None,

@@ -110,8 +110,15 @@ fn media_type(content_type: Option<&[u8]>) -> Option<MediaType> {
 }
 
 fn form_permission(body: &[u8]) -> Result<Option<String>, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-        .map_err(|_| bad_request("The form body is not valid UTF-8 url-encoded text."))?;
+    const NOT_UTF8: ApiError = bad_request("The form body is not valid UTF-8 url-encoded text.");
+    // Form decoding replaces invalid UTF-8 with U+FFFD; a permission must not change silently.
+    if percent_encoding::percent_decode(body)
+        .decode_utf8()
+        .is_err()
+    {
+        return Err(NOT_UTF8);
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| NOT_UTF8)?;
     let mut found = None;
     for (key, value) in pairs {
         if key == "permission" && found.replace(value).is_some() {

@@ -37,6 +37,16 @@ pub fn now() -> u64 {
 pub fn sign_raw(header: &str, payload: &str, secret: &str) -> String {
     let alg: serde_json::Value = serde_json::from_str(header).unwrap();
     let alg: jsonwebtoken::Algorithm = alg["alg"].as_str().unwrap_or("HS256").parse().unwrap();
+    sign_with(header, payload, secret, alg)
+}
+
+/// Signs header and payload bytes as given with an HMAC `alg`, whatever the header claims.
+pub fn sign_with(
+    header: &str,
+    payload: &str,
+    secret: &str,
+    alg: jsonwebtoken::Algorithm,
+) -> String {
     let message = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header),
