@@ -16,7 +16,7 @@ const TWO_TOKENS: ApiError = ApiError::new(
 );
 const NOT_TEXT: ApiError = ApiError::new(
     ErrorCode::InvalidToken,
-    "The Authorization header is not visible ASCII text.",
+    "The token is not visible ASCII text.",
 );
 
 /// Finds the one token in the request's `Authorization` header values.
@@ -35,13 +35,18 @@ where
     let value = std::str::from_utf8(value).map_err(|_| NOT_TEXT)?.trim();
     let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
     let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("bearer") {
-        bearer(rest)
+    let token = if scheme.eq_ignore_ascii_case("bearer") {
+        bearer(rest)?
     } else if scheme.eq_ignore_ascii_case("token") {
-        rails_token(rest)
+        rails_token(rest)?
     } else {
-        Err(MISSING)
+        return Err(MISSING);
+    };
+    // A JWT is base64url and dots; anything else (control bytes, spaces in quotes) is no token.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(NOT_TEXT);
     }
+    Ok(token)
 }
 
 fn bearer(rest: &str) -> Result<&str, ApiError> {
@@ -144,6 +149,11 @@ mod tests {
         );
         assert_eq!(
             bearer_token([&b"Bearer \xff"[..]]).map_err(|e| e.code),
+            Err(ErrorCode::InvalidToken)
+        );
+        assert_eq!(extract(&["Bearer a\u{b}b"]), Err(ErrorCode::InvalidToken));
+        assert_eq!(
+            extract(&["Token token=\"a b\""]),
             Err(ErrorCode::InvalidToken)
         );
     }
