@@ -5,7 +5,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use sha2::Sha256;
 
 /// Shortest secret accepted: RFC 7518 §3.2 wants a key at least as long as the HS256 hash.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -101,7 +103,8 @@ impl std::error::Error for KeyError {}
 pub struct Key {
     id: Option<String>,
     decoding: DecodingKey,
-    encoding: EncodingKey,
+    /// HMAC-SHA256 already keyed: cloning it skips the key schedule on every request.
+    hs256: Hmac<Sha256>,
     /// `base64url(header)` of tokens this key signs, computed once.
     signing_header: String,
 }
@@ -122,8 +125,29 @@ impl Key {
         &self.decoding
     }
 
-    pub(crate) fn encoding(&self) -> &EncodingKey {
-        &self.encoding
+    /// HS256 of `message`, base64url without padding.
+    pub(crate) fn sign_hs256(&self, message: &[u8]) -> String {
+        let tag = self
+            .hs256
+            .clone()
+            .chain_update(message)
+            .finalize()
+            .into_bytes();
+        URL_SAFE_NO_PAD.encode(tag)
+    }
+
+    /// Whether `signature` (base64url) is the HS256 of `message`, compared in constant time.
+    pub(crate) fn verify_hs256(&self, message: &[u8], signature: &str) -> bool {
+        let mut tag = [0u8; 32];
+        match URL_SAFE_NO_PAD.decode_slice(signature, &mut tag) {
+            Ok(32) => self
+                .hs256
+                .clone()
+                .chain_update(message)
+                .verify_slice(&tag)
+                .is_ok(),
+            _ => false,
+        }
     }
 
     /// `base64url` of `{"typ":"JWT","alg":"HS256"}` (plus `"kid"` when the key has one).
@@ -170,7 +194,12 @@ impl Keyring {
             keys.push(Key {
                 id: secret.id.clone(),
                 decoding: DecodingKey::from_secret(&secret.bytes),
-                encoding: EncodingKey::from_secret(&secret.bytes),
+                hs256: <Hmac<Sha256> as Mac>::new_from_slice(&secret.bytes).map_err(|_| {
+                    KeyError::TooShort {
+                        index: index + 1,
+                        len: secret.bytes.len(),
+                    }
+                })?,
                 signing_header: URL_SAFE_NO_PAD.encode(header_json(secret.id.as_deref())),
             });
         }

@@ -2,7 +2,6 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::Algorithm;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -98,7 +97,7 @@ fn sign(key: &Key, payload: &[u8]) -> Result<String, jsonwebtoken::errors::Error
     token.push_str(header);
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-    let signature = jsonwebtoken::crypto::sign(token.as_bytes(), key.encoding(), Algorithm::HS256)?;
+    let signature = key.sign_hs256(token.as_bytes());
     token.push('.');
     token.push_str(&signature);
     Ok(token)

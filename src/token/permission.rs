@@ -110,24 +110,30 @@ fn media_type(content_type: Option<&[u8]>) -> Option<MediaType> {
 }
 
 fn form_permission(body: &[u8]) -> Result<Option<String>, ApiError> {
+    /// Only `permission` is kept; other fields are skipped without allocating.
+    #[derive(Deserialize)]
+    struct Form {
+        permission: Option<String>,
+    }
     const NOT_UTF8: ApiError = bad_request("The form body is not valid UTF-8 url-encoded text.");
-    // Form decoding replaces invalid UTF-8 with U+FFFD; a permission must not change silently.
-    if percent_encoding::percent_decode(body)
-        .decode_utf8()
-        .is_err()
+    // serde derive refuses a repeated field, which is what a second `permission` is.
+    let form: Form = serde_urlencoded::from_bytes(body).map_err(|_| {
+        bad_request("The form body is malformed or names permission more than once.")
+    })?;
+    // Form decoding turns invalid UTF-8 into U+FFFD; a permission must not change silently. Only
+    // a decoded U+FFFD needs the strict (allocating) check: it may also have been sent as such.
+    let replaced = form
+        .permission
+        .as_ref()
+        .is_some_and(|p| p.contains('\u{FFFD}'));
+    if replaced
+        && percent_encoding::percent_decode(body)
+            .decode_utf8()
+            .is_err()
     {
         return Err(NOT_UTF8);
     }
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| NOT_UTF8)?;
-    let mut found = None;
-    for (key, value) in pairs {
-        if key == "permission" && found.replace(value).is_some() {
-            return Err(bad_request(
-                "The form body names permission more than once.",
-            ));
-        }
-    }
-    Ok(found)
+    Ok(form.permission)
 }
 
 fn json_permission(body: &[u8]) -> Result<Option<String>, ApiError> {

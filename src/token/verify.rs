@@ -133,6 +133,9 @@ pub fn verify(
         return Err(UNKNOWN_KID);
     }
     let valid = candidates.any(|key| {
+        if alg == Algorithm::HS256 {
+            return key.verify_hs256(message.as_bytes(), signature);
+        }
         jsonwebtoken::crypto::verify(signature, message.as_bytes(), key.decoding(), alg)
             .unwrap_or(false)
     });
