@@ -1,6 +1,6 @@
 //! YAML file + environment → one validated [`Config`], or one line saying what is wrong.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -13,9 +13,11 @@ use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
 use crate::access_log::LogFormat;
+use crate::routes::{PathTemplate, Requirement, Resource, Route};
 use crate::token::{
     KeyError, Keyring, PermissionPolicy, Secret, SharedKeyring, TokenService, VerifyPolicy,
 };
+use crate::upstreams::GroupConfig;
 
 /// Why the configuration was refused; `Display` is the one line printed at start-up.
 #[derive(Debug)]
@@ -191,6 +193,10 @@ pub struct Config {
     pub access_log: bool,
     /// Upstream timeouts.
     pub upstream_timeouts: UpstreamTimeouts,
+    /// Upstream groups; the first is `default`, made of `upstream`.
+    pub upstream_groups: Vec<GroupConfig>,
+    /// Routes in match order; the last is a catch-all to the default group.
+    pub routes: Vec<Route>,
     /// Pingora's own server settings (from the same file's other top-level keys).
     pub server: ServerConf,
 }
@@ -225,6 +231,184 @@ struct RawConfig {
     access_log: Option<bool>,
     upstream_timeouts: RawTimeouts,
     rate_limit: RawRateLimit,
+    upstreams: BTreeMap<String, RawGroup>,
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    addresses: Vec<String>,
+    #[serde(default)]
+    health_check_interval: Option<String>,
+    #[serde(default)]
+    ejection: Option<String>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default = "root_path")]
+    path: String,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    upstream: Option<String>,
+    #[serde(default)]
+    auth: Option<AuthMode>,
+    #[serde(default)]
+    require: Option<RawRequire>,
+    #[serde(default)]
+    shadow: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequire {
+    resource: String,
+    access: String,
+}
+
+fn root_path() -> String {
+    "/".to_owned()
+}
+
+/// Name of the group the top-level `upstream` setting makes.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// Groups (the default one first) and routes (a catch-all to the default group last).
+fn resolve_routes(
+    raw_groups: BTreeMap<String, RawGroup>,
+    raw_routes: Vec<RawRoute>,
+    upstream: SocketAddr,
+    timeouts: UpstreamTimeouts,
+) -> Result<(Vec<GroupConfig>, Vec<Route>), ConfigError> {
+    let mut groups = vec![GroupConfig {
+        name: DEFAULT_GROUP.to_owned(),
+        addresses: vec![upstream],
+        timeouts,
+        health_check_interval: Duration::from_secs(1),
+        ejection: Duration::from_secs(5),
+    }];
+    for (name, raw) in raw_groups {
+        let key = format!("tokengate.upstreams.{name}");
+        if name == DEFAULT_GROUP {
+            return Err(invalid(
+                &key,
+                "`default` is the group of the top-level `upstream` setting",
+            ));
+        }
+        if raw.addresses.is_empty() {
+            return Err(invalid(&key, "needs at least one address"));
+        }
+        let addresses = raw
+            .addresses
+            .iter()
+            .map(|a| resolve_address(&format!("{key}.addresses"), a))
+            .collect::<Result<_, _>>()?;
+        let d = |field: &str, value: Option<String>, default: &str| {
+            let text = value.unwrap_or_else(|| default.to_owned());
+            humantime::parse_duration(text.trim()).map_err(|e| {
+                invalid(
+                    &format!("{key}.{field}"),
+                    format!("{text:?} is not a duration ({e})"),
+                )
+            })
+        };
+        groups.push(GroupConfig {
+            timeouts: UpstreamTimeouts {
+                connect: raw
+                    .timeouts
+                    .connect
+                    .map_or(Ok(timeouts.connect), |t| d("timeouts.connect", Some(t), ""))?,
+                read: raw
+                    .timeouts
+                    .read
+                    .map_or(Ok(timeouts.read), |t| d("timeouts.read", Some(t), ""))?,
+                write: raw
+                    .timeouts
+                    .write
+                    .map_or(Ok(timeouts.write), |t| d("timeouts.write", Some(t), ""))?,
+                idle: raw
+                    .timeouts
+                    .idle
+                    .map_or(Ok(timeouts.idle), |t| d("timeouts.idle", Some(t), ""))?,
+            },
+            health_check_interval: d("health_check_interval", raw.health_check_interval, "1s")?,
+            ejection: d("ejection", raw.ejection, "5s")?,
+            name,
+            addresses,
+        });
+    }
+    let mut routes = Vec::with_capacity(raw_routes.len() + 1);
+    for raw in raw_routes {
+        let key = format!("tokengate.routes.{}", raw.name);
+        if routes.iter().any(|r: &Route| r.name == raw.name) {
+            return Err(invalid(&key, "two routes share this name"));
+        }
+        let path =
+            PathTemplate::parse(&raw.path).map_err(|e| invalid(&format!("{key}.path"), e))?;
+        let group = raw.upstream.as_deref().unwrap_or(DEFAULT_GROUP);
+        let upstream = groups.iter().position(|g| g.name == group).ok_or_else(|| {
+            invalid(
+                &format!("{key}.upstream"),
+                format!("no upstream group named {group:?}"),
+            )
+        })?;
+        let require = match raw.require {
+            Some(r) => {
+                let resource = Resource::parse(&r.resource);
+                if let Resource::Param(param) = &resource {
+                    if !path.has_param(param) {
+                        return Err(invalid(
+                            &format!("{key}.require.resource"),
+                            format!("{{{param}}} is not a parameter of {:?}", raw.path),
+                        ));
+                    }
+                }
+                Some(Requirement {
+                    resource,
+                    access: r.access,
+                })
+            }
+            None => None,
+        };
+        routes.push(Route {
+            name: raw.name,
+            host: raw.host,
+            path,
+            methods: raw.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            upstream,
+            auth: raw.auth,
+            require,
+            shadow: raw.shadow,
+        });
+    }
+    routes.push(Route {
+        name: DEFAULT_GROUP.to_owned(),
+        host: None,
+        path: PathTemplate::parse("/").map_err(|e| invalid("route", e))?,
+        methods: Vec::new(),
+        upstream: 0,
+        auth: None,
+        require: None,
+        shadow: false,
+    });
+    Ok((groups, routes))
+}
+
+fn resolve_address(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| invalid(key, format!("{text:?} is not a host:port address ({e})")))?;
+    addrs
+        .next()
+        .ok_or_else(|| invalid(key, format!("{text:?} resolves to no address")))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -574,6 +758,8 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
             "60s",
         )?,
     };
+    let (upstream_groups, routes) =
+        resolve_routes(raw.upstreams, raw.routes, upstream, upstream_timeouts)?;
     server.threads = threads;
     // Pingora's grace sleep is fixed; the drain watcher exits as soon as in-flight work is done.
     server.grace_period_seconds = Some(grace_period.as_secs());
@@ -604,6 +790,8 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
         log_format,
         access_log,
         upstream_timeouts,
+        upstream_groups,
+        routes,
         server,
     };
     // Building the keyring once here refuses short or missing secrets before anything listens.

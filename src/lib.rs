@@ -19,5 +19,9 @@ pub mod proxy;
 #[cfg(feature = "server")]
 pub mod respond;
 #[cfg(feature = "server")]
+pub mod routes;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod token;
+#[cfg(feature = "server")]
+pub mod upstreams;

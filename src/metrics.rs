@@ -77,6 +77,8 @@ pub struct Metrics {
     pub build_info: GaugeVec,
     /// `tokengate_secret_reloads_total{result}`: rotations taken (`ok`) or refused (`error`).
     pub secret_reloads: IntCounterVec,
+    /// `tokengate_enforcement_decisions_total{route,decision}`: ability checks on routes.
+    pub enforcement: IntCounterVec,
 }
 
 fn register() -> Result<Metrics, prometheus::Error> {
@@ -116,6 +118,11 @@ fn register() -> Result<Metrics, prometheus::Error> {
             "tokengate_secret_reloads_total",
             "Secret file re-reads that changed the keyring (ok) or were refused (error).",
             &["result"]
+        )?,
+                enforcement: register_int_counter_vec!(
+            "tokengate_enforcement_decisions_total",
+            "Ability checks of forwarded requests, by configured route name and decision (allow, deny, shadow_deny).",
+            &["route", "decision"]
         )?,
         build_info: register_gauge_vec!(
             "tokengate_build_info",

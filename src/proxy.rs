@@ -14,11 +14,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::access_log::{self, AccessLog, Entry};
-use crate::config::{AuthMode, AuthRules, Config, RateLimit, UpstreamTimeouts};
+use crate::config::{AuthMode, AuthRules, Config, RateLimit};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{self, Route, UpstreamErrorKind};
 use crate::respond::{self, Response};
+use crate::routes::{self, Decision};
 use crate::token::{SharedKeyring, TokenRequest, TokenService};
+use crate::upstreams::UpstreamGroup;
 
 /// Process-wide state shared by the proxy, the admin listener and the shutdown logic.
 #[derive(Debug, Default)]
@@ -78,6 +80,10 @@ pub struct RequestCtx {
     upstream_duration: Option<f64>,
     /// How the upstream failed, if it did.
     upstream_error: Option<UpstreamErrorKind>,
+    /// Index of the upstream group the route chose.
+    group: usize,
+    /// Addresses tried so far, so a retry goes elsewhere.
+    tried: Vec<SocketAddr>,
     /// Held for the request's lifetime.
     _in_flight: InFlight,
 }
@@ -109,8 +115,8 @@ pub struct Tokengate {
     tokens: TokenService,
     token_path: String,
     body_limit: usize,
-    upstream: SocketAddr,
-    timeouts: UpstreamTimeouts,
+    groups: Vec<UpstreamGroup>,
+    routes: Vec<routes::Route>,
     identity_header: HeaderName,
     auth: AuthRules,
     access_log: AccessLog,
@@ -123,13 +129,14 @@ impl Tokengate {
     pub fn new(
         config: &Config,
         state: Arc<AppState>,
+        groups: Vec<UpstreamGroup>,
     ) -> Result<Tokengate, crate::config::ConfigError> {
         Ok(Tokengate {
             tokens: config.token_service()?,
             token_path: config.token_path.clone(),
             body_limit: config.body_limit,
-            upstream: config.upstream,
-            timeouts: config.upstream_timeouts,
+            groups,
+            routes: config.routes.clone(),
             identity_header: config.identity_header.clone(),
             auth: config.auth.clone(),
             access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
@@ -287,6 +294,77 @@ impl Tokengate {
             header.remove_header(&name);
         }
     }
+
+    /// Routes a forwarded request and decides whether tokengate refuses it: `required` auth
+    /// without a valid token (401), or a route's ability the token does not grant (401/403,
+    /// unless the route is in shadow mode). Records the caller on `ctx` when its token is valid.
+    fn check_forwarded(&self, header: &RequestHeader, ctx: &mut RequestCtx) -> Option<ApiError> {
+        const FORBIDDEN: ApiError = ApiError::new(
+            ErrorCode::Forbidden,
+            "The token does not grant the ability this route requires.",
+        );
+        const MISSING: ApiError =
+            ApiError::new(ErrorCode::MissingToken, "This route requires a token.");
+        let host = header
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| header.uri.host());
+        let path = header.uri.path();
+        let matched = routes::find(&self.routes, host, path, header.method.as_str())?;
+        let rule = matched.route;
+        ctx.group = rule.upstream;
+        let mode = rule.auth.unwrap_or_else(|| self.auth.mode_for(path));
+        let has_token = header.headers.contains_key(http::header::AUTHORIZATION);
+        // Most forwarded requests carry no token and need none: nothing to verify.
+        if !has_token && mode == AuthMode::Passthrough && rule.require.is_none() {
+            return None;
+        }
+        let authorization: Vec<&[u8]> = header
+            .headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let auth = self.tokens.authenticate(&authorization, unix_now());
+        if let Ok(caller) = &auth {
+            let subject = caller.claims.subject().to_owned();
+            ctx.caller = Some((caller.token.to_owned(), subject.clone()));
+            ctx.subject = Some(subject);
+        }
+        let auth_error = match &auth {
+            Ok(_) => None,
+            Err(_) if !has_token => Some(MISSING),
+            Err(e) => Some(*e),
+        };
+        if let Some(requirement) = &rule.require {
+            let granted = auth.as_ref().is_ok_and(|caller| {
+                routes::grants(caller.claims.get("abilities"), requirement, &matched.params)
+            });
+            let decision = match (granted, rule.shadow) {
+                (true, _) => Decision::Allow,
+                (false, true) => Decision::ShadowDeny,
+                (false, false) => Decision::Deny,
+            };
+            metrics::get()
+                .enforcement
+                .with_label_values(&[rule.name.as_str(), decision.as_str()])
+                .inc();
+            match decision {
+                Decision::Allow => {}
+                Decision::ShadowDeny => log::warn!(
+                    "route {}: would refuse request {} (shadow mode, forwarded)",
+                    rule.name,
+                    ctx.request_id
+                ),
+                Decision::Deny => return Some(auth_error.unwrap_or(FORBIDDEN)),
+            }
+        }
+        if mode == AuthMode::Required {
+            return auth_error;
+        }
+        None
+    }
 }
 
 fn unix_now() -> u64 {
@@ -335,6 +413,8 @@ impl ProxyHttp for Tokengate {
             upstream_start: None,
             upstream_duration: None,
             upstream_error: None,
+            group: 0,
+            tried: Vec::new(),
             _in_flight: InFlight::new(self.state.clone()),
         }
     }
@@ -353,47 +433,31 @@ impl ProxyHttp for Tokengate {
             self.token_route(session, ctx).await?;
             return Ok(true);
         }
-        let header = session.req_header();
-        let mode = self.auth.mode_for(header.uri.path());
-        // Most forwarded requests carry no token in passthrough mode: nothing to verify.
-        if mode == AuthMode::Passthrough
-            && !header.headers.contains_key(http::header::AUTHORIZATION)
-        {
-            return Ok(false);
-        }
-        let authorization: Vec<&[u8]> = header
-            .headers
-            .get_all(http::header::AUTHORIZATION)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        match self.tokens.authenticate(&authorization, unix_now()) {
-            Ok(caller) => {
-                let subject = caller.claims.subject().to_owned();
-                ctx.caller = Some((caller.token.to_owned(), subject.clone()));
-                ctx.subject = Some(subject);
-                Ok(false)
-            }
-            Err(error) if mode == AuthMode::Required => {
+        let refusal = self.check_forwarded(session.req_header(), ctx);
+        match refusal {
+            Some(error) => {
                 self.refuse(session, ctx, &error, &[]).await?;
                 Ok(true)
             }
-            Err(_) => Ok(false),
+            None => Ok(false),
         }
     }
 
-    /// Where every forwarded request goes: the one configured upstream, with its timeouts.
+    /// Where a forwarded request goes: the next usable address of its route's group.
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let mut peer = HttpPeer::new(self.upstream, false, String::new());
-        peer.options.connection_timeout = Some(self.timeouts.connect);
-        peer.options.read_timeout = Some(self.timeouts.read);
-        peer.options.write_timeout = Some(self.timeouts.write);
-        peer.options.idle_timeout = Some(self.timeouts.idle);
-        Ok(Box::new(peer))
+        let group = &self.groups[ctx.group];
+        let addr = group.select(&ctx.tried).ok_or_else(|| {
+            Error::explain(
+                ErrorType::ConnectNoRoute,
+                "no usable address in the upstream group",
+            )
+        })?;
+        ctx.tried.push(addr);
+        Ok(Box::new(group.peer(addr)))
     }
 
     /// Rewrites the upstream request: identity from the verified token only, forwarding headers.
@@ -471,9 +535,17 @@ impl ProxyHttp for Tokengate {
         _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
-        e: Box<Error>,
+        mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.upstream_error = Some(upstream_error_code(&e).0);
+        let group = &self.groups[ctx.group];
+        // With another address to go to, eject this one for a while and retry there.
+        if let Some(addr) = ctx.tried.last().copied() {
+            if group.has_untried(&ctx.tried) {
+                group.eject(addr);
+                e.set_retry(true);
+            }
+        }
         e
     }
 

@@ -21,6 +21,7 @@ use crate::config::{Config, ConfigError, SecretSource};
 use crate::metrics;
 use crate::proxy::{watch_listener, AppState, Tokengate};
 use crate::token::SharedKeyring;
+use crate::upstreams::UpstreamGroup;
 
 /// Why the server could not be built.
 #[derive(Debug)]
@@ -68,7 +69,22 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
     // Register every metric now, so the first scrape already shows them all at zero.
     crate::metrics::get();
     let state = Arc::new(AppState::default());
-    let tokengate = Tokengate::new(&config, state.clone())?;
+    let mut groups = Vec::with_capacity(config.upstream_groups.len());
+    let mut health_checks = Vec::new();
+    for group in &config.upstream_groups {
+        let (group, health) = UpstreamGroup::new(group.clone()).map_err(|e| {
+            StartError::Config(ConfigError::Invalid {
+                key: "tokengate.upstreams".into(),
+                problem: e.to_string(),
+            })
+        })?;
+        // One address has no alternative: probing it would only add connections.
+        if group.len() > 1 {
+            health_checks.push(health);
+        }
+        groups.push(group);
+    }
+    let tokengate = Tokengate::new(&config, state.clone(), groups)?;
     let reloader = KeyReloader {
         source: config.secret_source.clone(),
         algorithms: config.algorithms.clone(),
@@ -101,6 +117,9 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(probe);
+    for health in health_checks {
+        server.add_service(health);
+    }
     server.add_service(background_service("secret reloader", reloader));
     Ok(Built { server, state })
 }
