@@ -14,9 +14,6 @@ use tokengate::config::{Config, ProcessEnv};
 use tokengate::server::{self, MarkDraining};
 use tokengate::token::mint::session_token;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(cli.conf.as_deref(), &ProcessEnv) {
