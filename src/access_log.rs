@@ -79,6 +79,11 @@ impl AccessLog {
         Some(line)
     }
 
+        /// Whether lines are written at all; callers skip building an entry when not.
+    pub fn enabled(&self) -> bool {
+        self.format.is_some()
+    }
+
     /// Writes the line to stdout in one call, so lines from several threads never interleave.
     pub fn write(&self, entry: &Entry<'_>) {
         if let Some(line) = self.line(entry) {

@@ -618,6 +618,9 @@ impl ProxyHttp for Tokengate {
         m.request_duration
             .with_label_values(&[route])
             .observe(duration);
+                if !self.access_log.enabled() {
+            return;
+        }
         let header = session.req_header();
         self.access_log.write(&Entry {
             time: access_log::now_rfc3339(),
