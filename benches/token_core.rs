@@ -41,6 +41,7 @@ fn bench(c: &mut Criterion) {
         permission: PermissionPolicy::default(),
         max_ttl_secs: None,
         endpoint: "localhost:5001".into(),
+        signer: None,
     };
     let authorization = [auth.as_bytes()];
     let request = TokenRequest {

@@ -79,7 +79,7 @@ impl AccessLog {
         Some(line)
     }
 
-        /// Whether lines are written at all; callers skip building an entry when not.
+    /// Whether lines are written at all; callers skip building an entry when not.
     pub fn enabled(&self) -> bool {
         self.format.is_some()
     }

@@ -38,4 +38,24 @@ pub enum Command {
         #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Manage the ES256 / EdDSA keys minted tokens can be signed with.
+    Keys {
+        /// What to do with keys.
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+/// `tokengate keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Write a new key pair: the private key to OUT (mode 0600), the public key to OUT.pub.
+    Generate {
+        /// ES256 or EdDSA.
+        #[arg(long, default_value = "ES256")]
+        algorithm: String,
+        /// Where the private key goes (PKCS#8 PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }

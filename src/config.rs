@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -14,6 +15,7 @@ use serde::Deserialize;
 
 use crate::access_log::LogFormat;
 use crate::routes::{PathTemplate, Requirement, Resource, Route};
+use crate::token::asymmetric::{jwks, public_jwk, AsymmetricKey, KeyAlgorithm};
 use crate::token::{
     KeyError, Keyring, PermissionPolicy, Secret, SharedKeyring, TokenService, VerifyPolicy,
 };
@@ -193,6 +195,8 @@ pub struct Config {
     pub access_log: bool,
     /// Upstream timeouts.
     pub upstream_timeouts: UpstreamTimeouts,
+    /// ES256 / EdDSA minting, when configured; HS256 otherwise.
+    pub signing: Option<Signing>,
     /// Upstream groups; the first is `default`, made of `upstream`.
     pub upstream_groups: Vec<GroupConfig>,
     /// Routes in match order; the last is a catch-all to the default group.
@@ -233,6 +237,71 @@ struct RawConfig {
     rate_limit: RawRateLimit,
     upstreams: BTreeMap<String, RawGroup>,
     routes: Vec<RawRoute>,
+    signing: Option<RawSigning>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    algorithm: String,
+    key_file: PathBuf,
+    #[serde(default)]
+    published_keys: Vec<PathBuf>,
+    #[serde(default)]
+    jwks_max_age: Option<String>,
+}
+
+/// Asymmetric signing of minted tokens and the JWKS that publishes the public keys.
+#[derive(Debug)]
+pub struct Signing {
+    /// The private key minted tokens are signed with.
+    pub key: Arc<AsymmetricKey>,
+    /// The JWKS body: the signing key's public half, then every published key.
+    pub jwks: Vec<u8>,
+    /// `Cache-Control: max-age` of the JWKS.
+    pub jwks_max_age: Duration,
+}
+
+fn resolve_signing(raw: RawSigning) -> Result<Signing, ConfigError> {
+    let alg = KeyAlgorithm::parse(&raw.algorithm).ok_or_else(|| {
+        invalid(
+            "tokengate.signing.algorithm",
+            format!("{:?} is not ES256 or EdDSA", raw.algorithm),
+        )
+    })?;
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.clone(), e))
+    };
+    let key = AsymmetricKey::from_pem(alg, &read(&raw.key_file)?).map_err(|e| {
+        invalid(
+            "tokengate.signing.key_file",
+            format!("{}: {e}", raw.key_file.display()),
+        )
+    })?;
+    let mut published = vec![key.jwk().clone()];
+    for path in &raw.published_keys {
+        let jwk = public_jwk(alg, &read(path)?).map_err(|e| {
+            invalid(
+                "tokengate.signing.published_keys",
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        if !published.iter().any(|k| k.kid == jwk.kid) {
+            published.push(jwk);
+        }
+    }
+    let age = raw.jwks_max_age.unwrap_or_else(|| "5m".to_owned());
+    let jwks_max_age = humantime::parse_duration(age.trim()).map_err(|e| {
+        invalid(
+            "tokengate.signing.jwks_max_age",
+            format!("{age:?} is not a duration ({e})"),
+        )
+    })?;
+    Ok(Signing {
+        key: Arc::new(key),
+        jwks: jwks(&published),
+        jwks_max_age,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -494,6 +563,7 @@ impl Config {
             },
             max_ttl_secs: self.max_ttl.map(|d| d.as_secs()),
             endpoint: self.endpoint.clone(),
+            signer: self.signing.as_ref().map(|s| s.key.clone()),
         })
     }
 }
@@ -758,6 +828,7 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
             "60s",
         )?,
     };
+    let signing = raw.signing.map(resolve_signing).transpose()?;
     let (upstream_groups, routes) =
         resolve_routes(raw.upstreams, raw.routes, upstream, upstream_timeouts)?;
     server.threads = threads;
@@ -792,6 +863,7 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
         upstream_timeouts,
         upstream_groups,
         routes,
+        signing,
         server,
     };
     // Building the keyring once here refuses short or missing secrets before anything listens.

@@ -8,14 +8,25 @@ use std::io::Write;
 use clap::Parser;
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, UnixShutdownSignalWatch};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use tokengate::access_log::LogFormat;
-use tokengate::cli::{Cli, Command};
+
+use tokengate::cli::{Cli, Command, KeysAction};
 use tokengate::config::{Config, ProcessEnv};
 use tokengate::server::{self, MarkDraining};
+use tokengate::token::asymmetric::{self, KeyAlgorithm};
 use tokengate::token::mint::session_token;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generating keys needs no configuration (and must work before any secret exists).
+    if let Some(Command::Keys {
+        action: KeysAction::Generate { algorithm, out },
+    }) = &cli.command
+    {
+        return generate_keys(algorithm, out);
+    }
     let config = match Config::load(cli.conf.as_deref(), &ProcessEnv) {
         Ok(config) => config,
         Err(e) => return fail(e),
@@ -23,6 +34,7 @@ fn main() -> ExitCode {
     init_logging(&config);
     match cli.command {
         Some(Command::Sign { user_id, ttl }) => sign(&config, &user_id, ttl.as_secs()),
+        Some(Command::Keys { .. }) => ExitCode::SUCCESS,
         None if cli.test => {
             println!("tokengate: configuration OK");
             ExitCode::SUCCESS
@@ -91,6 +103,39 @@ fn sign(config: &Config, user_id: &str, ttl_secs: u64) -> ExitCode {
     ) {
         Ok(token) => {
             println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn generate_keys(algorithm: &str, out: &Path) -> ExitCode {
+    let Some(alg) = KeyAlgorithm::parse(algorithm) else {
+        return fail(format!("{algorithm:?} is not ES256 or EdDSA"));
+    };
+    let (private, public) = match asymmetric::generate(alg) {
+        Ok(pair) => pair,
+        Err(e) => return fail(e),
+    };
+    let public_path = PathBuf::from(format!("{}.pub", out.display()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .and_then(|mut f| f.write_all(private.as_bytes()))
+        .and_then(|()| std::fs::write(&public_path, &public));
+    if let Err(e) = written {
+        return fail(format!("cannot write {}: {e}", out.display()));
+    }
+    match asymmetric::public_jwk(alg, &public) {
+        Ok(jwk) => {
+            println!(
+                "kid {}\nprivate key {}\npublic key {}",
+                jwk.kid,
+                out.display(),
+                public_path.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),

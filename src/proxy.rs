@@ -121,8 +121,13 @@ pub struct Tokengate {
     auth: AuthRules,
     access_log: AccessLog,
     limiter: Option<MintLimiter>,
+    /// The JWKS body and its `Cache-Control`, when minted tokens are signed asymmetrically.
+    jwks: Option<(bytes::Bytes, String)>,
     state: Arc<AppState>,
 }
+
+/// Where the public keys of asymmetrically signed tokens are published.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 
 impl Tokengate {
     /// Builds the proxy from a validated configuration.
@@ -141,6 +146,13 @@ impl Tokengate {
             auth: config.auth.clone(),
             access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
             limiter: config.rate_limit.map(MintLimiter::new),
+            jwks: config.signing.as_ref().map(|s| {
+                let max_age = s.jwks_max_age.as_secs();
+                (
+                    bytes::Bytes::from(s.jwks.clone()),
+                    format!("public, max-age={max_age}"),
+                )
+            }),
             state,
         })
     }
@@ -148,6 +160,33 @@ impl Tokengate {
     /// The keyring the token route verifies and signs with, for rotation.
     pub fn keyring(&self) -> SharedKeyring {
         self.tokens.keys.clone()
+    }
+
+    /// Serves the JWKS; always ends the request.
+    async fn jwks_route(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        body: bytes::Bytes,
+        cache: &str,
+    ) -> pingora::Result<()> {
+        let method = &session.req_header().method;
+        if method != Method::GET && method != Method::HEAD {
+            let error = ApiError::new(ErrorCode::MethodNotAllowed, "Use GET on the key set.");
+            return self
+                .refuse(session, ctx, &error, &[("Allow", "GET, HEAD")])
+                .await;
+        }
+        let response = Response {
+            status: 200,
+            headers: vec![
+                ("Content-Type", "application/json".to_owned()),
+                ("Cache-Control", cache.to_owned()),
+                ("X-Request-Id", ctx.request_id.clone()),
+            ],
+            body,
+        };
+        respond::send(session, response).await
     }
 
     /// Answers the token route; always ends the request.
@@ -433,6 +472,13 @@ impl ProxyHttp for Tokengate {
             self.token_route(session, ctx).await?;
             return Ok(true);
         }
+        if let Some((body, cache)) = &self.jwks {
+            if session.req_header().uri.path() == JWKS_PATH {
+                ctx.route = Route::Token;
+                self.jwks_route(session, ctx, body.clone(), cache).await?;
+                return Ok(true);
+            }
+        }
         let refusal = self.check_forwarded(session.req_header(), ctx);
         match refusal {
             Some(error) => {
@@ -618,7 +664,7 @@ impl ProxyHttp for Tokengate {
         m.request_duration
             .with_label_values(&[route])
             .observe(duration);
-                if !self.access_log.enabled() {
+        if !self.access_log.enabled() {
             return;
         }
         let header = session.req_header();

@@ -32,6 +32,7 @@ fn fixture() -> &'static Fixture {
             permission: PermissionPolicy::default(),
             max_ttl_secs: Some(600),
             endpoint: "localhost:5001".into(),
+            signer: None,
         };
         let auth = format!("Bearer {session}");
         let body = br#"{"permission":{"abilities":{"a1":{"Access":{"see":true,"image_list":true}}},"Id":"a1"}}"#;

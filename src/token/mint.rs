@@ -64,15 +64,24 @@ pub fn mint(
     max_ttl_secs: Option<u64>,
     now: u64,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    sign(key, &payload(claims, permission, max_ttl_secs, now)?)
+}
+
+/// The minted token's payload JSON: merged claims, `exp` capped by `max_ttl`.
+pub fn payload(
+    claims: &Claims,
+    permission: Option<&Permission>,
+    max_ttl_secs: Option<u64>,
+    now: u64,
+) -> Result<Vec<u8>, jsonwebtoken::errors::Error> {
     let capped_exp = max_ttl_secs
         .map(|ttl| now.saturating_add(ttl))
         .filter(|cap| (*cap as f64) < claims.exp());
-    let payload = serde_json::to_vec(&Payload {
+    Ok(serde_json::to_vec(&Payload {
         claims,
         permission,
         capped_exp,
-    })?;
-    sign(key, &payload)
+    })?)
 }
 
 /// A session token like the legacy application's: `exp`, `iat`, then the subject claim.

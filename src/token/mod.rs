@@ -3,6 +3,7 @@
 //! A request reads top to bottom: [`extract`] finds the session token, [`verify`] checks it,
 //! [`permission`] parses and polices the body, [`mint`] merges and signs.
 
+pub mod asymmetric;
 pub mod extract;
 pub mod keys;
 pub mod mint;
@@ -12,6 +13,7 @@ pub mod verify;
 use serde::Serialize;
 
 use crate::error::{ApiError, ErrorCode};
+pub use asymmetric::AsymmetricKey;
 pub use keys::{KeyError, Keyring, Secret, SharedKeyring};
 pub use permission::PermissionPolicy;
 pub use verify::{Claims, VerifyPolicy};
@@ -59,6 +61,8 @@ pub struct TokenService {
     pub max_ttl_secs: Option<u64>,
     /// The `endpoint` returned with minted tokens.
     pub endpoint: String,
+    /// When set, minted tokens are signed with this ES256 / EdDSA key instead of the HS256 one.
+    pub signer: Option<std::sync::Arc<AsymmetricKey>>,
 }
 
 impl TokenService {
@@ -114,13 +118,19 @@ impl TokenService {
         if !admit(caller.claims.subject()) {
             return Err(RATE_LIMITED);
         }
-        let token = mint::mint(
-            &caller.claims,
-            permission.as_ref(),
-            keys.signing(),
-            self.max_ttl_secs,
-            now,
-        )
+        let token = match &self.signer {
+            Some(signer) => {
+                mint::payload(&caller.claims, permission.as_ref(), self.max_ttl_secs, now)
+                    .and_then(|payload| signer.sign(&payload))
+            }
+            None => mint::mint(
+                &caller.claims,
+                permission.as_ref(),
+                keys.signing(),
+                self.max_ttl_secs,
+                now,
+            ),
+        }
         .map_err(|_| ApiError::new(ErrorCode::Internal, "The token could not be signed."))?;
         Ok(Minted {
             body: response_body(&token, &self.endpoint),
@@ -161,6 +171,7 @@ mod tests {
             permission: PermissionPolicy::default(),
             max_ttl_secs: None,
             endpoint: "localhost:5001".into(),
+            signer: None,
         }
     }
 
