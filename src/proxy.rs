@@ -216,12 +216,7 @@ impl Tokengate {
             }
         };
         let header = session.req_header();
-        let authorization: Vec<&[u8]> = header
-            .headers
-            .get_all(http::header::AUTHORIZATION)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
+        let authorization = authorization_values(header);
         let request = TokenRequest {
             authorization: &authorization,
             content_type: header
@@ -359,12 +354,7 @@ impl Tokengate {
         if !has_token && mode == AuthMode::Passthrough && rule.require.is_none() {
             return None;
         }
-        let authorization: Vec<&[u8]> = header
-            .headers
-            .get_all(http::header::AUTHORIZATION)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
+        let authorization = authorization_values(header);
         let auth = self.tokens.authenticate(&authorization, unix_now());
         if let Ok(caller) = &auth {
             let subject = caller.claims.subject().to_owned();
@@ -404,6 +394,16 @@ impl Tokengate {
         }
         None
     }
+}
+
+/// Every `Authorization` header value, in order: more than one is refused later, not merged.
+fn authorization_values(header: &RequestHeader) -> Vec<&[u8]> {
+    header
+        .headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect()
 }
 
 fn unix_now() -> u64 {

@@ -138,24 +138,9 @@ fn probes_report_health_and_sigterm_exits_zero_promptly() {
     assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
     let r = request(tg.admin, b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!((r.status, r.text().as_str()), (200, "ready\n"));
-    let pid = tg.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = tg.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(9),
-            "still running: the 10 s grace period was slept out"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
+    tg.signal("-TERM");
+    // Idle: it must not sleep out the 10 s grace period.
+    assert_eq!(tg.wait_exit(Duration::from_secs(9)), Some(0));
 }
 
 #[test]
@@ -182,12 +167,7 @@ fn sigterm_lets_an_in_flight_request_finish() {
         assert!(start.elapsed() < DEADLINE);
         std::thread::sleep(Duration::from_millis(10));
     }
-    let pid = tg.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    tg.signal("-TERM");
     let start = Instant::now();
     loop {
         let r = try_request(tg.admin, b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -202,10 +182,5 @@ fn sigterm_lets_an_in_flight_request_finish() {
     let r = client.join().unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "slow"));
     server.join().unwrap();
-    let start = Instant::now();
-    while tg.alive() {
-        assert!(start.elapsed() < DEADLINE);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(tg.child.wait().unwrap().code(), Some(0));
+    assert_eq!(tg.wait_exit(DEADLINE), Some(0));
 }
