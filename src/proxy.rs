@@ -200,6 +200,11 @@ impl Tokengate {
                 ErrorCode::MethodNotAllowed,
                 "Use POST on the token endpoint.",
             );
+            // Read and drop a body within the limit, so the connection can serve the next
+            // request; a larger or broken one closes it.
+            if self.read_body(session).await.is_err() {
+                session.set_keepalive(None);
+            }
             return self
                 .refuse(session, ctx, &error, &[("Allow", "POST")])
                 .await;

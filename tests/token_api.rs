@@ -328,6 +328,12 @@ fn each_error_has_its_status_code_and_json_and_keeps_the_connection() {
             405,
             "method_not_allowed",
         ),
+        (
+            b"PUT /api/v1/token HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\npermission="
+                .to_vec(),
+            405,
+            "method_not_allowed",
+        ),
     ];
     let mut conn = tg.connect();
     for (raw, status, code) in &cases {

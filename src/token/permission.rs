@@ -346,15 +346,17 @@ impl<'de> Visitor<'de> for Strict<'_> {
         let inner = self.deeper()?;
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
-                return Err(self.refuse(DUPLICATE));
-            }
             self.keys.set(self.keys.get() + 1);
             if self.keys.get() > self.policy.max_keys {
                 return Err(self.refuse(TOO_MANY_KEYS));
             }
-            let value = map.next_value_seed(inner)?;
-            object.insert(key, value);
+            // One hash per key: the entry both detects the duplicate and takes the value.
+            match object.entry(key) {
+                serde_json::map::Entry::Occupied(_) => return Err(self.refuse(DUPLICATE)),
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(map.next_value_seed(inner)?);
+                }
+            }
         }
         Ok(Value::Object(object))
     }
