@@ -502,10 +502,12 @@ impl ProxyHttp for Tokengate {
     ) -> pingora::Result<Box<HttpPeer>> {
         let group = &self.groups[ctx.group];
         let addr = group.select(&ctx.tried).ok_or_else(|| {
+            // An upstream failure (502), not one of tokengate's own (500).
             Error::explain(
                 ErrorType::ConnectNoRoute,
                 "no usable address in the upstream group",
             )
+            .into_up()
         })?;
         ctx.tried.push(addr);
         Ok(Box::new(group.peer(addr)))
@@ -520,7 +522,17 @@ impl ProxyHttp for Tokengate {
     ) -> pingora::Result<()> {
         self.strip_identity(upstream);
         if let Some((_, subject)) = &ctx.caller {
-            upstream.insert_header(self.identity_header.clone(), subject.as_str())?;
+            // A signed subject that is no valid header value (a control byte, say) must not turn
+            // into a 500: the upstream then sees no identity, as for an anonymous request.
+            if upstream
+                .insert_header(self.identity_header.clone(), subject.as_str())
+                .is_err()
+            {
+                log::warn!(
+                    "request {}: subject is not a valid header value, identity not forwarded",
+                    ctx.request_id
+                );
+            }
         }
         let client_ip = session
             .client_addr()

@@ -287,3 +287,19 @@ fn the_upstream_sees_exactly_the_forwarding_headers() {
         ]
     );
 }
+
+#[test]
+fn a_subject_that_is_no_header_value_is_not_forwarded_and_no_5xx() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    let now = now();
+    let token = sign_raw(
+        r#"{"alg":"HS256"}"#,
+        &format!(r#"{{"exp":{},"user_id":"line\nbreak"}}"#, now + 60),
+        SECRET,
+    );
+    let raw = format!("GET /x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let r = tg.request(raw.as_bytes());
+    assert_eq!(r.status, 200);
+    assert!(up.seen()[0].all("X-User-Id").is_empty());
+}
