@@ -77,11 +77,17 @@ pub fn payload(
     let capped_exp = max_ttl_secs
         .map(|ttl| now.saturating_add(ttl))
         .filter(|cap| (*cap as f64) < claims.exp());
-    Ok(serde_json::to_vec(&Payload {
-        claims,
-        permission,
-        capped_exp,
-    })?)
+    // Sized for the usual claims set, so the writer does not grow the buffer step by step.
+    let mut out = Vec::with_capacity(512);
+    serde_json::to_writer(
+        &mut out,
+        &Payload {
+            claims,
+            permission,
+            capped_exp,
+        },
+    )?;
+    Ok(out)
 }
 
 /// A session token like the legacy application's: `exp`, `iat`, then the subject claim.

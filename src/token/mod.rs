@@ -135,7 +135,7 @@ impl TokenService {
         Ok(Minted {
             body: response_body(&token, &self.endpoint),
             session_token: caller.token.to_owned(),
-            subject: caller.claims.subject().to_owned(),
+                        subject: caller.claims.into_subject(),
         })
     }
 }
@@ -146,7 +146,11 @@ fn response_body(token: &str, endpoint: &str) -> Vec<u8> {
         token: &'a str,
         endpoint: &'a str,
     }
-    serde_json::to_vec(&Body { token, endpoint }).unwrap_or_default()
+    let mut out = Vec::with_capacity(token.len() + endpoint.len() + 32);
+    match serde_json::to_writer(&mut out, &Body { token, endpoint }) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
+    }
 }
 
 #[cfg(test)]

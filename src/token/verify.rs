@@ -93,6 +93,11 @@ impl Claims {
         &self.subject
     }
 
+        /// The subject, taking it out of the claims.
+    pub fn into_subject(self) -> String {
+        self.subject
+    }
+
     /// The `exp` claim, in seconds since the epoch.
     pub fn exp(&self) -> f64 {
         self.exp
@@ -101,9 +106,12 @@ impl Claims {
 
 /// The parts of a JOSE header that matter; `jwk`, `jku`, `x5u`, `x5c` are never even read.
 #[derive(Deserialize)]
-struct JoseHeader {
-    alg: String,
-    kid: Option<String>,
+struct JoseHeader<'a> {
+    /// Borrowed from the decoded header unless it holds escapes.
+    #[serde(borrow)]
+    alg: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    kid: Option<std::borrow::Cow<'a, str>>,
     crit: Option<serde::de::IgnoredAny>,
 }
 
@@ -119,7 +127,8 @@ pub fn verify(
     if header_b64.is_empty() || payload_b64.is_empty() || signature.is_empty() {
         return Err(MALFORMED);
     }
-    let header: JoseHeader = decode_json(header_b64)?;
+    let header_json = decode_segment(header_b64)?;
+    let header: JoseHeader = serde_json::from_slice(&header_json).map_err(|_| MALFORMED)?;
     if header.crit.is_some() {
         return Err(CRITICAL);
     }
@@ -142,7 +151,10 @@ pub fn verify(
     if !valid {
         return Err(BAD_SIGNATURE);
     }
-    let entries = decode_json::<OrderedClaims>(payload_b64)?.0;
+    let payload = decode_segment(payload_b64)?;
+    let entries = serde_json::from_slice::<OrderedClaims>(&payload)
+        .map_err(|_| MALFORMED)?
+        .0;
     check_claims(entries, policy, now)
 }
 
@@ -181,9 +193,8 @@ fn check_claims(
     })
 }
 
-fn decode_json<T: for<'de> Deserialize<'de>>(segment: &str) -> Result<T, ApiError> {
-    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| MALFORMED)?;
-    serde_json::from_slice(&bytes).map_err(|_| MALFORMED)
+fn decode_segment(segment: &str) -> Result<Vec<u8>, ApiError> {
+    URL_SAFE_NO_PAD.decode(segment).map_err(|_| MALFORMED)
 }
 
 /// A JSON object kept as ordered `(name, raw value)` pairs; a repeated name is refused, since a
