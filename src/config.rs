@@ -291,12 +291,7 @@ fn resolve_signing(raw: RawSigning) -> Result<Signing, ConfigError> {
         }
     }
     let age = raw.jwks_max_age.unwrap_or_else(|| "5m".to_owned());
-    let jwks_max_age = humantime::parse_duration(age.trim()).map_err(|e| {
-        invalid(
-            "tokengate.signing.jwks_max_age",
-            format!("{age:?} is not a duration ({e})"),
-        )
-    })?;
+    let jwks_max_age = parse_duration("tokengate.signing.jwks_max_age", &age)?;
     Ok(Signing {
         key: Arc::new(key),
         jwks: jwks(&published),
@@ -381,13 +376,10 @@ fn resolve_routes(
             .map(|a| resolve_address(&format!("{key}.addresses"), a))
             .collect::<Result<_, _>>()?;
         let d = |field: &str, value: Option<String>, default: &str| {
-            let text = value.unwrap_or_else(|| default.to_owned());
-            humantime::parse_duration(text.trim()).map_err(|e| {
-                invalid(
-                    &format!("{key}.{field}"),
-                    format!("{text:?} is not a duration ({e})"),
-                )
-            })
+            parse_duration(
+                &format!("{key}.{field}"),
+                value.as_deref().unwrap_or(default),
+            )
         };
         groups.push(GroupConfig {
             timeouts: UpstreamTimeouts {
@@ -632,9 +624,14 @@ fn duration(
     default: &str,
 ) -> Result<Duration, ConfigError> {
     let (source, text) = pick(env, var, file, default);
+    parse_duration(&setting_name(source, key), &text)
+}
+
+/// A duration like `10s`, `500ms` or `1h`, refused with the setting's name.
+fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(text.trim()).map_err(|e| {
         invalid(
-            &setting_name(source, key),
+            key,
             format!("{text:?} is not a duration like 10s or 500ms ({e})"),
         )
     })
@@ -648,13 +645,7 @@ fn address(
     default: &str,
 ) -> Result<SocketAddr, ConfigError> {
     let (source, text) = pick(env, var, file, default);
-    let name = setting_name(source, key);
-    let mut addrs = text
-        .to_socket_addrs()
-        .map_err(|e| invalid(&name, format!("{text:?} is not a host:port address ({e})")))?;
-    addrs
-        .next()
-        .ok_or_else(|| invalid(&name, format!("{text:?} resolves to no address")))
+    resolve_address(&setting_name(source, key), &text)
 }
 
 fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Config, ConfigError> {
@@ -695,15 +686,13 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
     };
     let secrets = load_secrets(secret_source.inline.clone(), secret_source.file.clone())?;
     let rate_per = raw.rate_limit.per.unwrap_or_else(|| "1s".to_owned());
-    let rate_per = humantime::parse_duration(rate_per.trim())
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            invalid(
-                "tokengate.rate_limit.per",
-                format!("{rate_per:?} is not a duration like 1s"),
-            )
-        })?;
+    let rate_per = parse_duration("tokengate.rate_limit.per", &rate_per)?;
+    if rate_per.is_zero() {
+        return Err(invalid(
+            "tokengate.rate_limit.per",
+            "must be longer than zero",
+        ));
+    }
     let rate_limit = match raw.rate_limit.mints.unwrap_or(30) {
         0 => None,
         mints => Some(RateLimit {
@@ -781,14 +770,7 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
     }
     let max_ttl = raw
         .max_ttl
-        .map(|text| {
-            humantime::parse_duration(text.trim()).map_err(|e| {
-                invalid(
-                    "tokengate.max_ttl",
-                    format!("{text:?} is not a duration ({e})"),
-                )
-            })
-        })
+        .map(|text| parse_duration("tokengate.max_ttl", &text))
         .transpose()?;
     let grace_period = duration(
         env,

@@ -135,7 +135,7 @@ impl TokenService {
         Ok(Minted {
             body: response_body(&token, &self.endpoint),
             session_token: caller.token.to_owned(),
-                        subject: caller.claims.into_subject(),
+            subject: caller.claims.into_subject(),
         })
     }
 }

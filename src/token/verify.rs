@@ -93,7 +93,7 @@ impl Claims {
         &self.subject
     }
 
-        /// The subject, taking it out of the claims.
+    /// The subject, taking it out of the claims.
     pub fn into_subject(self) -> String {
         self.subject
     }
