@@ -5,16 +5,15 @@ use base64::Engine;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use super::keys::Key;
 use super::permission::Permission;
 use super::verify::Claims;
 
-/// One claim of the minted payload: the caller's bytes as received, or the permission's value.
+/// One claim of the minted payload: the caller's bytes as received, the permission's compact
+/// value, or a capped `exp`.
 enum Claim<'a> {
     Raw(&'a RawValue),
-    Value(&'a Value),
     Exp(u64),
 }
 
@@ -22,7 +21,6 @@ impl Serialize for Claim<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Claim::Raw(raw) => raw.serialize(serializer),
-            Claim::Value(value) => value.serialize(serializer),
             Claim::Exp(exp) => serializer.serialize_u64(*exp),
         }
     }
@@ -41,15 +39,15 @@ impl Serialize for Payload<'_> {
         let mut map = serializer.serialize_map(None)?;
         for (name, raw) in self.claims.entries() {
             let claim = match (self.permission.and_then(|p| p.get(name)), name.as_str()) {
-                (Some(value), _) => Claim::Value(value),
+                (Some(value), _) => Claim::Raw(value),
                 (None, "exp") => self.capped_exp.map_or(Claim::Raw(raw), Claim::Exp),
                 (None, _) => Claim::Raw(raw),
             };
             map.serialize_entry(name, &claim)?;
         }
-        for (name, value) in self.permission.into_iter().flatten() {
+        for (name, value) in self.permission.into_iter().flat_map(Permission::iter) {
             if self.claims.get(name).is_none() {
-                map.serialize_entry(name, &Claim::Value(value))?;
+                map.serialize_entry(name, &Claim::Raw(value))?;
             }
         }
         map.end()

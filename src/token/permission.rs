@@ -1,20 +1,56 @@
 //! Request body + content type → the requested permission, and the rules it must obey.
 
+use std::borrow::Cow;
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::{ApiError, ErrorCode};
 
 /// Claims a permission may never set, whatever the configuration says.
 pub const RESERVED_CLAIMS: [&str; 7] = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"];
 
-/// The requested permission: a JSON object whose top-level keys keep their order.
-pub type Permission = Map<String, Value>;
+/// The requested permission: its top-level keys in order, each value as compact JSON.
+#[derive(Debug, Default)]
+pub struct Permission {
+    entries: Vec<(String, Box<RawValue>)>,
+}
+
+impl Permission {
+    /// The raw JSON of one top-level key.
+    pub fn get(&self, name: &str) -> Option<&RawValue> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    /// Top-level keys and values, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &RawValue)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_ref()))
+    }
+
+    /// Top-level keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_str())
+    }
+}
+
+impl serde::Serialize for Permission {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
+        for (key, value) in &self.entries {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
 
 /// The rules a permission is held to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,17 +199,89 @@ fn json_permission(body: &[u8]) -> Result<Option<String>, ApiError> {
 
 /// Parses permission JSON text and applies every rule that needs no caller claims.
 pub fn parse_permission(text: &str, policy: &PermissionPolicy) -> Result<Permission, ApiError> {
-    let value = parse_strict(text, policy)?;
-    let Value::Object(permission) = value else {
-        return Err(NOT_OBJECT);
-    };
-    if permission.keys().any(|k| policy.is_reserved(k)) {
-        return Err(RESERVED);
+    validate(text, policy)?;
+    // Valid JSON now, without duplicates: only a non-object fails here.
+    let top: TopLevel = serde_json::from_str(text).map_err(|_| NOT_OBJECT)?;
+    let mut entries = Vec::with_capacity(top.0.len());
+    for (key, raw) in top.0 {
+        if policy.is_reserved(&key) {
+            return Err(RESERVED);
+        }
+        entries.push((key.into_owned(), compact(raw)?));
     }
+    let permission = Permission { entries };
     if let Some(allowed) = &policy.abilities {
-        check_ability_names(permission.get("abilities"), allowed)?;
+        let abilities = permission.get("abilities").map(tree).transpose()?;
+        check_ability_names(abilities.as_ref(), allowed)?;
     }
     Ok(permission)
+}
+
+/// The value re-serialized compact (the payload has no whitespace), streamed without a tree.
+fn compact(raw: &RawValue) -> Result<Box<RawValue>, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+    serde_json::value::to_raw_value(&serde_transcode::Transcoder::new(&mut deserializer))
+        .map_err(|_| NOT_JSON)
+}
+
+/// A value as a tree, for the few rules that need one.
+fn tree(raw: &RawValue) -> Result<Value, ApiError> {
+    serde_json::from_str(raw.get()).map_err(|_| NOT_JSON)
+}
+
+/// The permission object's top-level entries, borrowed from the text.
+struct TopLevel<'de>(Vec<(Cow<'de, str>, &'de RawValue)>);
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TopVisitor;
+        impl<'de> Visitor<'de> for TopVisitor {
+            type Value = TopLevel<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(TopLevel(entries))
+            }
+        }
+        deserializer.deserialize_map(TopVisitor)
+    }
+}
+
+/// An object key, borrowed from the input unless it holds escapes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
 }
 
 /// `abilities.<resource>.Access` may hold only allowed names, each a boolean.
@@ -207,11 +315,11 @@ where
         let Some(requested) = permission.get(name) else {
             continue;
         };
-        let held: Value = serde_json::from_str(raw.get()).map_err(|_| ESCALATION)?;
+        let (requested, held) = (tree(requested)?, tree(raw).map_err(|_| ESCALATION)?);
         let allowed = if name == "abilities" {
-            covers(requested, &held)
+            covers(&requested, &held)
         } else {
-            *requested == held
+            requested == held
         };
         if !allowed {
             return Err(ESCALATION);
@@ -243,9 +351,10 @@ fn grants_anything(value: &Value) -> bool {
     }
 }
 
-/// Parses JSON refusing duplicate keys at any depth, nesting past the limit and too many keys;
-/// `serde_json::Value` alone would silently keep the last of two equal keys.
-fn parse_strict(text: &str, policy: &PermissionPolicy) -> Result<Value, ApiError> {
+/// Checks JSON without building it: duplicate keys at any depth (which `serde_json::Value` would
+/// silently collapse), nesting past the limit and too many keys are refused with 422, anything
+/// that is not JSON with 400.
+fn validate(text: &str, policy: &PermissionPolicy) -> Result<(), ApiError> {
     let violation = Cell::new(None);
     let keys = Cell::new(0usize);
     let seed = Strict {
@@ -257,13 +366,16 @@ fn parse_strict(text: &str, policy: &PermissionPolicy) -> Result<Value, ApiError
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let parsed = seed
         .deserialize(&mut deserializer)
-        .and_then(|value| deserializer.end().map(|()| value));
+        .and_then(|()| deserializer.end());
     match (parsed, violation.get()) {
         (_, Some(rule)) => Err(rule),
-        (Ok(value), None) => Ok(value),
+        (Ok(()), None) => Ok(()),
         (Err(_), None) => Err(NOT_JSON),
     }
 }
+
+/// Objects with more keys than this get a hash set for the duplicate check instead of a scan.
+const SCAN_LIMIT: usize = 16;
 
 #[derive(Clone, Copy)]
 struct Strict<'a> {
@@ -291,74 +403,77 @@ impl Strict<'_> {
 }
 
 impl<'de> DeserializeSeed<'de> for Strict<'_> {
-    type Value = Value;
+    type Value = ();
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for Strict<'_> {
-    type Value = Value;
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let inner = self.deeper()?;
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(inner)? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let inner = self.deeper()?;
-        let mut object = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
+        // A short scan for the usual small objects; a set once an object grows.
+        let mut seen: Vec<Key<'de>> = Vec::new();
+        let mut index: Option<HashSet<Key<'de>>> = None;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
             self.keys.set(self.keys.get() + 1);
             if self.keys.get() > self.policy.max_keys {
                 return Err(self.refuse(TOO_MANY_KEYS));
             }
-            // One hash per key: the entry both detects the duplicate and takes the value.
-            match object.entry(key) {
-                serde_json::map::Entry::Occupied(_) => return Err(self.refuse(DUPLICATE)),
-                serde_json::map::Entry::Vacant(slot) => {
-                    slot.insert(map.next_value_seed(inner)?);
+            let duplicate = match &mut index {
+                Some(set) => !set.insert(key),
+                None => {
+                    let duplicate = seen.contains(&key);
+                    seen.push(key);
+                    if seen.len() > SCAN_LIMIT {
+                        index = Some(seen.drain(..).collect());
+                    }
+                    duplicate
                 }
+            };
+            if duplicate {
+                return Err(self.refuse(DUPLICATE));
             }
+            map.next_value_seed(inner)?;
         }
-        Ok(Value::Object(object))
+        Ok(())
     }
 }
 
