@@ -27,8 +27,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(Some(permission)) => {
             for key in permission.keys() {
                 assert!(
-                    !["exp", "iat", "nbf", "iss", "aud", "sub", "jti", "user_id"]
-                        .contains(&key.as_str())
+                    !["exp", "iat", "nbf", "iss", "aud", "sub", "jti", "user_id"].contains(&key)
                 );
             }
             let held = RawValue::from_string(
