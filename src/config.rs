@@ -560,6 +560,9 @@ impl Config {
     }
 }
 
+/// Splits the file into tokengate's settings and Pingora's. tokengate's may sit under
+/// `tokengate:` or, flat, at the top level beside Pingora's keys; every key must be one or the
+/// other, and none may be given in both places.
 fn split_sections(text: &str) -> Result<(RawConfig, ServerConf), ConfigError> {
     let parse_err = |e: serde_yaml::Error| ConfigError::Parse(e.to_string());
     let mut doc: serde_yaml::Mapping = if text.trim().is_empty() {
@@ -567,23 +570,43 @@ fn split_sections(text: &str) -> Result<(RawConfig, ServerConf), ConfigError> {
     } else {
         serde_yaml::from_str(text).map_err(parse_err)?
     };
-    let raw = match doc.remove("tokengate") {
-        Some(section) => serde_yaml::from_value(section)
-            .map_err(|e| ConfigError::Parse(format!("tokengate: {e}")))?,
-        None => RawConfig::default(),
+    let mut section = match doc.remove("tokengate") {
+        Some(serde_yaml::Value::Mapping(section)) => section,
+        Some(serde_yaml::Value::Null) | None => serde_yaml::Mapping::new(),
+        Some(_) => {
+            return Err(ConfigError::Parse(
+                "tokengate: must be a mapping of settings".into(),
+            ))
+        }
     };
-    // Pingora ignores keys it does not know; a typo there must not pass silently either.
+    // Pingora ignores keys it does not know; here every key not Pingora's is tokengate's, so a
+    // typo anywhere is refused by tokengate's own strict parsing below.
     let known = pingora_keys();
-    if let Some(key) = doc
+    let flat: Vec<serde_yaml::Value> = doc
         .keys()
-        .find(|k| !k.as_str().is_some_and(|k| known.contains(k)))
-    {
-        let key = serde_yaml::to_string(key).unwrap_or_default();
-        return Err(ConfigError::Parse(format!(
-            "unknown key `{}` (tokengate's own settings go under `tokengate:`)",
-            key.trim()
-        )));
+        .filter(|k| !k.as_str().is_some_and(|k| known.contains(k)))
+        .cloned()
+        .collect();
+    for key in flat {
+        if section.contains_key(&key) {
+            let name = serde_yaml::to_string(&key).unwrap_or_default();
+            return Err(ConfigError::Parse(format!(
+                "`{}` is given both at the top level and under `tokengate:`",
+                name.trim()
+            )));
+        }
+        if let Some(value) = doc.remove(&key) {
+            section.insert(key, value);
+        }
     }
+    // `threads` is Pingora's key too; flat, it sets tokengate's worker threads.
+    if let Some(threads) = doc.get("threads") {
+        section
+            .entry("threads".into())
+            .or_insert_with(|| threads.clone());
+    }
+    let raw = serde_yaml::from_value(serde_yaml::Value::Mapping(section))
+        .map_err(|e| ConfigError::Parse(format!("tokengate: {e}")))?;
     let server = serde_yaml::from_value(serde_yaml::Value::Mapping(doc)).map_err(parse_err)?;
     Ok((raw, server))
 }
@@ -921,7 +944,12 @@ mod tests {
         assert!(err("", &[SECRET, ("TOKENGATE_LISTEN", "nonsense")])
             .starts_with("invalid TOKENGATE_LISTEN: \"nonsense\" is not a host:port address"));
         assert!(err("tokengate:\n  bogus: 1\n", &[SECRET]).contains("unknown field `bogus`"));
-        assert!(err("bogus: 1\n", &[SECRET]).contains("unknown key `bogus`"));
+        assert!(err("bogus: 1\n", &[SECRET]).contains("unknown field `bogus`"));
+        assert!(err(
+            "listen: 127.0.0.1:1\ntokengate:\n  listen: 127.0.0.1:2\n",
+            &[SECRET]
+        )
+        .contains("`listen` is given both at the top level and under `tokengate:`"));
         assert!(err("tokengate:\n  grace_period: soon\n", &[SECRET])
             .starts_with("invalid tokengate.grace_period:"));
         for e in [
@@ -939,6 +967,15 @@ mod tests {
         assert_eq!(c.auth.mode_for("/admin/users"), AuthMode::Required);
         assert_eq!(c.auth.mode_for("/admin/health"), AuthMode::Passthrough);
         assert_eq!(c.auth.mode_for("/public"), AuthMode::Passthrough);
+    }
+
+    #[test]
+    fn settings_may_also_be_flat_beside_pingoras() {
+        let yaml = "version: 1\nlisten: 127.0.0.1:4444\nauth: required\nthreads: 3\n";
+        let c = Config::from_yaml(yaml, &[SECRET]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:4444");
+        assert_eq!(c.auth.mode_for("/"), AuthMode::Required);
+        assert_eq!((c.threads, c.server.threads), (3, 3));
     }
 
     #[test]
