@@ -68,9 +68,9 @@ pub struct RequestCtx {
     route: Route,
     /// The propagated or generated request id.
     request_id: String,
-    /// The valid session token a forwarded request carried, and its subject.
-    caller: Option<(String, String)>,
-    /// The verified subject, on either route, for the access log.
+    /// The valid session token a forwarded request carried, for `X-token`.
+    token: Option<String>,
+    /// The verified subject, on either route: the identity header and the access log.
     subject: Option<String>,
     /// The error code tokengate answered with, if any.
     reason: Option<ErrorCode>,
@@ -362,9 +362,8 @@ impl Tokengate {
         let authorization = authorization_values(header);
         let auth = self.tokens.authenticate(&authorization, unix_now());
         if let Ok(caller) = &auth {
-            let subject = caller.claims.subject().to_owned();
-            ctx.caller = Some((caller.token.to_owned(), subject.clone()));
-            ctx.subject = Some(subject);
+            ctx.token = Some(caller.token.to_owned());
+            ctx.subject = Some(caller.claims.subject().to_owned());
         }
         let auth_error = match &auth {
             Ok(_) => None,
@@ -451,7 +450,7 @@ impl ProxyHttp for Tokengate {
             start: Instant::now(),
             route: Route::Proxy,
             request_id: String::new(),
-            caller: None,
+            token: None,
             subject: None,
             reason: None,
             upstream_start: None,
@@ -470,7 +469,6 @@ impl ProxyHttp for Tokengate {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        ctx.start = Instant::now();
         ctx.request_id = request_id(session.req_header());
         if session.req_header().uri.path() == self.token_path {
             ctx.route = Route::Token;
@@ -521,7 +519,8 @@ impl ProxyHttp for Tokengate {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         self.strip_identity(upstream);
-        if let Some((_, subject)) = &ctx.caller {
+        // On the forwarded route a subject is only ever set from a valid token.
+        if let Some(subject) = &ctx.subject {
             // A signed subject that is no valid header value (a control byte, say) must not turn
             // into a 500: the upstream then sees no identity, as for an anonymous request.
             if upstream
@@ -586,7 +585,7 @@ impl ProxyHttp for Tokengate {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         response.insert_header("X-Request-Id", ctx.request_id.as_str())?;
-        if let Some((token, _)) = &ctx.caller {
+        if let Some(token) = &ctx.token {
             response.insert_header("X-token", token.as_str())?;
         }
         Ok(())

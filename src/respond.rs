@@ -8,9 +8,12 @@ use pingora::proxy::Session;
 
 use crate::error::ApiError;
 
+/// Every answer of tokengate's own is uncacheable: it is about one caller's token.
+const NO_STORE: (&str, &str) = ("Cache-Control", "no-cache, no-store");
+
 /// The legacy service's security and caching headers, less the obsolete `P3P`.
 const TOKEN_HEADERS: [(&str, &str); 10] = [
-    ("Cache-Control", "no-cache, no-store"),
+    NO_STORE,
     ("Pragma", "no-cache"),
     ("Expires", "Fri, 01 Jan 1990 00:00:00 GMT"),
     ("X-Frame-Options", "DENY"),
@@ -63,7 +66,7 @@ impl Response {
     pub fn error(error: &ApiError, request_id: &str) -> Response {
         let mut headers = vec![
             ("Content-Type", JSON.to_owned()),
-            ("Cache-Control", "no-cache, no-store".to_owned()),
+            (NO_STORE.0, NO_STORE.1.to_owned()),
             ("X-Request-Id", request_id.to_owned()),
         ];
         if let Some(challenge) = error.code.www_authenticate() {

@@ -1,10 +1,9 @@
 //! Config → a ready-to-run Pingora `Server`: the proxy, the admin listener, the readiness probe.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -67,7 +66,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
         }
     }
     // Register every metric now, so the first scrape already shows them all at zero.
-    crate::metrics::get();
+    metrics::get();
     let state = Arc::new(AppState::default());
     let mut groups = Vec::with_capacity(config.upstream_groups.len());
     let mut health_checks = Vec::new();
