@@ -115,8 +115,25 @@ pub struct SecretSource {
 impl SecretSource {
     /// Reads the secrets again (the file may have been rotated) and builds a keyring.
     pub fn keyring(&self, algorithms: &[Algorithm]) -> Result<Keyring, ConfigError> {
-        let secrets = load_secrets(self.inline.clone(), self.file.clone())?;
-        Keyring::new(&secrets, algorithms).map_err(ConfigError::Keys)
+        Keyring::new(&self.secrets()?, algorithms).map_err(ConfigError::Keys)
+    }
+
+    /// The inline secret first, then the file's, read now.
+    fn secrets(&self) -> Result<Vec<Secret>, ConfigError> {
+        let mut secrets: Vec<Secret> = self
+            .inline
+            .iter()
+            .map(|s| Secret {
+                id: None,
+                bytes: s.as_bytes().to_vec(),
+            })
+            .collect();
+        if let Some(path) = &self.file {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.clone(), e))?;
+            secrets.extend(Secret::parse_file(&text));
+        }
+        Ok(secrets)
     }
 }
 
@@ -193,8 +210,6 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Whether each request gets an access-log line on stdout.
     pub access_log: bool,
-    /// Upstream timeouts.
-    pub upstream_timeouts: UpstreamTimeouts,
     /// ES256 / EdDSA minting, when configured; HS256 otherwise.
     pub signing: Option<Signing>,
     /// Upstream groups; the first is `default`, made of `upstream`.
@@ -707,7 +722,7 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
             .map(PathBuf::from)
             .or(raw.secret_file),
     };
-    let secrets = load_secrets(secret_source.inline.clone(), secret_source.file.clone())?;
+    let secrets = secret_source.secrets()?;
     let rate_per = raw.rate_limit.per.unwrap_or_else(|| "1s".to_owned());
     let rate_per = parse_duration("tokengate.rate_limit.per", &rate_per)?;
     if rate_per.is_zero() {
@@ -865,7 +880,6 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
         log,
         log_format,
         access_log,
-        upstream_timeouts,
         upstream_groups,
         routes,
         signing,
@@ -874,22 +888,6 @@ fn resolve(raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Con
     // Building the keyring once here refuses short or missing secrets before anything listens.
     config.token_service()?;
     Ok(config)
-}
-
-fn load_secrets(inline: Option<String>, file: Option<PathBuf>) -> Result<Vec<Secret>, ConfigError> {
-    let mut secrets: Vec<Secret> = inline
-        .map(|s| Secret {
-            id: None,
-            bytes: s.into_bytes(),
-        })
-        .into_iter()
-        .collect();
-    if let Some(path) = file {
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| ConfigError::Read(path.clone(), e))?;
-        secrets.extend(Secret::parse_file(&text));
-    }
-    Ok(secrets)
 }
 
 #[cfg(test)]
@@ -926,7 +924,10 @@ mod tests {
         ];
         let c = Config::from_yaml(yaml, &env).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:2222");
-        assert_eq!(c.upstream_timeouts.read, Duration::from_millis(500));
+        assert_eq!(
+            c.upstream_groups[0].timeouts.read,
+            Duration::from_millis(500)
+        );
         assert_eq!(c.threads, 3);
         assert_eq!(c.server.threads, 3);
     }
