@@ -42,6 +42,8 @@ fn bench(c: &mut Criterion) {
         max_ttl_secs: None,
         endpoint: "localhost:5001".into(),
         signer: None,
+        minted_keys: None,
+        max_token_bytes: tokengate::token::DEFAULT_MAX_TOKEN_BYTES,
     };
     let authorization = [auth.as_bytes()];
     let request = TokenRequest {

@@ -21,6 +21,9 @@ pub struct Cli {
     /// Check the configuration and exit.
     #[arg(short, long)]
     pub test: bool,
+    /// With `-t`: also print the effective route table, in the order routes are tried.
+    #[arg(short, long)]
+    pub verbose: bool,
     /// What to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -1,7 +1,9 @@
 //! tokengate: a Pingora reverse proxy that mints ability tokens in-process.
 //!
-//! A request reads top to bottom: [`proxy`] decides the route, [`token`] decides the answer,
-//! [`respond`] puts it on the wire, [`metrics`] observes.
+//! A request reads top to bottom: [`request`] makes it canonical, [`routes`] and [`policy`]
+//! decide, [`token`] answers the token route, `proxy` forwards or refuses, `respond` puts
+//! tokengate's own answers on the wire, `metrics` and `access_log` observe. The pure modules
+//! (`request`, `routes`, `policy`, `token`, `forwarded`, `limits`) build without Pingora.
 
 #[cfg(feature = "server")]
 pub mod access_log;
@@ -12,13 +14,16 @@ pub mod cli;
 #[cfg(feature = "server")]
 pub mod config;
 pub mod error;
+pub mod forwarded;
+pub mod limits;
 #[cfg(feature = "server")]
 pub mod metrics;
+pub mod policy;
 #[cfg(feature = "server")]
 pub mod proxy;
+pub mod request;
 #[cfg(feature = "server")]
 pub mod respond;
-#[cfg(feature = "server")]
 pub mod routes;
 #[cfg(feature = "server")]
 pub mod server;

@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         Some(Command::Sign { user_id, ttl }) => sign(&config, &user_id, ttl.as_secs()),
         Some(Command::Keys { .. }) => ExitCode::SUCCESS,
         None if cli.test => {
+            if cli.verbose {
+                print!("{}", config.routes.describe(&config.group_names()));
+            }
             println!("tokengate: configuration OK");
             ExitCode::SUCCESS
         }
@@ -71,8 +74,14 @@ fn serve(config: Config, cli: &Cli) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         config.listen,
         config.admin_listen,
-        config.upstream
+        config.upstream_groups[0].addresses.join(", ")
     );
+    if config.development_secret {
+        log::warn!(
+            "the public development secret is in use: anyone can mint tokens; it is only \
+             accepted because every listener is on loopback"
+        );
+    }
     let built = match server::build(config, Some(opt)) {
         Ok(built) => built,
         Err(e) => return fail(e),

@@ -16,21 +16,21 @@ const BUCKETS: &[f64] = &[
     2.5, 5.0, 10.0,
 ];
 
-/// Route label values: the token route or everything forwarded.
+/// `route` label values: answered in-process (token route, JWKS) or forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub enum RouteKind {
     /// `POST /api/v1/token`, answered in-process.
     Token,
     /// Forwarded to the upstream.
     Proxy,
 }
 
-impl Route {
+impl RouteKind {
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            Route::Token => "token",
-            Route::Proxy => "proxy",
+            RouteKind::Token => "token",
+            RouteKind::Proxy => "proxy",
         }
     }
 }
@@ -119,7 +119,7 @@ fn register() -> Result<Metrics, prometheus::Error> {
             "Secret file re-reads that changed the keyring (ok) or were refused (error).",
             &["result"]
         )?,
-                enforcement: register_int_counter_vec!(
+        enforcement: register_int_counter_vec!(
             "tokengate_enforcement_decisions_total",
             "Ability checks of forwarded requests, by configured route name and decision (allow, deny, shadow_deny).",
             &["route", "decision"]

@@ -18,7 +18,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::admin::AdminApp;
 use crate::config::{Config, ConfigError, SecretSource};
 use crate::metrics;
-use crate::proxy::{watch_listener, AppState, Tokengate};
+use crate::access_log::AccessLog;
+use crate::limits::Limiter;
+use crate::proxy::{watch_listener, AppState, Settings, Tokengate};
+use crate::routes::PathTemplate;
 use crate::token::SharedKeyring;
 use crate::upstreams::UpstreamGroup;
 
@@ -68,22 +71,41 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
     // Register every metric now, so the first scrape already shows them all at zero.
     metrics::get();
     let state = Arc::new(AppState::default());
-    let mut groups = Vec::with_capacity(config.upstream_groups.len());
-    let mut health_checks = Vec::new();
+    let mut groups: Vec<UpstreamGroup> = Vec::with_capacity(config.upstream_groups.len());
+    let mut discovery = Vec::with_capacity(config.upstream_groups.len());
     for group in &config.upstream_groups {
-        let (group, health) = UpstreamGroup::new(group.clone()).map_err(|e| {
-            StartError::Config(ConfigError::Invalid {
-                key: "tokengate.upstreams".into(),
-                problem: e.to_string(),
-            })
-        })?;
-        // One address has no alternative: probing it would only add connections.
-        if group.len() > 1 {
-            health_checks.push(health);
-        }
+        let (group, service) = UpstreamGroup::new(group.clone());
         groups.push(group);
+        discovery.push(service);
     }
-    let tokengate = Tokengate::new(&config, state.clone(), groups)?;
+    let tokens = config.token_service()?;
+    let token_path = PathTemplate::parse(&config.token_path).map_err(|e| {
+        StartError::Config(ConfigError::Invalid {
+            key: "tokengate.token_path".into(),
+            problem: e.to_string(),
+        })
+    })?;
+    let settings = Settings {
+        tokens,
+        token_path,
+        body_limit: config.body_limit,
+        groups: groups.into(),
+        routes: config.routes.clone(),
+        identity_header: config.identity_header.clone(),
+        request: config.request,
+        trusted_proxies: config.trusted_proxies.clone(),
+        access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
+        limiter: config.rate_limit.map(Limiter::new),
+        jwks: config.signing.as_ref().map(|s| {
+            (
+                bytes::Bytes::from(s.jwks.clone()),
+                format!("public, max-age={}", s.jwks_max_age.as_secs()),
+            )
+        }),
+        state: state.clone(),
+    };
+    let groups = settings.groups.clone();
+    let tokengate = Tokengate::new(settings);
     let reloader = KeyReloader {
         source: config.secret_source.clone(),
         algorithms: config.algorithms.clone(),
@@ -105,10 +127,11 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
     admin.threads = Some(1);
 
     let mut probe = background_service(
-        "listener probe",
-        ListenerProbe {
+        "readiness probe",
+        ReadinessProbe {
             addr: config.listen,
             state: state.clone(),
+            groups,
         },
     );
     probe.threads = Some(1);
@@ -116,22 +139,47 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(probe);
-    for health in health_checks {
-        server.add_service(health);
+    for service in discovery {
+        server.add_service(service);
     }
     server.add_service(background_service("secret reloader", reloader));
     Ok(Built { server, state })
 }
 
-struct ListenerProbe {
+/// Marks the proxy ready once its listener accepts connections and every upstream group knows
+/// an address (a host name may take a while to appear in DNS), and keeps watching the groups.
+struct ReadinessProbe {
     addr: SocketAddr,
     state: Arc<AppState>,
+    groups: Arc<[UpstreamGroup]>,
 }
 
+/// How often the upstream groups are looked at for readiness.
+const READINESS_POLL: Duration = Duration::from_millis(100);
+
 #[async_trait]
-impl BackgroundService for ListenerProbe {
-    async fn start(&self, _shutdown: ShutdownWatch) {
+impl BackgroundService for ReadinessProbe {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
         watch_listener(self.addr, self.state.clone()).await;
+        loop {
+            let known = self.groups.iter().all(UpstreamGroup::is_ready);
+            if self.state.upstreams_known.swap(known, Ordering::AcqRel) != known {
+                let names: Vec<&str> = self
+                    .groups
+                    .iter()
+                    .filter(|g| !g.is_ready())
+                    .map(UpstreamGroup::name)
+                    .collect();
+                match known {
+                    true => log::info!("every upstream group has an address: ready"),
+                    false => log::warn!("upstream groups without an address yet: {names:?}"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(READINESS_POLL) => {}
+            }
+        }
     }
 }
 

@@ -1,35 +1,103 @@
-//! Upstream groups: several addresses, round-robin, active TCP health checks (Pingora's load
-//! balancer) and passive ejection of an address that just refused a connection.
+//! Upstream groups: addresses or host names (resolved again on an interval, so a Kubernetes
+//! Service that is not there yet, or a headless Service whose pods change, is followed),
+//! round-robin, active TCP health checks (Pingora's load balancer) and passive ejection of an
+//! address that just refused a connection.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::{Backend, LoadBalancer};
+use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use pingora::services::background::{background_service, GenBackgroundService};
 
-use crate::config::UpstreamTimeouts;
+/// Timeouts towards an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Waiting for each read from the upstream.
+    pub read: Duration,
+    /// Waiting for each write to the upstream.
+    pub write: Duration,
+    /// How long a pooled keep-alive connection may sit idle.
+    pub idle: Duration,
+}
 
 /// How a group is configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupConfig {
     /// Name, for logs.
     pub name: String,
-    /// Addresses, resolved at start-up.
-    pub addresses: Vec<SocketAddr>,
+    /// `host:port` entries: IP addresses, or names resolved on `resolve_interval`.
+    pub addresses: Vec<String>,
     /// Timeouts towards these addresses.
     pub timeouts: UpstreamTimeouts,
     /// How often each address is probed with a TCP connect.
     pub health_check_interval: Duration,
     /// How long an address that refused a connection gets no new requests.
     pub ejection: Duration,
+    /// How often host names are resolved again.
+    pub resolve_interval: Duration,
 }
 
-/// A group ready to serve: its balancer (health-checked by a background service) and ejections.
+impl GroupConfig {
+    /// Whether any entry is a host name rather than an address.
+    fn has_names(&self) -> bool {
+        self.addresses
+            .iter()
+            .any(|a| a.parse::<SocketAddr>().is_err())
+    }
+}
+
+/// Resolves the group's entries; a name that fails to resolve keeps its last known addresses
+/// (a DNS hiccup must not empty a group), and one that never resolved contributes none yet.
+struct Resolver {
+    group: String,
+    entries: Vec<String>,
+    last: Mutex<HashMap<String, Vec<SocketAddr>>>,
+}
+
+#[async_trait]
+impl ServiceDiscovery for Resolver {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut backends = BTreeSet::new();
+        for entry in &self.entries {
+            let resolved = match entry.parse::<SocketAddr>() {
+                Ok(addr) => Ok(vec![addr]),
+                Err(_) => tokio::net::lookup_host(entry.as_str())
+                    .await
+                    .map(|addrs| addrs.collect::<Vec<_>>()),
+            };
+            let addrs = {
+                let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+                match resolved {
+                    Ok(addrs) if !addrs.is_empty() => {
+                        last.insert(entry.clone(), addrs.clone());
+                        addrs
+                    }
+                    Ok(_) | Err(_) => {
+                        log::warn!("upstream {}: cannot resolve {entry}, keeping its last addresses", self.group);
+                        last.get(entry).cloned().unwrap_or_default()
+                    }
+                }
+            };
+            backends.extend(addrs.into_iter().map(|addr| Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+                weight: 1,
+                ext: Default::default(),
+            }));
+        }
+        Ok((backends, HashMap::new()))
+    }
+}
+
+/// A group ready to serve: its balancer (kept current by a background service) and ejections.
 pub struct UpstreamGroup {
     config: GroupConfig,
     balancer: Arc<LoadBalancer<RoundRobin>>,
@@ -37,28 +105,49 @@ pub struct UpstreamGroup {
 }
 
 impl UpstreamGroup {
-    /// The group and the background service that health-checks it.
-    pub fn new(
-        config: GroupConfig,
-    ) -> std::io::Result<(
-        UpstreamGroup,
-        GenBackgroundService<LoadBalancer<RoundRobin>>,
-    )> {
-        let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(
-            config.addresses.iter().map(|a| a.to_string()),
-        )?;
-        let mut check = TcpHealthCheck::new();
-        check.peer_template.options.connection_timeout = Some(config.timeouts.connect);
-        balancer.set_health_check(check);
-        balancer.health_check_frequency = Some(config.health_check_interval);
+    /// The group and the background service that resolves and health-checks it.
+    pub fn new(config: GroupConfig) -> (UpstreamGroup, GenBackgroundService<LoadBalancer<RoundRobin>>) {
+        let resolver = Resolver {
+            group: config.name.clone(),
+            entries: config.addresses.clone(),
+            last: Mutex::new(HashMap::new()),
+        };
+        let mut balancer = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(resolver)));
+        // A lone address has no alternative: probing it would only add connections.
+        if config.addresses.len() > 1 || config.has_names() {
+            let mut check = TcpHealthCheck::new();
+            check.peer_template.options.connection_timeout = Some(config.timeouts.connect);
+            balancer.set_health_check(check);
+            balancer.health_check_frequency = Some(config.health_check_interval);
+        }
+        balancer.update_frequency = config.has_names().then_some(config.resolve_interval);
         balancer.parallel_health_check = true;
-        let service = background_service(&format!("health check {}", config.name), balancer);
+        let service = background_service(&format!("upstream {}", config.name), balancer);
         let group = UpstreamGroup {
             balancer: service.task(),
             config,
             ejected: Mutex::new(HashMap::new()),
         };
-        Ok((group, service))
+        (group, service)
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn addresses(&self) -> Vec<SocketAddr> {
+        self.balancer
+            .backends()
+            .get_backend()
+            .iter()
+            .filter_map(|b| b.addr.as_inet().copied())
+            .collect()
+    }
+
+    /// Whether the group knows at least one address to send requests to.
+    pub fn is_ready(&self) -> bool {
+        !self.balancer.backends().get_backend().is_empty()
     }
 
     /// The next healthy address, not ejected and not in `tried`; with none, the next untried
@@ -71,7 +160,7 @@ impl UpstreamGroup {
                 !tried.contains(a) && ejected.get(a).is_none_or(|until| *until <= now)
             })
         };
-        let iterations = self.config.addresses.len().max(1) * 2;
+        let iterations = self.balancer.backends().get_backend().len().max(1) * 2;
         let chosen = self
             .balancer
             .select_with(b"", iterations, |b, healthy| healthy && usable(b))
@@ -82,16 +171,6 @@ impl UpstreamGroup {
                 })
             });
         chosen.and_then(|b| b.addr.as_inet().copied())
-    }
-
-    /// How many addresses the group has.
-    pub fn len(&self) -> usize {
-        self.config.addresses.len()
-    }
-
-    /// Never true: a group has at least one address.
-    pub fn is_empty(&self) -> bool {
-        self.config.addresses.is_empty()
     }
 
     /// Keeps new requests off `addr` for the ejection period.
@@ -110,7 +189,7 @@ impl UpstreamGroup {
 
     /// Whether another address could be tried after `tried` failed.
     pub fn has_untried(&self, tried: &[SocketAddr]) -> bool {
-        self.config.addresses.iter().any(|a| !tried.contains(a))
+        self.addresses().iter().any(|a| !tried.contains(a))
     }
 
     /// A peer for `addr` with the group's timeouts.

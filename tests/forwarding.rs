@@ -28,7 +28,8 @@ fn a_valid_token_sets_identity_and_x_token_and_spoofs_are_stripped() {
     );
     assert_eq!(s.all("X-User-Id"), ["frank"]);
     assert!(s.all("X_User_Id").is_empty());
-    assert_eq!(s.all("X-Forwarded-For"), ["10.0.0.9, 127.0.0.1"]);
+    // The client is no trusted proxy: its X-Forwarded-For is replaced, not extended.
+    assert_eq!(s.all("X-Forwarded-For"), ["127.0.0.1"]);
     assert_eq!(s.all("X-Forwarded-Proto"), ["http"]);
     assert_eq!(s.all("X-Forwarded-Host"), ["images.example"]);
     assert_eq!(s.all("X-Request-Id"), ["trace-abc"]);
@@ -189,7 +190,7 @@ fn per_path_auth_modes() {
     let conf = std::env::temp_dir().join(format!("tokengate-paths-{}.yaml", free_port()));
     std::fs::write(
         &conf,
-        "tokengate:\n  auth: passthrough\n  auth_paths:\n    - {prefix: /albums/, auth: required}\n",
+        "tokengate:\n  auth: passthrough\n  routes:\n    - {name: albums, path: /albums, auth: required}\n",
     )
     .unwrap();
     let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
@@ -198,11 +199,14 @@ fn per_path_auth_modes() {
             .status,
         200
     );
-    let r = tg.request(b"GET /albums/1 HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert_eq!(
-        (r.status, r.json()["error"].as_str()),
-        (401, Some("missing_token"))
-    );
+    for path in ["/albums/1", "/ALBUMS/1", "/albums", "/x/../albums/1", "/albums.json"] {
+        let r = tg.request(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (401, Some("missing_token")),
+            "{path}"
+        );
+    }
     let urls: Vec<String> = up.seen().iter().map(|s| s.url.clone()).collect();
     assert_eq!(urls, ["/public"]);
     std::fs::remove_file(conf).unwrap();
@@ -276,12 +280,14 @@ fn the_upstream_sees_exactly_the_forwarding_headers() {
         names,
         [
             "authorization",
+            "forwarded",
             "host",
             "user_id",
             "x-app",
             "x-forwarded-for",
             "x-forwarded-host",
             "x-forwarded-proto",
+            "x-real-ip",
             "x-request-id",
             "x-user-id"
         ]
@@ -302,4 +308,36 @@ fn a_subject_that_is_no_header_value_is_not_forwarded_and_no_5xx() {
     let r = tg.request(raw.as_bytes());
     assert_eq!(r.status, 200);
     assert!(up.seen()[0].all("X-User-Id").is_empty());
+}
+
+#[test]
+fn a_required_token_without_a_sendable_subject_is_401_never_forwarded() {
+    let up = Upstream::start();
+    let conf = std::env::temp_dir().join(format!("tokengate-identity-{}.yaml", free_port()));
+    std::fs::write(&conf, "tokengate:\n  auth: required\n").unwrap();
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
+    let now = now();
+    let mut conn = tg.connect();
+    for subject in ["line\\nbreak", "", "   ", " padded", "tab\\there", "nul\\u0000"] {
+        let token = sign_raw(
+            r#"{"alg":"HS256"}"#,
+            &format!(r#"{{"exp":{},"user_id":"{subject}"}}"#, now + 60),
+            SECRET,
+        );
+        let raw = format!("GET /x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\r\n");
+        let r = exchange(&mut conn, raw.as_bytes()).unwrap();
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (401, Some("invalid_token")),
+            "{subject:?}"
+        );
+    }
+    assert!(up.seen().is_empty());
+    let ok = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\n\r\n",
+        session("ok")
+    );
+    assert_eq!(exchange(&mut conn, ok.as_bytes()).unwrap().status, 200);
+    assert_eq!(up.seen()[0].all("X-User-Id"), ["ok"]);
+    std::fs::remove_file(conf).unwrap();
 }

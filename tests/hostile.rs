@@ -975,7 +975,7 @@ fn raw_socket_abuse_never_yields_a_5xx_nor_ends_the_process() {
 fn minting_is_rate_limited_per_subject() {
     let up = Upstream::start();
     let conf = std::env::temp_dir().join(format!("tokengate-rate-{}.yaml", free_port()));
-    std::fs::write(&conf, "tokengate:\n  rate_limit: {mints: 3, per: 10s}\n").unwrap();
+    std::fs::write(&conf, "tokengate:\n  rate_limit: {mints: 1, per: 10s, burst: 3}\n").unwrap();
     let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
     let greedy = format!("Bearer {}", session("greedy"));
     let statuses: Vec<u16> = (0..5)
@@ -996,6 +996,40 @@ fn minting_is_rate_limited_per_subject() {
         3.0
     );
     std::fs::remove_file(conf).unwrap();
+}
+
+/// A page that mints a token per album for 100 albums at once is served by the default limit;
+/// a flood beyond 10 a second is refused.
+#[test]
+fn a_page_burst_is_served_and_a_sustained_flood_is_limited() {
+    let up = Upstream::start();
+    let mut tg = Tokengate::start(up.addr, &[]);
+    let page = format!("Bearer {}", session("page"));
+    let mut conn = tg.connect();
+    for album in 0..100 {
+        let body = format!(r#"{{"permission":{{"Id":"album-{album}"}}}}"#);
+        let r = exchange(&mut conn, &token_request(&[&page], Some("application/json"), &body)).unwrap();
+        assert_eq!(r.status, 200, "mint {album}: {}", r.text());
+    }
+    let start = Instant::now();
+    let mut admitted = 0;
+    let mut refused = 0;
+    for _ in 0..200 {
+        let r = exchange(&mut conn, &token_request(&[&page], None, "")).unwrap();
+        match r.status {
+            200 => admitted += 1,
+            429 => {
+                refused += 1;
+                assert_eq!(r.header("Retry-After"), Some("1"));
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    // 10 a second at most, plus one for the token that was due at the start.
+    let allowed = 1 + (start.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+    assert!(admitted <= allowed, "{admitted} admitted in {:?}", start.elapsed());
+    assert_eq!(admitted + refused, 200);
+    assert!(tg.alive());
 }
 
 /// Kubernetes rotates a mounted Secret by rewriting the file: no restart, old tokens still verify.

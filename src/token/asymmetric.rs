@@ -7,12 +7,15 @@ use std::fmt;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use jsonwebtoken::{Algorithm, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::LineEnding;
 use rand_core::OsRng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+use super::verify::{SignatureKeys, BAD_ALGORITHM, BAD_SIGNATURE, UNKNOWN_KID};
+use crate::error::ApiError;
 
 /// The asymmetric algorithms tokengate mints with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,12 +233,75 @@ pub fn generate(alg: KeyAlgorithm) -> Result<(String, String), KeyFileError> {
         }
         KeyAlgorithm::EdDsa => {
             let secret = ed25519_dalek::SigningKey::generate(&mut OsRng);
-            let private = secret.to_pkcs8_pem(LineEnding::LF).map_err(|e| bad(&e))?;
+            // PKCS#8 v1 (RFC 8410), without the optional public key: OpenSSL 3.0 and Python's
+            // `cryptography` refuse the v2 form that `SigningKey` writes.
+            let v1 = ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: secret.to_bytes(),
+                public_key: None,
+            };
+            let private = v1.to_pkcs8_pem(LineEnding::LF).map_err(|e| bad(&e))?;
             let public = secret
                 .verifying_key()
                 .to_public_key_pem(LineEnding::LF)
                 .map_err(|e| bad(&e))?;
             Ok((private.to_string(), public))
+        }
+    }
+}
+
+/// The public keys that verify tokens tokengate minted: the signing key's and every published
+/// one, so a token signed before a rotation opens routes until its key is retired.
+pub struct PublicKeys {
+    alg: KeyAlgorithm,
+    keys: Vec<(String, DecodingKey)>,
+}
+
+impl fmt::Debug for PublicKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kids: Vec<&str> = self.keys.iter().map(|(kid, _)| kid.as_str()).collect();
+        write!(f, "PublicKeys {{ alg: {}, kids: {kids:?} }}", self.alg.jose())
+    }
+}
+
+impl PublicKeys {
+    /// The verifying keys of `jwks`, all of algorithm `alg`.
+    pub fn new(alg: KeyAlgorithm, jwks: &[Jwk]) -> Result<PublicKeys, KeyFileError> {
+        let keys = jwks
+            .iter()
+            .map(|jwk| {
+                let key = match (&jwk.y, alg) {
+                    (Some(y), KeyAlgorithm::Es256) => DecodingKey::from_ec_components(&jwk.x, y),
+                    (None, KeyAlgorithm::EdDsa) => DecodingKey::from_ed_components(&jwk.x),
+                    _ => return Err(KeyFileError(format!("key {} is not {}", jwk.kid, alg.jose()))),
+                };
+                key.map(|key| (jwk.kid.clone(), key))
+                    .map_err(|e| KeyFileError(format!("key {}: {e}", jwk.kid)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(PublicKeys { alg, keys })
+    }
+}
+
+impl SignatureKeys for PublicKeys {
+    fn check(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+        message: &[u8],
+        signature: &str,
+    ) -> Result<(), ApiError> {
+        if alg != self.alg.jsonwebtoken() {
+            return Err(BAD_ALGORITHM);
+        }
+        // tokengate always names the key; a token without a kid is none of its own.
+        let (_, key) = self
+            .keys
+            .iter()
+            .find(|(id, _)| Some(id.as_str()) == kid)
+            .ok_or(UNKNOWN_KID)?;
+        match jsonwebtoken::crypto::verify(signature, message, key, alg) {
+            Ok(true) => Ok(()),
+            _ => Err(BAD_SIGNATURE),
         }
     }
 }
@@ -288,6 +354,29 @@ mod tests {
                 AsymmetricKey::from_pem(alg, &public).is_err(),
                 "a public key cannot sign"
             );
+        }
+        for alg in [KeyAlgorithm::Es256, KeyAlgorithm::EdDsa] {
+            let (private, _) = generate(alg).unwrap();
+            let key = AsymmetricKey::from_pem(alg, &private).unwrap();
+            let token = key.sign(br#"{"exp":1}"#).unwrap();
+            let (message, signature) = token.rsplit_once('.').unwrap();
+            let kid = Some(key.jwk().kid.as_str());
+            let own = PublicKeys::new(alg, std::slice::from_ref(key.jwk())).unwrap();
+            let jose = alg.jsonwebtoken();
+            assert_eq!(own.check(jose, kid, message.as_bytes(), signature), Ok(()));
+            assert_eq!(
+                own.check(jose, None, message.as_bytes(), signature),
+                Err(UNKNOWN_KID)
+            );
+            assert_eq!(
+                own.check(Algorithm::HS256, kid, message.as_bytes(), signature),
+                Err(BAD_ALGORITHM)
+            );
+            let (other, _) = generate(alg).unwrap();
+            let other = AsymmetricKey::from_pem(alg, &other).unwrap();
+            let foreign = other.sign(br#"{"exp":1}"#).unwrap();
+            let (fm, fs) = foreign.rsplit_once('.').unwrap();
+            assert_eq!(own.check(jose, kid, fm.as_bytes(), fs), Err(BAD_SIGNATURE));
         }
         assert!(AsymmetricKey::from_pem(
             KeyAlgorithm::Es256,

@@ -72,6 +72,8 @@ pub enum KeyError {
     NotHmac(Algorithm),
     /// The algorithm allow-list is empty.
     NoAlgorithm,
+    /// The public development secret, on a listener other machines can reach.
+    Public,
 }
 
 impl fmt::Display for KeyError {
@@ -93,6 +95,11 @@ impl fmt::Display for KeyError {
                 "algorithm {alg:?} is not allowed for shared secrets; use HS256, HS384 or HS512"
             ),
             KeyError::NoAlgorithm => write!(f, "the algorithm allow-list is empty"),
+            KeyError::Public => write!(
+                f,
+                "the development secret from conf/tokengate.yaml is public and only serves \
+                 loopback listeners: set TOKENGATE_SECRET or TOKENGATE_SECRET_FILE"
+            ),
         }
     }
 }

@@ -13,10 +13,10 @@ pub mod verify;
 use serde::Serialize;
 
 use crate::error::{ApiError, ErrorCode};
-pub use asymmetric::AsymmetricKey;
+pub use asymmetric::{AsymmetricKey, PublicKeys};
 pub use keys::{KeyError, Keyring, Secret, SharedKeyring};
 pub use permission::PermissionPolicy;
-pub use verify::{Claims, VerifyPolicy};
+pub use verify::{Claims, SignatureKeys, VerifyPolicy};
 
 /// What the token route needs of a request, borrowed from wherever it came from.
 #[derive(Debug, Clone, Copy)]
@@ -63,25 +63,91 @@ pub struct TokenService {
     pub endpoint: String,
     /// When set, minted tokens are signed with this ES256 / EdDSA key instead of the HS256 one.
     pub signer: Option<std::sync::Arc<AsymmetricKey>>,
+    /// The public keys of the signer and of every published key: forwarded requests may carry
+    /// a token tokengate minted with any of them.
+    pub minted_keys: Option<std::sync::Arc<PublicKeys>>,
+    /// Longest token verified; a longer one is refused unread.
+    pub max_token_bytes: usize,
+}
+
+/// The claim holding the subject in the legacy session tokens, unless configured.
+pub const DEFAULT_SUBJECT_CLAIM: &str = "user_id";
+
+/// Default for [`TokenService::max_token_bytes`]: far above any real token, far below the
+/// header lines that clients refuse to read back in `X-token`.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+const TOKEN_TOO_LONG: ApiError = ApiError::new(
+    ErrorCode::InvalidRequest,
+    "The token is longer than this gate accepts.",
+);
+const NO_IDENTITY: ApiError = ApiError::new(
+    ErrorCode::InvalidToken,
+    "The token's subject cannot be sent as an identity header.",
+);
+
+/// Session tokens by the HS256 keyring; tokens tokengate minted asymmetrically by their keys.
+struct AnyGateToken<'a> {
+    session: &'a Keyring,
+    minted: Option<&'a PublicKeys>,
+}
+
+impl SignatureKeys for AnyGateToken<'_> {
+    fn check(
+        &self,
+        alg: jsonwebtoken::Algorithm,
+        kid: Option<&str>,
+        message: &[u8],
+        signature: &str,
+    ) -> Result<(), ApiError> {
+        use jsonwebtoken::Algorithm::{HS256, HS384, HS512};
+        match (alg, self.minted) {
+            (HS256 | HS384 | HS512, _) | (_, None) => {
+                self.session.check(alg, kid, message, signature)
+            }
+            (_, Some(minted)) => minted.check(alg, kid, message, signature),
+        }
+    }
+}
+
+/// Whether `subject` can travel as the identity header and arrive as the same string: no
+/// control bytes, nothing a header parser would trim away, not empty.
+pub fn is_identity(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject.trim() == subject
+        && !subject.chars().any(char::is_control)
 }
 
 impl TokenService {
-    /// Finds and verifies the request's session token.
+    /// Finds and verifies the token of a forwarded request: a session token, or one tokengate
+    /// minted (with any of its keys); its subject must be sendable as the identity header.
     pub fn authenticate<'a>(
         &self,
         authorization: &[&'a [u8]],
         now: u64,
     ) -> Result<Caller<'a>, ApiError> {
-        self.authenticate_with(&self.keys.current(), authorization, now)
+        let session = self.keys.current();
+        let keys = AnyGateToken {
+            session: &session,
+            minted: self.minted_keys.as_deref(),
+        };
+        let caller = self.authenticate_with(&keys, authorization, now)?;
+        if !is_identity(caller.claims.subject()) {
+            return Err(NO_IDENTITY);
+        }
+        Ok(caller)
     }
 
     fn authenticate_with<'a>(
         &self,
-        keys: &Keyring,
+        keys: &dyn SignatureKeys,
         authorization: &[&'a [u8]],
         now: u64,
     ) -> Result<Caller<'a>, ApiError> {
         let token = extract::bearer_token(authorization.iter().copied())?;
+        if token.len() > self.max_token_bytes {
+            return Err(TOKEN_TOO_LONG);
+        }
         let claims = verify::verify(token, keys, &self.verify, now)?;
         Ok(Caller { token, claims })
     }
@@ -104,7 +170,7 @@ impl TokenService {
         );
         // One snapshot for the whole request: a rotation mid-way cannot mix two keyrings.
         let keys = self.keys.current();
-        let caller = self.authenticate_with(&keys, request.authorization, now)?;
+        let caller = self.authenticate_with(&*keys, request.authorization, now)?;
         let permission =
             permission::parse_body(request.content_type, request.body, &self.permission)?;
         if let Some(permission) = &permission {
@@ -176,6 +242,8 @@ mod tests {
             max_ttl_secs: None,
             endpoint: "localhost:5001".into(),
             signer: None,
+            minted_keys: None,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
         }
     }
 

@@ -65,12 +65,17 @@ pub struct PermissionPolicy {
     pub abilities: Option<Vec<String>>,
 }
 
+/// Deepest permission nesting, unless configured.
+pub const DEFAULT_MAX_DEPTH: usize = 16;
+/// Most keys in one permission, unless configured.
+pub const DEFAULT_MAX_KEYS: usize = 512;
+
 impl Default for PermissionPolicy {
     fn default() -> Self {
         PermissionPolicy {
-            max_depth: 16,
-            max_keys: 512,
-            reserved: vec!["user_id".to_owned()],
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_keys: DEFAULT_MAX_KEYS,
+            reserved: vec![super::DEFAULT_SUBJECT_CLAIM.to_owned()],
             abilities: None,
         }
     }

@@ -13,19 +13,19 @@ use serde_json::value::RawValue;
 use super::keys::Keyring;
 use crate::error::{ApiError, ErrorCode};
 
-const MALFORMED: ApiError = ApiError::new(
+pub(crate) const MALFORMED: ApiError = ApiError::new(
     ErrorCode::InvalidToken,
     "The token is not a well-formed JWT.",
 );
-const BAD_ALGORITHM: ApiError = ApiError::new(
+pub(crate) const BAD_ALGORITHM: ApiError = ApiError::new(
     ErrorCode::InvalidToken,
     "The token's signing algorithm is not allowed.",
 );
-const UNKNOWN_KID: ApiError = ApiError::new(
+pub(crate) const UNKNOWN_KID: ApiError = ApiError::new(
     ErrorCode::InvalidToken,
     "The token names an unknown key id.",
 );
-const BAD_SIGNATURE: ApiError = ApiError::new(
+pub(crate) const BAD_SIGNATURE: ApiError = ApiError::new(
     ErrorCode::InvalidToken,
     "The token's signature is not valid.",
 );
@@ -60,7 +60,7 @@ pub struct VerifyPolicy {
 impl Default for VerifyPolicy {
     fn default() -> Self {
         VerifyPolicy {
-            subject_claim: "user_id".to_owned(),
+            subject_claim: super::DEFAULT_SUBJECT_CLAIM.to_owned(),
             leeway_secs: 0,
         }
     }
@@ -115,10 +115,48 @@ struct JoseHeader<'a> {
     crit: Option<serde::de::IgnoredAny>,
 }
 
-/// Verifies `token` at `now` (seconds since the Unix epoch).
+/// Keys a token's signature is checked against.
+pub trait SignatureKeys {
+    /// Checks `signature` (base64url) over `message` for a token whose header names `alg` and
+    /// `kid`: `Ok` when it is valid, else the reason, which never quotes the token.
+    fn check(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+        message: &[u8],
+        signature: &str,
+    ) -> Result<(), ApiError>;
+}
+
+impl SignatureKeys for Keyring {
+    fn check(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+        message: &[u8],
+        signature: &str,
+    ) -> Result<(), ApiError> {
+        if !self.allows(alg) {
+            return Err(BAD_ALGORITHM);
+        }
+        let mut candidates = self.candidates(kid).peekable();
+        if candidates.peek().is_none() {
+            return Err(UNKNOWN_KID);
+        }
+        let valid = candidates.any(|key| {
+            if alg == Algorithm::HS256 {
+                return key.verify_hs256(message, signature);
+            }
+            jsonwebtoken::crypto::verify(signature, message, key.decoding(), alg).unwrap_or(false)
+        });
+        valid.then_some(()).ok_or(BAD_SIGNATURE)
+    }
+}
+
+/// Verifies `token` at `now` (seconds since the Unix epoch) against `keys`.
 pub fn verify(
     token: &str,
-    keys: &Keyring,
+    keys: &dyn SignatureKeys,
     policy: &VerifyPolicy,
     now: u64,
 ) -> Result<Claims, ApiError> {
@@ -133,24 +171,7 @@ pub fn verify(
         return Err(CRITICAL);
     }
     let alg = Algorithm::from_str(&header.alg).map_err(|_| BAD_ALGORITHM)?;
-    if !keys.allows(alg) {
-        return Err(BAD_ALGORITHM);
-    }
-    let kid = header.kid.as_deref();
-    let mut candidates = keys.candidates(kid).peekable();
-    if candidates.peek().is_none() {
-        return Err(UNKNOWN_KID);
-    }
-    let valid = candidates.any(|key| {
-        if alg == Algorithm::HS256 {
-            return key.verify_hs256(message.as_bytes(), signature);
-        }
-        jsonwebtoken::crypto::verify(signature, message.as_bytes(), key.decoding(), alg)
-            .unwrap_or(false)
-    });
-    if !valid {
-        return Err(BAD_SIGNATURE);
-    }
+    keys.check(alg, header.kid.as_deref(), message.as_bytes(), signature)?;
     let payload = decode_segment(payload_b64)?;
     let entries = serde_json::from_slice::<OrderedClaims>(&payload)
         .map_err(|_| MALFORMED)?

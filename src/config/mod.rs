@@ -1,0 +1,722 @@
+//! YAML file + environment → one validated [`Config`], or one line saying what is wrong.
+//!
+//! One small resolver per section: [`values`] reads single settings, [`secrets`] the keys,
+//! [`routes`] the upstream groups and the route table. Nothing in the runtime imports from here;
+//! `server` hands each component the part it needs.
+
+mod routes;
+mod secrets;
+mod values;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::HeaderName;
+use jsonwebtoken::Algorithm;
+use pingora::server::configuration::ServerConf;
+use serde::Deserialize;
+
+use crate::access_log::LogFormat;
+use crate::forwarded::TrustedProxies;
+use crate::limits::RateLimit;
+use crate::request;
+use crate::routes::{AuthMode, RouteTable};
+use crate::token::{
+    KeyError, Keyring, PermissionPolicy, Secret, SharedKeyring, TokenService, VerifyPolicy,
+    DEFAULT_MAX_TOKEN_BYTES,
+};
+use crate::upstreams::{GroupConfig, UpstreamTimeouts};
+pub use routes::DEFAULT_GROUP;
+pub use secrets::{SecretSource, Signing, DEVELOPMENT_SECRET};
+use values::{boolean, duration, invalid, listen_address, parse_duration, pick, upstream_address};
+
+/// Why the configuration was refused; `Display` is the one line printed at start-up.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read(PathBuf, std::io::Error),
+    /// The secrets file could not be read.
+    SecretFile(PathBuf, std::io::Error),
+    /// The file is not valid YAML of the expected shape (unknown keys included).
+    Parse(String),
+    /// A setting has a value that cannot be used.
+    Invalid {
+        /// The setting, as `tokengate.key` or `TOKENGATE_VAR`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The secrets do not make a usable keyring.
+    Keys(KeyError),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read(path, e) => write!(f, "cannot read {}: {e}", path.display()),
+            ConfigError::SecretFile(path, e) => write!(
+                f,
+                "cannot read the secrets file {}: {e}; mount it there, or set TOKENGATE_SECRET \
+                 or TOKENGATE_SECRET_FILE",
+                path.display()
+            ),
+            ConfigError::Parse(e) => write!(f, "invalid configuration: {e}"),
+            ConfigError::Invalid { key, problem } => write!(f, "invalid {key}: {problem}"),
+            ConfigError::Keys(e) => write!(f, "invalid secrets: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Proxy listener.
+    pub listen: SocketAddr,
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_listen: SocketAddr,
+    /// The `endpoint` returned with minted tokens.
+    pub endpoint: String,
+    /// Verification secrets; the first signs.
+    pub secrets: Vec<Secret>,
+    /// Where the secrets came from, to read them again on rotation.
+    pub secret_source: SecretSource,
+    /// The public development secret is in use (allowed on loopback listeners only).
+    pub development_secret: bool,
+    /// Mints allowed per subject; `None` means unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// Algorithms session tokens may use.
+    pub algorithms: Vec<Algorithm>,
+    /// Name of the subject claim.
+    pub subject_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Upper bound on a minted token's lifetime.
+    pub max_ttl: Option<Duration>,
+    /// Path of the token route.
+    pub token_path: String,
+    /// Largest token request body, in bytes.
+    pub body_limit: usize,
+    /// Deepest permission nesting.
+    pub max_depth: usize,
+    /// Most keys in one permission.
+    pub max_keys: usize,
+    /// Longest token verified.
+    pub max_token_bytes: usize,
+    /// Claims a permission may not set, besides the standard ones.
+    pub reserved_claims: Vec<String>,
+    /// Allowed ability names, when restricted.
+    pub abilities: Option<Vec<String>>,
+    /// Header carrying the subject to the upstream.
+    pub identity_header: HeaderName,
+    /// What a request may look like (semicolons, method overrides).
+    pub request: request::Options,
+    /// Peers whose forwarding headers are extended rather than replaced.
+    pub trusted_proxies: TrustedProxies,
+    /// Longest a client may take to send a request head.
+    pub header_timeout: Duration,
+    /// How long `SIGTERM` waits for in-flight requests.
+    pub grace_period: Duration,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Log level.
+    pub log: log::LevelFilter,
+    /// Format of log lines, the access log's and the application's.
+    pub log_format: LogFormat,
+    /// Whether each request gets an access-log line on stdout.
+    pub access_log: bool,
+    /// ES256 / EdDSA minting, when configured; HS256 otherwise.
+    pub signing: Option<Signing>,
+    /// Upstream groups; the first is `default`, made of `upstream`.
+    pub upstream_groups: Vec<GroupConfig>,
+    /// The ranked routes; the last is a catch-all to the default group.
+    pub routes: RouteTable,
+    /// Pingora's own server settings (from the same file's other top-level keys).
+    pub server: ServerConf,
+}
+
+/// The `tokengate:` section as written; every field optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    upstream: Option<String>,
+    endpoint: Option<String>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    subject_claim: Option<String>,
+    algorithms: Option<Vec<String>>,
+    leeway: Option<String>,
+    max_ttl: Option<String>,
+    token_path: Option<String>,
+    body_limit: Option<usize>,
+    max_depth: Option<usize>,
+    max_keys: Option<usize>,
+    max_token_bytes: Option<usize>,
+    reserved_claims: Vec<String>,
+    abilities: Option<Vec<String>>,
+    identity_header: Option<String>,
+    auth: Option<AuthMode>,
+    /// Replaced by routes; kept only to say how to rewrite it.
+    auth_paths: Option<serde_yaml::Value>,
+    allow_semicolon: Option<bool>,
+    honor_method_override: Option<bool>,
+    trusted_proxies: Vec<String>,
+    header_timeout: Option<String>,
+    grace_period: Option<String>,
+    threads: Option<usize>,
+    log: Option<String>,
+    log_format: Option<String>,
+    access_log: Option<bool>,
+    upstream_timeouts: routes::RawTimeouts,
+    rate_limit: RawRateLimit,
+    upstreams: BTreeMap<String, routes::RawGroup>,
+    routes: Vec<routes::RawRoute>,
+    signing: Option<secrets::RawSigning>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawRateLimit {
+    mints: Option<u32>,
+    per: Option<String>,
+    burst: Option<u32>,
+}
+
+/// Defaults named once.
+mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+    pub const UPSTREAM: &str = "127.0.0.1:3000";
+    pub const ENDPOINT: &str = "localhost:5001";
+    pub const SUBJECT_CLAIM: &str = crate::token::DEFAULT_SUBJECT_CLAIM;
+    pub const TOKEN_PATH: &str = "/api/v1/token";
+    pub const IDENTITY_HEADER: &str = "X-User-Id";
+    pub const BODY_LIMIT: usize = 16 * 1024;
+    pub const GRACE_PERIOD: &str = "10s";
+    pub const HEADER_TIMEOUT: &str = "10s";
+    pub const LEEWAY: &str = "0s";
+    /// A page minting one token per album for 100 albums is served; then 10 a second.
+    pub const MINTS: u32 = 10;
+    pub const MINT_WINDOW: &str = "1s";
+    pub const MINT_BURST: u32 = 100;
+    pub const CONNECT_TIMEOUT: &str = "5s";
+    pub const READ_TIMEOUT: &str = "60s";
+    pub const WRITE_TIMEOUT: &str = "60s";
+    pub const IDLE_TIMEOUT: &str = "60s";
+}
+
+/// Where environment variables come from; tests pass a map instead of the process environment.
+/// An empty variable counts as unset, as Kubernetes' `value: ""` means.
+pub trait Env {
+    /// The variable's value, if set and not empty.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+impl Config {
+    /// Loads `path` (or defaults when `None`), applies the environment, and validates.
+    pub fn load(path: Option<&Path>, env: &impl Env) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?
+            }
+            None => String::new(),
+        };
+        Config::from_yaml(&text, env)
+    }
+
+    /// Parses YAML text: a `tokengate:` section beside Pingora's own server keys.
+    pub fn from_yaml(text: &str, env: &impl Env) -> Result<Config, ConfigError> {
+        let (raw, server) = split_sections(text)?;
+        resolve(raw, server, env)
+    }
+
+    /// The keyring the configured secrets make.
+    pub fn keyring(&self) -> Result<Keyring, ConfigError> {
+        Keyring::new(&self.secrets, &self.algorithms).map_err(ConfigError::Keys)
+    }
+
+    /// The token route's service, built from this configuration.
+    pub fn token_service(&self) -> Result<TokenService, ConfigError> {
+        let keys = SharedKeyring::new(self.keyring()?);
+        let mut reserved = self.reserved_claims.clone();
+        reserved.push(self.subject_claim.clone());
+        Ok(TokenService {
+            keys,
+            verify: VerifyPolicy {
+                subject_claim: self.subject_claim.clone(),
+                leeway_secs: self.leeway.as_secs(),
+            },
+            permission: PermissionPolicy {
+                max_depth: self.max_depth,
+                max_keys: self.max_keys,
+                reserved,
+                abilities: self.abilities.clone(),
+            },
+            max_ttl_secs: self.max_ttl.map(|d| d.as_secs()),
+            endpoint: self.endpoint.clone(),
+            signer: self.signing.as_ref().map(|s| s.key.clone()),
+            minted_keys: self.signing.as_ref().map(|s| s.public.clone()),
+            max_token_bytes: self.max_token_bytes,
+        })
+    }
+
+    /// The upstream groups' names, in index order.
+    pub fn group_names(&self) -> Vec<String> {
+        self.upstream_groups.iter().map(|g| g.name.clone()).collect()
+    }
+}
+
+/// Splits the file into tokengate's settings and Pingora's. tokengate's may sit under
+/// `tokengate:` or, flat, at the top level beside Pingora's keys; every key must be one or the
+/// other, and none may be given in both places.
+fn split_sections(text: &str) -> Result<(RawConfig, ServerConf), ConfigError> {
+    let parse_err = |e: serde_yaml::Error| ConfigError::Parse(e.to_string());
+    let mut doc: serde_yaml::Mapping = if text.trim().is_empty() {
+        serde_yaml::Mapping::new()
+    } else {
+        serde_yaml::from_str(text).map_err(parse_err)?
+    };
+    let mut section = match doc.remove("tokengate") {
+        Some(serde_yaml::Value::Mapping(section)) => section,
+        Some(serde_yaml::Value::Null) | None => serde_yaml::Mapping::new(),
+        Some(_) => {
+            return Err(ConfigError::Parse(
+                "tokengate: must be a mapping of settings".into(),
+            ))
+        }
+    };
+    // Pingora ignores keys it does not know; here every key not Pingora's is tokengate's, so a
+    // typo anywhere is refused by tokengate's own strict parsing below.
+    let known = pingora_keys();
+    let flat: Vec<serde_yaml::Value> = doc
+        .keys()
+        .filter(|k| !k.as_str().is_some_and(|k| known.contains(k)))
+        .cloned()
+        .collect();
+    for key in flat {
+        if section.contains_key(&key) {
+            let name = serde_yaml::to_string(&key).unwrap_or_default();
+            return Err(ConfigError::Parse(format!(
+                "`{}` is given both at the top level and under `tokengate:`",
+                name.trim()
+            )));
+        }
+        if let Some(value) = doc.remove(&key) {
+            section.insert(key, value);
+        }
+    }
+    // `threads` is Pingora's key too; flat, it sets tokengate's worker threads.
+    if let Some(threads) = doc.get("threads") {
+        section
+            .entry("threads".into())
+            .or_insert_with(|| threads.clone());
+    }
+    let raw = serde_yaml::from_value(serde_yaml::Value::Mapping(section))
+        .map_err(|e| ConfigError::Parse(format!("tokengate: {e}")))?;
+    let server = serde_yaml::from_value(serde_yaml::Value::Mapping(doc)).map_err(parse_err)?;
+    Ok((raw, server))
+}
+
+fn pingora_keys() -> BTreeSet<String> {
+    let defaults = serde_yaml::to_value(ServerConf::default()).unwrap_or_default();
+    defaults
+        .as_mapping()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Listeners, and the upstream as written.
+struct Network {
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    upstream: String,
+    endpoint: String,
+}
+
+fn resolve_network(raw: &mut RawConfig, env: &impl Env) -> Result<Network, ConfigError> {
+    use defaults::*;
+    let listen = listen_address(env, "TOKENGATE_LISTEN", "listen", raw.listen.take(), LISTEN)?;
+    let admin_listen = listen_address(
+        env,
+        "TOKENGATE_ADMIN_LISTEN",
+        "admin_listen",
+        raw.admin_listen.take(),
+        ADMIN_LISTEN,
+    )?;
+    if listen == admin_listen {
+        return Err(invalid(
+            "tokengate.admin_listen",
+            "must differ from the proxy listener",
+        ));
+    }
+    let (name, upstream) = pick(env, "TOKENGATE_UPSTREAM", "upstream", raw.upstream.take(), UPSTREAM);
+    let (_, endpoint) = pick(env, "TOKENGATE_ENDPOINT", "endpoint", raw.endpoint.take(), ENDPOINT);
+    Ok(Network {
+        listen,
+        admin_listen,
+        upstream: upstream_address(&name, &upstream)?,
+        endpoint,
+    })
+}
+
+fn resolve_rate_limit(raw: RawRateLimit) -> Result<Option<RateLimit>, ConfigError> {
+    let per = raw.per.as_deref().unwrap_or(defaults::MINT_WINDOW);
+    let per = parse_duration("tokengate.rate_limit.per", per)?;
+    if per.is_zero() {
+        return Err(invalid("tokengate.rate_limit.per", "must be longer than zero"));
+    }
+    let burst = raw.burst.unwrap_or(defaults::MINT_BURST);
+    if burst == 0 {
+        return Err(invalid("tokengate.rate_limit.burst", "must be at least 1"));
+    }
+    Ok(match raw.mints.unwrap_or(defaults::MINTS) {
+        0 => None,
+        mints => Some(RateLimit { mints, per, burst }),
+    })
+}
+
+fn resolve_algorithms(raw: Option<Vec<String>>) -> Result<Vec<Algorithm>, ConfigError> {
+    raw.unwrap_or_else(|| vec!["HS256".to_owned()])
+        .iter()
+        .map(|a| {
+            Algorithm::from_str(a)
+                .map_err(|_| invalid("tokengate.algorithms", format!("unknown algorithm {a:?}")))
+        })
+        .collect()
+}
+
+/// Logging and threads: how the process runs.
+struct Process {
+    threads: usize,
+    log: log::LevelFilter,
+    log_format: LogFormat,
+    access_log: bool,
+    grace_period: Duration,
+}
+
+fn resolve_process(raw: &mut RawConfig, env: &impl Env) -> Result<Process, ConfigError> {
+    let (name, threads) = pick(env, "TOKENGATE_THREADS", "threads", raw.threads.map(|t| t.to_string()), "0");
+    let threads = match threads.trim().parse::<usize>() {
+        Ok(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Ok(n) => n,
+        Err(_) => return Err(invalid(&name, format!("{threads:?} is not a whole number"))),
+    };
+    let (name, log) = pick(env, "TOKENGATE_LOG", "log", raw.log.take(), "info");
+    let log = log::LevelFilter::from_str(log.trim()).map_err(|_| {
+        invalid(&name, format!("{log:?} is not one of off, error, warn, info, debug, trace"))
+    })?;
+    let (name, format) = pick(env, "TOKENGATE_LOG_FORMAT", "log_format", raw.log_format.take(), "json");
+    let log_format = LogFormat::from_str(&format)
+        .map_err(|()| invalid(&name, format!("{format:?} is not json or text")))?;
+    Ok(Process {
+        threads,
+        log,
+        log_format,
+        access_log: boolean(env, "TOKENGATE_ACCESS_LOG", "access_log", raw.access_log, true)?,
+        grace_period: duration(env, "TOKENGATE_GRACE_PERIOD", "grace_period", raw.grace_period.take(), defaults::GRACE_PERIOD)?,
+    })
+}
+
+fn resolve_timeouts(raw: routes::RawTimeouts, env: &impl Env) -> Result<UpstreamTimeouts, ConfigError> {
+    use defaults::*;
+    Ok(UpstreamTimeouts {
+        connect: duration(env, "TOKENGATE_UPSTREAM_CONNECT_TIMEOUT", "upstream_timeouts.connect", raw.connect, CONNECT_TIMEOUT)?,
+        read: duration(env, "TOKENGATE_UPSTREAM_READ_TIMEOUT", "upstream_timeouts.read", raw.read, READ_TIMEOUT)?,
+        write: duration(env, "TOKENGATE_UPSTREAM_WRITE_TIMEOUT", "upstream_timeouts.write", raw.write, WRITE_TIMEOUT)?,
+        idle: duration(env, "TOKENGATE_UPSTREAM_IDLE_TIMEOUT", "upstream_timeouts.idle", raw.idle, IDLE_TIMEOUT)?,
+    })
+}
+
+fn resolve_identity_header(raw: Option<String>) -> Result<HeaderName, ConfigError> {
+    let name = raw.unwrap_or_else(|| defaults::IDENTITY_HEADER.to_owned());
+    HeaderName::from_str(&name)
+        .map_err(|_| invalid("tokengate.identity_header", format!("{name:?} is not a header name")))
+}
+
+fn resolve_token_path(raw: Option<String>) -> Result<String, ConfigError> {
+    let path = raw.unwrap_or_else(|| defaults::TOKEN_PATH.to_owned());
+    crate::routes::PathTemplate::parse(&path)
+        .map_err(|e| invalid("tokengate.token_path", e))?;
+    if path.contains(['{', '}']) {
+        return Err(invalid("tokengate.token_path", "must be a fixed path, without {parameters}"));
+    }
+    Ok(path)
+}
+
+fn resolve(mut raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Config, ConfigError> {
+    if raw.auth_paths.is_some() {
+        return Err(invalid(
+            "tokengate.auth_paths",
+            "was replaced by routes: write each `{prefix: /albums, auth: required}` as a route \
+             `{name: albums, path: /albums, auth: required}` under `routes:`",
+        ));
+    }
+    let network = resolve_network(&mut raw, env)?;
+    let secret_source = SecretSource {
+        inline: env.var("TOKENGATE_SECRET").or(raw.secret.take()),
+        file: env
+            .var("TOKENGATE_SECRET_FILE")
+            .map(PathBuf::from)
+            .or(raw.secret_file.take()),
+    };
+    let secrets = secret_source.secrets()?;
+    let development_secret =
+        secrets::check_development_secret(&secrets, &[network.listen, network.admin_listen])?;
+    let process = resolve_process(&mut raw, env)?;
+    let request = request::Options {
+        allow_semicolon: raw.allow_semicolon.unwrap_or(false),
+        honor_method_override: raw.honor_method_override.unwrap_or(false),
+    };
+    let default_auth = raw.auth.unwrap_or(AuthMode::Passthrough);
+    let upstream_timeouts = resolve_timeouts(std::mem::take(&mut raw.upstream_timeouts), env)?;
+    let upstream_groups =
+        routes::resolve_groups(network.upstream, upstream_timeouts, std::mem::take(&mut raw.upstreams))?;
+    let route_table = routes::resolve_routes(
+        std::mem::take(&mut raw.routes),
+        &routes::RouteContext {
+            groups: &upstream_groups,
+            default_auth,
+            abilities: raw.abilities.as_deref(),
+            allow_semicolon: request.allow_semicolon,
+        },
+    )?;
+    let trusted_proxies = TrustedProxies::parse(&raw.trusted_proxies)
+        .map_err(|e| invalid("tokengate.trusted_proxies", e))?;
+    server.threads = process.threads;
+    // Pingora's grace sleep is fixed; the drain watcher exits as soon as in-flight work is done.
+    server.grace_period_seconds = Some(process.grace_period.as_secs());
+    server.graceful_shutdown_timeout_seconds = Some(1);
+    let config = Config {
+        listen: network.listen,
+        admin_listen: network.admin_listen,
+        endpoint: network.endpoint,
+        secrets,
+        secret_source,
+        development_secret,
+        rate_limit: resolve_rate_limit(std::mem::take(&mut raw.rate_limit))?,
+        algorithms: resolve_algorithms(raw.algorithms.take())?,
+        subject_claim: raw.subject_claim.take().unwrap_or_else(|| defaults::SUBJECT_CLAIM.to_owned()),
+        leeway: duration(env, "TOKENGATE_LEEWAY", "leeway", raw.leeway.take(), defaults::LEEWAY)?,
+        max_ttl: raw
+            .max_ttl
+            .take()
+            .map(|text| parse_duration("tokengate.max_ttl", &text))
+            .transpose()?,
+        token_path: resolve_token_path(raw.token_path.take())?,
+        body_limit: raw.body_limit.unwrap_or(defaults::BODY_LIMIT),
+        max_depth: raw.max_depth.unwrap_or(crate::token::permission::DEFAULT_MAX_DEPTH),
+        max_keys: raw.max_keys.unwrap_or(crate::token::permission::DEFAULT_MAX_KEYS),
+        max_token_bytes: raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES),
+        reserved_claims: std::mem::take(&mut raw.reserved_claims),
+        identity_header: resolve_identity_header(raw.identity_header.take())?,
+        abilities: raw.abilities.take(),
+        request,
+        trusted_proxies,
+        header_timeout: parse_duration(
+            "tokengate.header_timeout",
+            raw.header_timeout.as_deref().unwrap_or(defaults::HEADER_TIMEOUT),
+        )?,
+        grace_period: process.grace_period,
+        threads: process.threads,
+        log: process.log,
+        log_format: process.log_format,
+        access_log: process.access_log,
+        signing: raw.signing.take().map(secrets::resolve_signing).transpose()?,
+        upstream_groups,
+        routes: route_table,
+        server,
+    };
+    // Building the keyring once here refuses short or missing secrets before anything listens.
+    config.token_service()?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: (&str, &str) = ("TOKENGATE_SECRET", "0123456789abcdef0123456789abcdef");
+
+    fn err<E: Env>(yaml: &str, env: &E) -> String {
+        Config::from_yaml(yaml, env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = Config::from_yaml("", &[SECRET]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.upstream_groups[0].addresses, ["127.0.0.1:3000"]);
+        assert_eq!(c.endpoint, "localhost:5001");
+        assert_eq!(c.grace_period, Duration::from_secs(10));
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.body_limit, 16384);
+        assert_eq!(c.max_token_bytes, 8192);
+        assert_eq!(c.request, request::Options::default());
+        assert_eq!(
+            c.rate_limit,
+            Some(RateLimit {
+                mints: 10,
+                per: Duration::from_secs(1),
+                burst: 100
+            })
+        );
+        assert_eq!(c.routes.routes().len(), 1);
+        assert_eq!(c.routes.routes()[0].auth, AuthMode::Passthrough);
+        assert_eq!(c.server.grace_period_seconds, Some(10));
+        assert!(!c.development_secret);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let yaml = "tokengate:\n  listen: 127.0.0.1:1111\n  upstream_timeouts:\n    read: 30s\n";
+        let env = [
+            SECRET,
+            ("TOKENGATE_LISTEN", "127.0.0.1:2222"),
+            ("TOKENGATE_UPSTREAM_READ_TIMEOUT", "500ms"),
+            ("TOKENGATE_THREADS", "3"),
+            ("TOKENGATE_UPSTREAM", "legacy.default.svc.cluster.local:8080"),
+        ];
+        let c = Config::from_yaml(yaml, &env).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:2222");
+        assert_eq!(
+            c.upstream_groups[0].timeouts.read,
+            Duration::from_millis(500)
+        );
+        assert_eq!(c.upstream_groups[0].addresses, ["legacy.default.svc.cluster.local:8080"]);
+        assert_eq!(c.threads, 3);
+        assert_eq!(c.server.threads, 3);
+    }
+
+    #[test]
+    fn refusals_name_the_problem_in_one_line() {
+        assert_eq!(
+            err("", &[("X", "")]),
+            "invalid secrets: no signing secret: set TOKENGATE_SECRET or TOKENGATE_SECRET_FILE"
+        );
+        assert_eq!(
+            err("", &[("TOKENGATE_SECRET", "short")]),
+            "invalid secrets: secret #1 is 5 bytes long; at least 32 bytes are required"
+        );
+        assert!(err("", &[SECRET, ("TOKENGATE_LISTEN", "nonsense")])
+            .starts_with("invalid TOKENGATE_LISTEN: \"nonsense\" is not a host:port address"));
+        assert!(err("tokengate:\n  bogus: 1\n", &[SECRET]).contains("unknown field `bogus`"));
+        assert!(err("bogus: 1\n", &[SECRET]).contains("unknown field `bogus`"));
+        assert!(err(
+            "listen: 127.0.0.1:1\ntokengate:\n  listen: 127.0.0.1:2\n",
+            &[SECRET]
+        )
+        .contains("`listen` is given both at the top level and under `tokengate:`"));
+        assert!(err("tokengate:\n  grace_period: soon\n", &[SECRET])
+            .starts_with("invalid tokengate.grace_period:"));
+        assert!(err("", &[SECRET, ("TOKENGATE_UPSTREAM", "no port")])
+            .starts_with("invalid TOKENGATE_UPSTREAM:"));
+        assert_eq!(
+            err("", &[("TOKENGATE_SECRET_FILE", "/nonexistent/secrets")]),
+            "cannot read the secrets file /nonexistent/secrets: No such file or directory \
+             (os error 2); mount it there, or set TOKENGATE_SECRET or TOKENGATE_SECRET_FILE"
+        );
+        for e in [
+            err("", &[("TOKENGATE_SECRET", "short")]),
+            err("tokengate: [", &[SECRET]),
+        ] {
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn auth_paths_is_refused_with_its_rewrite() {
+        let e = err("tokengate:\n  auth_paths:\n    - {prefix: /admin, auth: required}\n", &[SECRET]);
+        assert!(e.starts_with("invalid tokengate.auth_paths: was replaced by routes"), "{e}");
+    }
+
+    #[test]
+    fn the_development_secret_serves_loopback_only() {
+        let dev = ("TOKENGATE_SECRET", DEVELOPMENT_SECRET);
+        let c = Config::from_yaml("", &[dev]).unwrap();
+        assert!(c.development_secret);
+        for listen in ["0.0.0.0:8080", "10.0.0.5:8080"] {
+            assert_eq!(
+                err("", &[dev, ("TOKENGATE_LISTEN", listen)]),
+                "invalid secrets: the development secret from conf/tokengate.yaml is public and \
+                 only serves loopback listeners: set TOKENGATE_SECRET or TOKENGATE_SECRET_FILE"
+            );
+        }
+        assert!(err("", &[dev, ("TOKENGATE_ADMIN_LISTEN", "0.0.0.0:9090")]).contains("public"));
+    }
+
+    #[test]
+    fn routes_are_checked_against_abilities_and_each_other() {
+        let yaml = |routes: &str| {
+            format!("tokengate:\n  abilities: [see, image_list]\n  routes:\n{routes}")
+        };
+        assert!(err(
+            &yaml("    - {name: a, path: \"/albums/{album}\", require: {resource: \"{album}\", access: image_lsit}}\n"),
+            &[SECRET]
+        )
+        .starts_with("invalid tokengate.routes.a.require.access: \"image_lsit\" is not one of"));
+        assert!(err(
+            &yaml("    - {name: a, path: \"/albums/{album}\", methods: [GET]}\n    - {name: b, path: \"/Albums/{x}\", methods: [get]}\n"),
+            &[SECRET]
+        )
+        .contains("route \"b\" can never be chosen"));
+        assert!(err(&yaml("    - {name: a, host: \"a, b\"}\n"), &[SECRET])
+            .starts_with("invalid tokengate.routes.a.host"));
+        let c = Config::from_yaml(
+            &yaml("    - {name: a, host: Images.Example.,  path: \"/albums/{album}\", auth: required}\n"),
+            &[SECRET],
+        )
+        .unwrap();
+        assert_eq!(c.routes.routes()[0].host.as_deref(), Some("images.example"));
+        assert_eq!(c.routes.routes()[0].auth, AuthMode::Required);
+    }
+
+    #[test]
+    fn settings_may_also_be_flat_beside_pingoras() {
+        let yaml = "version: 1\nlisten: 127.0.0.1:4444\nauth: required\nthreads: 3\n";
+        let c = Config::from_yaml(yaml, &[SECRET]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:4444");
+        assert_eq!(c.routes.routes()[0].auth, AuthMode::Required);
+        assert_eq!((c.threads, c.server.threads), (3, 3));
+    }
+
+    #[test]
+    fn pingora_keys_may_sit_beside_the_section() {
+        let c = Config::from_yaml(
+            "version: 1\nupgrade_sock: /tmp/tg.sock\ntokengate:\n  auth: required\n",
+            &[SECRET],
+        )
+        .unwrap();
+        assert_eq!(c.server.upgrade_sock, "/tmp/tg.sock");
+        assert_eq!(c.routes.routes()[0].auth, AuthMode::Required);
+    }
+}

@@ -1,0 +1,251 @@
+//! `upstreams:` and `routes:` → upstream groups and the ranked route table.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::values::{invalid, parse_duration, upstream_address};
+use super::ConfigError;
+use crate::request::host::canonical_authority;
+use crate::routes::{AuthMode, PathTemplate, Requirement, Resource, Route, RouteTable};
+use crate::upstreams::{GroupConfig, UpstreamTimeouts};
+
+/// Name of the group the top-level `upstream` setting makes.
+pub const DEFAULT_GROUP: &str = "default";
+/// How often a group's addresses are probed, unless configured.
+const HEALTH_CHECK_INTERVAL: &str = "1s";
+/// How long an address that refused a connection rests, unless configured.
+const EJECTION: &str = "5s";
+/// How often host names are resolved again, unless configured.
+const RESOLVE_INTERVAL: &str = "5s";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGroup {
+    addresses: Vec<String>,
+    #[serde(default)]
+    health_check_interval: Option<String>,
+    #[serde(default)]
+    ejection: Option<String>,
+    #[serde(default)]
+    resolve_interval: Option<String>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawTimeouts {
+    pub connect: Option<String>,
+    pub read: Option<String>,
+    pub write: Option<String>,
+    pub idle: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    name: String,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default = "root_path")]
+    path: String,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    upstream: Option<String>,
+    #[serde(default)]
+    auth: Option<AuthMode>,
+    #[serde(default)]
+    require: Option<RawRequire>,
+    #[serde(default)]
+    shadow: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequire {
+    resource: String,
+    access: String,
+}
+
+fn root_path() -> String {
+    "/".to_owned()
+}
+
+/// The default group (from `upstream`) first, then the named ones.
+pub(super) fn resolve_groups(
+    upstream: String,
+    timeouts: UpstreamTimeouts,
+    raw_groups: BTreeMap<String, RawGroup>,
+) -> Result<Vec<GroupConfig>, ConfigError> {
+    let defaults = |field, value: Option<String>, default: &str, key: &str| {
+        parse_duration(&format!("{key}.{field}"), value.as_deref().unwrap_or(default))
+    };
+    let mut groups = vec![GroupConfig {
+        name: DEFAULT_GROUP.to_owned(),
+        addresses: vec![upstream],
+        timeouts,
+        health_check_interval: defaults("", None, HEALTH_CHECK_INTERVAL, "")?,
+        ejection: defaults("", None, EJECTION, "")?,
+        resolve_interval: defaults("", None, RESOLVE_INTERVAL, "")?,
+    }];
+    for (name, raw) in raw_groups {
+        let key = format!("tokengate.upstreams.{name}");
+        if name == DEFAULT_GROUP {
+            return Err(invalid(
+                &key,
+                "`default` is the group of the top-level `upstream` setting",
+            ));
+        }
+        if raw.addresses.is_empty() {
+            return Err(invalid(&key, "needs at least one address"));
+        }
+        let addresses = raw
+            .addresses
+            .iter()
+            .map(|a| upstream_address(&format!("{key}.addresses"), a))
+            .collect::<Result<_, _>>()?;
+        groups.push(GroupConfig {
+            timeouts: group_timeouts(&key, &raw.timeouts, timeouts)?,
+            health_check_interval: defaults("health_check_interval", raw.health_check_interval, HEALTH_CHECK_INTERVAL, &key)?,
+            ejection: defaults("ejection", raw.ejection, EJECTION, &key)?,
+            resolve_interval: defaults("resolve_interval", raw.resolve_interval, RESOLVE_INTERVAL, &key)?,
+            name,
+            addresses,
+        });
+    }
+    Ok(groups)
+}
+
+/// A group's timeouts: its own where set, the global ones otherwise.
+fn group_timeouts(
+    key: &str,
+    raw: &RawTimeouts,
+    global: UpstreamTimeouts,
+) -> Result<UpstreamTimeouts, ConfigError> {
+    let one = |field: &str, value: &Option<String>, fallback: Duration| match value {
+        Some(text) => parse_duration(&format!("{key}.timeouts.{field}"), text),
+        None => Ok(fallback),
+    };
+    Ok(UpstreamTimeouts {
+        connect: one("connect", &raw.connect, global.connect)?,
+        read: one("read", &raw.read, global.read)?,
+        write: one("write", &raw.write, global.write)?,
+        idle: one("idle", &raw.idle, global.idle)?,
+    })
+}
+
+/// What routes need to know besides their own settings.
+pub(super) struct RouteContext<'a> {
+    pub groups: &'a [GroupConfig],
+    pub default_auth: AuthMode,
+    pub abilities: Option<&'a [String]>,
+    pub allow_semicolon: bool,
+}
+
+/// The ranked route table, a catch-all to the default group last.
+pub(super) fn resolve_routes(
+    raw_routes: Vec<RawRoute>,
+    context: &RouteContext<'_>,
+) -> Result<RouteTable, ConfigError> {
+    let mut routes: Vec<Route> = Vec::with_capacity(raw_routes.len());
+    for raw in raw_routes {
+        let key = format!("tokengate.routes.{}", raw.name);
+        if routes.iter().any(|r| r.name == raw.name) {
+            return Err(invalid(&key, "two routes share this name"));
+        }
+        routes.push(resolve_route(raw, &key, context)?);
+    }
+    let catch_all = Route {
+        name: DEFAULT_GROUP.to_owned(),
+        host: None,
+        path: PathTemplate::parse("/").map_err(|e| invalid("tokengate.routes", e))?,
+        methods: Vec::new(),
+        upstream: 0,
+        auth: context.default_auth,
+        require: None,
+        shadow: false,
+    };
+    RouteTable::new(routes, catch_all, context.allow_semicolon)
+        .map_err(|e| invalid("tokengate.routes", e))
+}
+
+fn resolve_route(
+    raw: RawRoute,
+    key: &str,
+    context: &RouteContext<'_>,
+) -> Result<Route, ConfigError> {
+    let path = PathTemplate::parse(&raw.path).map_err(|e| invalid(&format!("{key}.path"), e))?;
+    let group = raw.upstream.as_deref().unwrap_or(DEFAULT_GROUP);
+    let upstream = context
+        .groups
+        .iter()
+        .position(|g| g.name == group)
+        .ok_or_else(|| invalid(&format!("{key}.upstream"), format!("no upstream group named {group:?}")))?;
+    let require = raw
+        .require
+        .map(|r| resolve_requirement(r, &path, key, context.abilities))
+        .transpose()?;
+    let host = raw
+        .host
+        .map(|h| {
+            let bad = || invalid(&format!("{key}.host"), format!("{h:?} is not a host name"));
+            match canonical_authority(h.as_bytes()) {
+                Ok(Some(a)) if a.port.is_none() => Ok(a.name.into_owned()),
+                _ => Err(bad()),
+            }
+        })
+        .transpose()?;
+    let methods = raw
+        .methods
+        .iter()
+        .map(|m| {
+            let m = m.trim().to_ascii_uppercase();
+            match !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+                true => Ok(m),
+                false => Err(invalid(&format!("{key}.methods"), format!("{m:?} is not a method"))),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Route {
+        name: raw.name,
+        host,
+        path,
+        methods,
+        upstream,
+        auth: raw.auth.unwrap_or(context.default_auth),
+        require,
+        shadow: raw.shadow,
+    })
+}
+
+fn resolve_requirement(
+    raw: RawRequire,
+    path: &PathTemplate,
+    key: &str,
+    abilities: Option<&[String]>,
+) -> Result<Requirement, ConfigError> {
+    let resource = Resource::parse(&raw.resource);
+    if let Resource::Param(param) = &resource {
+        if !path.has_param(param) {
+            return Err(invalid(
+                &format!("{key}.require.resource"),
+                format!("{{{param}}} is not a parameter of {path}"),
+            ));
+        }
+    }
+    if let Some(allowed) = abilities {
+        if !allowed.contains(&raw.access) {
+            return Err(invalid(
+                &format!("{key}.require.access"),
+                format!("{:?} is not one of the configured abilities {allowed:?}", raw.access),
+            ));
+        }
+    }
+    Ok(Requirement {
+        resource,
+        access: raw.access,
+    })
+}

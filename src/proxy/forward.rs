@@ -1,0 +1,233 @@
+//! The upstream request: exactly the canonical request tokengate checked, the identity from a
+//! verified token only, forwarding headers from what tokengate knows.
+
+use std::net::IpAddr;
+
+use http::{HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
+
+use crate::forwarded::{self, is_forwarding_header, Received};
+use crate::request::method::OVERRIDE_HEADERS;
+
+/// Headers that would make an application read a different request than the one checked.
+const PATH_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
+/// Whether `name` (lower case, as `http` stores it) is `want` with `_` allowed for `-`: many
+/// servers (Rack, CGI) fold both into one variable.
+pub fn same_header(name: &str, want: &str) -> bool {
+    name.len() == want.len()
+        && name
+            .bytes()
+            .zip(want.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+}
+
+/// What the rewrite needs to know about one request.
+pub struct Rewrite<'a> {
+    /// The canonical target, when it differs from the one received.
+    pub target: Option<&'a [u8]>,
+    /// The canonical authority, for Host (when it differs) and the forwarding headers.
+    pub authority: Option<&'a str>,
+    /// Whether Host must be set to `authority`.
+    pub host_rewritten: bool,
+    /// The honoured override method, re-sent under the override headers the client used.
+    pub honoured_override: Option<&'a str>,
+    /// The verified subject, for the identity header.
+    pub subject: Option<&'a str>,
+    /// The client's address and whether it is a trusted proxy.
+    pub peer: Option<(IpAddr, bool)>,
+    /// The request id tokengate answers with.
+    pub request_id: &'a str,
+}
+
+/// Rewrites `upstream` (a copy of the client's request) into the request the upstream gets.
+pub fn rewrite(
+    upstream: &mut RequestHeader,
+    identity_header: &HeaderName,
+    rewrite: &Rewrite<'_>,
+) -> pingora::Result<()> {
+    let trusted = rewrite.peer.is_some_and(|(_, trusted)| trusted);
+    let received = trusted.then(|| received_forwarding(upstream));
+    let mut overrides_used: Vec<&'static str> = Vec::new();
+    let mut strip: Vec<HeaderName> = Vec::new();
+    for name in upstream.headers.keys() {
+        let n = name.as_str();
+        let owned = same_header(n, identity_header.as_str())
+            || PATH_OVERRIDE_HEADERS.iter().any(|h| same_header(n, h))
+            || (!trusted && is_forwarding_header(n));
+        if let Some(header) = OVERRIDE_HEADERS.iter().find(|h| same_header(n, h)) {
+            overrides_used.push(header);
+            strip.push(name.clone());
+        } else if owned || (trusted && n.contains('_') && is_forwarding_header(n)) {
+            strip.push(name.clone());
+        }
+    }
+    for name in &strip {
+        upstream.remove_header(name);
+    }
+    if let Some(method) = rewrite.honoured_override {
+        overrides_used.dedup();
+        for header in overrides_used {
+            upstream.insert_header(header, method)?;
+        }
+    }
+    if let Some(subject) = rewrite.subject {
+        upstream.insert_header(identity_header.clone(), subject)?;
+    }
+    if let Some(target) = rewrite.target {
+        upstream.set_raw_path(target)?;
+    }
+    if let (true, Some(authority)) = (rewrite.host_rewritten, rewrite.authority) {
+        upstream.insert_header(http::header::HOST, authority)?;
+    }
+    if let Some((ip, _)) = rewrite.peer {
+        let values = received
+            .as_ref()
+            .map(|(forwarded, xff, others)| Received {
+                forwarded: forwarded.iter().map(String::as_str).collect(),
+                x_forwarded_for: xff.iter().map(String::as_str).collect(),
+                x_real_ip: others[0].as_deref(),
+                x_forwarded_proto: others[1].as_deref(),
+                x_forwarded_host: others[2].as_deref(),
+            })
+            .unwrap_or_default();
+        let f = forwarded::forwarding(ip, "http", rewrite.authority, &values);
+        upstream.insert_header("Forwarded", f.forwarded)?;
+        upstream.insert_header("X-Forwarded-For", f.x_forwarded_for)?;
+        upstream.insert_header("X-Real-IP", f.x_real_ip)?;
+        upstream.insert_header("X-Forwarded-Proto", f.x_forwarded_proto)?;
+        if let Some(host) = f.x_forwarded_host {
+            upstream.insert_header("X-Forwarded-Host", host)?;
+        }
+    }
+    upstream.insert_header("X-Request-Id", rewrite.request_id)?;
+    Ok(())
+}
+
+/// `Forwarded` and `X-Forwarded-For` values, then `X-Real-IP`, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`, as a trusted proxy sent them.
+type ReceivedOwned = (Vec<String>, Vec<String>, [Option<String>; 3]);
+
+fn received_forwarding(header: &RequestHeader) -> ReceivedOwned {
+    let all = |name: &str| -> Vec<String> {
+        header
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect()
+    };
+    let one = |name: &str| {
+        header
+            .headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    (
+        all("forwarded"),
+        all("x-forwarded-for"),
+        [one("x-real-ip"), one("x-forwarded-proto"), one("x-forwarded-host")],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/a/../b", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn names(r: &RequestHeader) -> Vec<String> {
+        let mut n: Vec<String> = r
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn an_untrusted_request_is_rewritten_to_what_was_checked() {
+        let mut r = request(&[
+            ("Host", "Images.Example."),
+            ("X-User-Id", "mallory"),
+            ("x_user_id", "mallory"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X_HTTP_Method", "DELETE"),
+            ("X-Original-URL", "/admin"),
+            ("X-Rewrite-URL", "/admin"),
+            ("Forwarded", "for=10.0.0.1;host=admin.internal"),
+            ("X-Real-IP", "10.0.0.1"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("X_Forwarded_Host", "admin.internal"),
+            ("X-Forwarded-Prefix", "/admin"),
+            ("Accept", "*/*"),
+        ]);
+        let rw = Rewrite {
+            target: Some(b"/b"),
+            authority: Some("images.example"),
+            host_rewritten: true,
+            honoured_override: None,
+            subject: Some("alice"),
+            peer: Some(("127.0.0.1".parse().unwrap(), false)),
+            request_id: "rid",
+        };
+        rewrite(&mut r, &HeaderName::from_static("x-user-id"), &rw).unwrap();
+        assert_eq!(r.raw_path(), b"/b");
+        assert_eq!(
+            names(&r),
+            [
+                "accept: */*",
+                "forwarded: for=127.0.0.1;proto=http;host=\"images.example\"",
+                "host: images.example",
+                "x-forwarded-for: 127.0.0.1",
+                "x-forwarded-host: images.example",
+                "x-forwarded-proto: http",
+                "x-real-ip: 127.0.0.1",
+                "x-request-id: rid",
+                "x-user-id: alice",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_honoured_override_is_resent_canonical_and_a_trusted_chain_kept() {
+        let mut r = request(&[
+            ("Host", "h"),
+            ("x-http-method", "delete"),
+            ("Forwarded", "for=10.0.0.1"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("X-Forwarded-Proto", "https"),
+        ]);
+        let rw = Rewrite {
+            target: None,
+            authority: Some("h"),
+            host_rewritten: false,
+            honoured_override: Some("DELETE"),
+            subject: None,
+            peer: Some(("127.0.0.2".parse().unwrap(), true)),
+            request_id: "rid",
+        };
+        rewrite(&mut r, &HeaderName::from_static("x-user-id"), &rw).unwrap();
+        assert_eq!(
+            names(&r),
+            [
+                "forwarded: for=10.0.0.1, for=127.0.0.2;proto=http;host=\"h\"",
+                "host: h",
+                "x-forwarded-for: 10.0.0.1, 127.0.0.2",
+                "x-forwarded-host: h",
+                "x-forwarded-proto: https",
+                "x-http-method: DELETE",
+                "x-real-ip: 127.0.0.2",
+                "x-request-id: rid",
+            ]
+        );
+    }
+}

@@ -1,0 +1,658 @@
+//! The `ProxyHttp` phases. Each phase only calls the pure parts ([`crate::request`],
+//! [`crate::policy`], [`crate::token`]) and records what they decided: canonicalize, route,
+//! decide, answer or forward, observe.
+
+mod failure;
+mod forward;
+mod state;
+mod token_route;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderName, Version};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorType};
+
+use crate::access_log::{self, AccessLog, Entry};
+use crate::error::{ApiError, ErrorCode};
+use crate::forwarded::TrustedProxies;
+use crate::limits::Limiter;
+use crate::metrics::{self, RouteKind, UpstreamErrorKind};
+use crate::policy::{self, Action, Authentication};
+use crate::request::method::{body_is_form, OVERRIDE_HEADERS};
+use crate::request::{self, canonicalize, Canonical, FormScan, Head, Refusal};
+use crate::respond::{self, Response};
+use crate::routes::{Decision, PathTemplate, RouteTable};
+use crate::token::TokenService;
+use crate::upstreams::UpstreamGroup;
+pub use forward::same_header;
+pub use state::{watch_listener, AppState, InFlight};
+
+/// Where the public keys of asymmetrically signed tokens are published.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// Largest url-encoded `POST` body read ahead to find a `_method` field when overrides are
+/// honoured: what Pingora can replay to the upstream.
+const PREREAD_LIMIT: usize = 64 * 1024;
+
+/// Everything the proxy needs, built from the configuration by `server`.
+pub struct Settings {
+    /// The token route's service.
+    pub tokens: TokenService,
+    /// Path of the token route (matched in any case, with a trailing `/` or `.format`).
+    pub token_path: PathTemplate,
+    /// Largest body tokengate reads itself.
+    pub body_limit: usize,
+    /// Upstream groups, by index (shared with the readiness probe).
+    pub groups: Arc<[UpstreamGroup]>,
+    /// The ranked route table.
+    pub routes: RouteTable,
+    /// Header carrying the verified subject upstream.
+    pub identity_header: HeaderName,
+    /// What a request may look like.
+    pub request: request::Options,
+    /// Peers whose forwarding headers are extended.
+    pub trusted_proxies: TrustedProxies,
+    /// The access log.
+    pub access_log: AccessLog,
+    /// The per-subject mint limit.
+    pub limiter: Option<Limiter>,
+    /// The JWKS body and its `Cache-Control`, when minted tokens are signed asymmetrically.
+    pub jwks: Option<(Bytes, String)>,
+    /// Readiness and in-flight state.
+    pub state: Arc<AppState>,
+}
+
+/// The tokengate proxy.
+pub struct Tokengate {
+    tokens: TokenService,
+    token_path: PathTemplate,
+    jwks_path: PathTemplate,
+    body_limit: usize,
+    groups: Arc<[UpstreamGroup]>,
+    routes: RouteTable,
+    identity_header: HeaderName,
+    options: request::Options,
+    trusted_proxies: TrustedProxies,
+    access_log: AccessLog,
+    limiter: Option<Limiter>,
+    jwks: Option<(Bytes, String)>,
+    state: Arc<AppState>,
+}
+
+/// What the forwarded request becomes upstream.
+#[derive(Debug, Default)]
+struct Forward {
+    /// The canonical target, when it differs from the one received.
+    target: Option<Vec<u8>>,
+    /// The canonical authority.
+    authority: Option<String>,
+    /// Whether Host must be rewritten to `authority`.
+    host_rewritten: bool,
+    /// The honoured override method.
+    honoured_override: Option<&'static str>,
+}
+
+/// Per-request state, passed through every phase.
+pub struct RequestCtx {
+    /// When the request's first filter ran.
+    start: Instant,
+    /// Answered in-process or forwarded: drives metric labels.
+    route: RouteKind,
+    /// The propagated or generated request id.
+    request_id: String,
+    /// The valid token a forwarded request carried, for `X-token`.
+    token: Option<String>,
+    /// The verified subject, on either route: the identity header and the access log.
+    subject: Option<String>,
+    /// The error code tokengate answered with, if any.
+    reason: Option<ErrorCode>,
+    /// A refusal decided while the body streamed, answered by `fail_to_proxy`.
+    refusal: Option<ApiError>,
+    /// The canonical path, when it differs from the received one (for the access log).
+    canonical_path: Option<String>,
+    /// How to rewrite the upstream request.
+    forward: Forward,
+    /// Watches a url-encoded `POST` body for `_method` fields as it streams upstream.
+    body_scan: Option<FormScan>,
+    /// When the request went upstream.
+    upstream_start: Option<Instant>,
+    /// Seconds the upstream took to its response header.
+    upstream_duration: Option<f64>,
+    /// How the upstream failed, if it did.
+    upstream_error: Option<UpstreamErrorKind>,
+    /// Index of the upstream group the route chose.
+    group: usize,
+    /// Addresses tried so far, so a retry goes elsewhere.
+    tried: Vec<SocketAddr>,
+    /// Held for the request's lifetime.
+    _in_flight: InFlight,
+}
+
+/// What `request_filter` does with a request once it is canonical.
+enum Plan {
+    /// Answer the token route.
+    Token,
+    /// Answer the JWKS.
+    Jwks,
+    /// Read a small form body first: its `_method` may change the method checked.
+    PreRead,
+    /// Forward it.
+    Forward,
+    /// Answer this error.
+    Refuse(ApiError),
+}
+
+impl Tokengate {
+    /// The proxy over `settings`.
+    pub fn new(settings: Settings) -> Tokengate {
+        Tokengate {
+            tokens: settings.tokens,
+            token_path: settings.token_path,
+            jwks_path: PathTemplate::parse(JWKS_PATH).unwrap_or_else(|_| PathTemplate::root()),
+            body_limit: settings.body_limit,
+            groups: settings.groups,
+            routes: settings.routes,
+            identity_header: settings.identity_header,
+            options: settings.request,
+            trusted_proxies: settings.trusted_proxies,
+            access_log: settings.access_log,
+            limiter: settings.limiter,
+            jwks: settings.jwks,
+            state: settings.state,
+        }
+    }
+
+    /// The keyring the token route verifies and signs with, for rotation.
+    pub fn keyring(&self) -> crate::token::SharedKeyring {
+        self.tokens.keys.clone()
+    }
+
+    /// Canonicalizes the request and decides what to do with it; `body` holds `_method` fields
+    /// of a body read ahead.
+    fn plan(
+        &self,
+        header: &RequestHeader,
+        body: Option<&request::method::Found>,
+        ctx: &mut RequestCtx,
+    ) -> Plan {
+        let overrides = override_values(header);
+        let head = Head {
+            method: header.method.as_str(),
+            target: header.raw_path(),
+            http11: header.version != Version::HTTP_10 && header.version != Version::HTTP_09,
+            host: header.headers.get(http::header::HOST).map(|v| v.as_bytes()),
+            override_headers: &overrides,
+        };
+        let mut canonical = match canonicalize(&head, self.options) {
+            Ok(canonical) => canonical,
+            Err(refusal) => return Plan::Refuse(refusal.api_error()),
+        };
+        if let Cow::Owned(path) = &canonical.path {
+            ctx.canonical_path = Some(path.clone());
+        }
+        let semicolons = self.options.allow_semicolon;
+        if self.token_path.matches(&canonical.path, true, semicolons).is_some() {
+            return Plan::Token;
+        }
+        if self.jwks.is_some() && self.jwks_path.matches(&canonical.path, true, semicolons).is_some() {
+            return Plan::Jwks;
+        }
+        let form_post = canonical.method == "POST"
+            && body_is_form(header.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()));
+        match body {
+            Some(found) => {
+                if let Err(refusal) = canonical.add_body_overrides(found) {
+                    return Plan::Refuse(refusal.api_error());
+                }
+            }
+            None if form_post && self.options.honor_method_override && preread_fits(header) => {
+                return Plan::PreRead;
+            }
+            None if form_post && has_body(header) => ctx.body_scan = Some(FormScan::default()),
+            None => {}
+        }
+        self.decide(header, &canonical, ctx)
+    }
+
+    /// Authenticates, asks the policy, and records the verdict on `ctx`.
+    fn decide(&self, header: &RequestHeader, canonical: &Canonical<'_>, ctx: &mut RequestCtx) -> Plan {
+        let authorization = authorization_values(header);
+        let auth = match authorization.is_empty() {
+            true => Authentication::Missing,
+            false => match self.tokens.authenticate(&authorization, unix_now()) {
+                Ok(caller) => Authentication::Valid(caller),
+                Err(error) => Authentication::Invalid(error),
+            },
+        };
+        let Some(verdict) = policy::decide(canonical, &self.routes, &auth) else {
+            return Plan::Refuse(ApiError::new(ErrorCode::Internal, "No route matched."));
+        };
+        ctx.group = verdict.route.upstream;
+        if let Some(decision) = verdict.enforcement {
+            metrics::get()
+                .enforcement
+                .with_label_values(&[verdict.route.name.as_str(), decision.as_str()])
+                .inc();
+            if decision == Decision::ShadowDeny {
+                log::warn!(
+                    "route {}: would refuse request {} (shadow mode, forwarded)",
+                    verdict.route.name,
+                    ctx.request_id
+                );
+            }
+        }
+        if let Authentication::Valid(caller) = &auth {
+            ctx.subject = Some(caller.claims.subject().to_owned());
+            ctx.token = Some(caller.token.to_owned());
+        }
+        match verdict.action {
+            Action::Refuse(error) => Plan::Refuse(error),
+            Action::Forward => {
+                ctx.forward = Forward {
+                    target: canonical.target_rewritten.then(|| canonical.target()),
+                    authority: canonical.authority.as_ref().map(ToString::to_string),
+                    host_rewritten: canonical.host_rewritten,
+                    honoured_override: canonical.honoured_override(),
+                };
+                Plan::Forward
+            }
+        }
+    }
+
+    /// Answers an error of tokengate's own and counts it.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: &ApiError,
+        extra: &[(&'static str, &str)],
+    ) -> pingora::Result<()> {
+        metrics::get()
+            .rejections
+            .with_label_values(&[error.code.as_str()])
+            .inc();
+        ctx.reason = Some(error.code);
+        let mut response = Response::error(error, &ctx.request_id);
+        for (name, value) in extra {
+            response = response.with_header(name, *value);
+        }
+        respond::send(session, response).await
+    }
+
+    /// Refuses a request whose body is still unread: a client waiting for `100 Continue` is
+    /// not invited to send it (the connection closes after the answer); another body within the
+    /// limit is read and dropped so the connection can serve the next request.
+    async fn refuse_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: &ApiError,
+    ) -> pingora::Result<()> {
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if has_body(session.req_header())
+            && (expects_continue || self.read_body(session).await.is_err())
+        {
+            session.set_keepalive(None);
+        }
+        self.refuse(session, ctx, error, &[]).await
+    }
+
+    /// Reads a small form body (replayed upstream by Pingora's retry buffer) and plans again
+    /// with its `_method` fields.
+    async fn plan_after_body(&self, session: &mut Session, ctx: &mut RequestCtx) -> Plan {
+        session.as_downstream_mut().enable_retry_buffering();
+        let body = match token_route::read_body(session, PREREAD_LIMIT).await {
+            Ok(body) => body,
+            Err(error) => {
+                session.set_keepalive(None);
+                return Plan::Refuse(error);
+            }
+        };
+        let mut scan = FormScan::default();
+        scan.feed(&body);
+        scan.finish();
+        let found = scan.found.unwrap_or_default();
+        self.plan(session.req_header(), Some(&found), ctx)
+    }
+}
+
+/// Whether the request announces a body.
+fn has_body(header: &RequestHeader) -> bool {
+    header.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || header
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Whether a body can be read ahead and replayed: a `Content-Length` within the limit.
+fn preread_fits(header: &RequestHeader) -> bool {
+    !header.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && header
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .is_some_and(|len| len > 0 && len <= PREREAD_LIMIT)
+}
+
+/// Every method-override header value, in any spelling.
+fn override_values(header: &RequestHeader) -> Vec<&[u8]> {
+    header
+        .headers
+        .iter()
+        .filter(|(name, _)| OVERRIDE_HEADERS.iter().any(|h| same_header(name.as_str(), h)))
+        .map(|(_, value)| value.as_bytes())
+        .collect()
+}
+
+/// Every `Authorization` header value, in order: more than one is refused later, not merged.
+fn authorization_values(header: &RequestHeader) -> Vec<&[u8]> {
+    header
+        .headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The caller's `X-Request-Id` when it is 1–200 visible ASCII characters, else a new UUID v4.
+pub fn request_id(header: &RequestHeader) -> String {
+    header
+        .headers
+        .get("x-request-id")
+        .map(|v| v.as_bytes())
+        .filter(|v| (1..=200).contains(&v.len()) && v.iter().all(|b| b.is_ascii_graphic()))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+#[async_trait]
+impl ProxyHttp for Tokengate {
+    type CTX = RequestCtx;
+
+    /// Runs first for every request: starts its clock and counts it in flight.
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            route: RouteKind::Proxy,
+            request_id: String::new(),
+            token: None,
+            subject: None,
+            reason: None,
+            refusal: None,
+            canonical_path: None,
+            forward: Forward::default(),
+            body_scan: None,
+            upstream_start: None,
+            upstream_duration: None,
+            upstream_error: None,
+            group: 0,
+            tried: Vec::new(),
+            _in_flight: InFlight::new(self.state.clone()),
+        }
+    }
+
+    /// Before anything else: answer pipelined requests in order (RFC 9112 §9.3.2) instead of
+    /// dropping them with the connection.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        session.as_downstream_mut().set_pipelining_enabled(true);
+        Ok(())
+    }
+
+    /// Canonicalizes and decides. `Ok(true)`: tokengate answered (token route, JWKS, a
+    /// refusal); `Ok(false)`: forward upstream.
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        ctx.request_id = request_id(session.req_header());
+        let mut plan = self.plan(session.req_header(), None, ctx);
+        if let Plan::PreRead = plan {
+            plan = self.plan_after_body(session, ctx).await;
+        }
+        match plan {
+            Plan::Token => {
+                ctx.route = RouteKind::Token;
+                self.token_route(session, ctx).await?;
+            }
+            Plan::Jwks => {
+                ctx.route = RouteKind::Token;
+                self.jwks_route(session, ctx).await?;
+            }
+            Plan::Refuse(error) => self.refuse_request(session, ctx, &error).await?,
+            Plan::Forward => return Ok(false),
+            Plan::PreRead => {
+                let error = ApiError::new(ErrorCode::Internal, "The body was read twice.");
+                self.refuse(session, ctx, &error, &[]).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Watches a form body for `_method` fields on its way upstream: the chunk that completes
+    /// one is never sent, and the request is answered 400 instead.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(scan) = ctx.body_scan.as_mut() else {
+            return Ok(());
+        };
+        let mut found = body.as_deref().is_some_and(|chunk| scan.feed(chunk));
+        if end_of_stream {
+            found |= scan.finish();
+        }
+        if found {
+            ctx.refusal = Some(Refusal::OverrideField.api_error());
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "a _method field in the request body",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where a forwarded request goes: the next usable address of its route's group.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let no_address = || {
+            // An upstream failure (502), not one of tokengate's own (500).
+            Error::explain(
+                ErrorType::ConnectNoRoute,
+                "no usable address in the upstream group",
+            )
+            .into_up()
+        };
+        let group = self.groups.get(ctx.group).ok_or_else(no_address)?;
+        let addr = group.select(&ctx.tried).ok_or_else(no_address)?;
+        ctx.tried.push(addr);
+        Ok(Box::new(group.peer(addr)))
+    }
+
+    /// Rewrites the upstream request into the canonical one tokengate checked.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .map(|ip| (ip, self.trusted_proxies.contains(ip)));
+        let rewrite = forward::Rewrite {
+            target: ctx.forward.target.as_deref(),
+            authority: ctx.forward.authority.as_deref(),
+            host_rewritten: ctx.forward.host_rewritten,
+            honoured_override: ctx.forward.honoured_override,
+            subject: ctx.subject.as_deref(),
+            peer,
+            request_id: &ctx.request_id,
+        };
+        forward::rewrite(upstream, &self.identity_header, &rewrite)?;
+        ctx.upstream_start = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Times the upstream up to its response header.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(start) = ctx.upstream_start.take() {
+            let seconds = start.elapsed().as_secs_f64();
+            metrics::get().upstream_duration.observe(seconds);
+            ctx.upstream_duration = Some(seconds);
+        }
+        Ok(())
+    }
+
+    /// Adds `X-Request-Id`, and `X-token` when the request carried a valid token.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        response.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        if let Some(token) = &ctx.token {
+            response.insert_header("X-token", token.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Notes that connecting failed, for the answer and the metric.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.upstream_error = Some(failure::upstream_error_code(&e).0);
+        let Some(group) = self.groups.get(ctx.group) else {
+            return e;
+        };
+        // With another address to go to, eject this one for a while and retry there.
+        if let Some(addr) = ctx.tried.last().copied() {
+            if group.has_untried(&ctx.tried) {
+                group.eject(addr);
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    /// Answers a fatal error in the SPEC's JSON instead of Pingora's bare page.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let answer = match ctx.refusal.take() {
+            Some(refusal) => Some((refusal, None)),
+            None => failure::answer(e),
+        };
+        let Some((error, kind)) = answer else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if let Some(kind) = kind {
+            ctx.upstream_error = Some(kind);
+            metrics::get()
+                .upstream_errors
+                .with_label_values(&[kind.as_str()])
+                .inc();
+        }
+        if error.code.status() < 500 {
+            metrics::get()
+                .rejections
+                .with_label_values(&[error.code.as_str()])
+                .inc();
+        }
+        ctx.reason = Some(error.code);
+        if session.response_written().is_none() {
+            session.set_keepalive(None);
+            let response = Response::error(&error, &ctx.request_id);
+            if let Err(write_error) = respond::send(session, response).await {
+                log::debug!("could not send error response: {write_error}");
+            }
+        }
+        FailToProxy {
+            error_code: error.code.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Records the request's metrics and access-log line once it is over.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let duration = ctx.start.elapsed().as_secs_f64();
+        let written = session.response_written();
+        let status = written.map_or(0, |r| r.status.as_u16());
+        let m = metrics::get();
+        let route = ctx.route.as_str();
+        m.requests
+            .with_label_values(&[route, written.map_or("0", |r| r.status.as_str())])
+            .inc();
+        m.request_duration
+            .with_label_values(&[route])
+            .observe(duration);
+        if !self.access_log.enabled() {
+            return;
+        }
+        let header = session.req_header();
+        self.access_log.write(&Entry {
+            time: access_log::now_rfc3339(),
+            request_id: &ctx.request_id,
+            method: header.method.as_str(),
+            path: ctx
+                .canonical_path
+                .as_deref()
+                .unwrap_or_else(|| header.uri.path()),
+            status,
+            route,
+            duration,
+            upstream_duration: ctx.upstream_duration,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            subject: ctx.subject.as_deref(),
+            reason: ctx.reason.map(ErrorCode::as_str),
+        });
+    }
+}
