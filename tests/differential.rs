@@ -1,0 +1,461 @@
+//! Differential test: what real application routers make of what tokengate forwards.
+//!
+//! The image app's route table is implemented in Flask/Werkzeug, Express 4, Express 5 and Rails'
+//! own router on Puma (with `Rack::MethodOverride`, as a default Rails stack has it), each
+//! running behind tokengate in turn. Each app says in `X-Served` which route and album it
+//! served. A corpus of several hundred spellings of requests aimed at albums and abilities the
+//! token does not grant is sent through tokengate: every request an app served on a protected
+//! route must be for an album and ability the token grants, and every spelling of the token
+//! path must be answered by tokengate itself, never forwarded.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The token grants album `a`: `see` and `image_upload`, nothing else.
+const GRANTED: &[(&str, &str)] = &[("a", "see"), ("a", "image_upload")];
+
+/// The ability each app route needs; `legacy_token` must never be served.
+fn ability(route: &str) -> Option<&'static str> {
+    Some(match route {
+        "album" => "see",
+        "list" => "image_list",
+        "upload" => "image_upload",
+        "delete" => "image_delete",
+        "caption" => "image_caption",
+        "fullscreen" => "fullscreen",
+        _ => return None,
+    })
+}
+
+const ROUTES: &str = r#"tokengate:
+  abilities: [see, image_list, image_upload, image_delete, fullscreen, image_caption]
+  routes:
+    - {name: album, path: "/albums/{album}", methods: [GET], require: {resource: "{album}", access: see}}
+    - {name: list, path: "/albums/{album}/images", methods: [GET], require: {resource: "{album}", access: image_list}}
+    - {name: upload, path: "/albums/{album}/images", methods: [POST, PUT], require: {resource: "{album}", access: image_upload}}
+    - {name: delete, path: "/albums/{album}/images", methods: [DELETE], require: {resource: "{album}", access: image_delete}}
+    - {name: caption, path: "/albums/{album}/captions", methods: [PUT, PATCH], require: {resource: "{album}", access: image_caption}}
+    - {name: fullscreen, path: "/albums/{album}/fullscreen", require: {resource: "{album}", access: fullscreen}}
+    - {name: albums, path: /albums, auth: required}
+"#;
+
+/// A real application server on a loopback port; killed when dropped.
+struct App {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl App {
+    fn start(name: &'static str, program: &str, args: &[&str]) -> App {
+        let port = free_port();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps");
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.push(port.to_string());
+        let child = Command::new(program)
+            .args(&args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot start {program}: {e}"));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut app = App { name, child, addr };
+        let start = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = app.child.try_wait() {
+                panic!("{name} exited with {status}");
+            }
+            assert!(start.elapsed() < DEADLINE, "{name} did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        app
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request of the corpus.
+struct Case {
+    label: String,
+    raw: Vec<u8>,
+    /// A spelling of the token path: tokengate must answer it itself.
+    token_path: bool,
+}
+
+struct Request<'a> {
+    method: &'a str,
+    target: &'a str,
+    host: Option<&'a str>,
+    headers: Vec<(&'a str, String)>,
+    body: Option<String>,
+    chunked: bool,
+}
+
+impl<'a> Request<'a> {
+    fn new(method: &'a str, target: &'a str) -> Request<'a> {
+        Request {
+            method,
+            target,
+            host: Some("images.example.com"),
+            headers: Vec::new(),
+            body: None,
+            chunked: false,
+        }
+    }
+
+    fn header(mut self, name: &'a str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    fn form(mut self, content_type: Option<&'a str>, body: &str) -> Self {
+        if let Some(ct) = content_type {
+            self.headers.push(("Content-Type", ct.to_owned()));
+        }
+        self.body = Some(body.to_owned());
+        self
+    }
+
+    fn build(&self, id: usize) -> Vec<u8> {
+        let mut r = format!("{} {} HTTP/1.1\r\n", self.method, self.target);
+        if let Some(host) = self.host {
+            r.push_str(&format!("Host: {host}\r\n"));
+        }
+        r.push_str(&format!("X-Request-Id: diff-{id}\r\nConnection: close\r\n"));
+        for (k, v) in &self.headers {
+            r.push_str(&format!("{k}: {v}\r\n"));
+        }
+        match (&self.body, self.chunked) {
+            (Some(body), true) => r.push_str(&format!(
+                "Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            )),
+            (Some(body), false) => {
+                r.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()))
+            }
+            (None, _) => r.push_str("Content-Length: 0\r\n\r\n"),
+        }
+        r.into_bytes()
+    }
+}
+
+/// Ways to spell the path `/seg/seg/…` that some server reads as that path.
+fn spellings(segs: &[&str]) -> Vec<String> {
+    let join = |s: &[String]| format!("/{}", s.join("/"));
+    let base: Vec<String> = segs.iter().map(|s| s.to_string()).collect();
+    let mut out = vec![join(&base)];
+    let with = |i: usize, f: &dyn Fn(&str) -> String| {
+        let mut s = base.clone();
+        s[i] = f(&s[i]);
+        join(&s)
+    };
+    out.push(join(&base.iter().map(|s| s.to_uppercase()).collect::<Vec<_>>()));
+    for i in 0..segs.len() {
+        out.push(with(i, &|s| s.to_uppercase()));
+        out.push(with(i, &|s| format!("{}{}", s[..1].to_uppercase(), &s[1..])));
+        out.push(with(i, &|s| format!("%{:02x}{}", s.as_bytes()[0], &s[1..])));
+        out.push(with(i, &|s| format!("%{:02X}{}", s.as_bytes()[0], &s[1..])));
+        for prefix in ["x/..", ".", "%2e", "x/%2e%2e", "x/.%2E", "x/%2E.", "x/%252e%252e", "x/%c0%ae%c0%ae", ""] {
+            out.push(with(i, &|s| format!("{prefix}/{s}")));
+        }
+    }
+    let plain = join(&base);
+    out.push(format!("/{plain}"));
+    for suffix in ["/", ".json", ".xml", "/.", "/..", ";x", ";jsessionid=1", "%3Bx", "%20", "%00", "%0a", "%09", "?a=b", "#frag", ".", "%2e", "~", "%7e"] {
+        out.push(format!("{plain}{suffix}"));
+    }
+    for sep in ["%2F", "%2f", "\\", "%5C", "%5c", "/./", "//", "/%2F"] {
+        out.push(format!("/{}", segs.join(sep)));
+    }
+    out.push(segs.join("/"));
+    for prefix in ["http://images.example.com", "HTTP://IMAGES.EXAMPLE.COM.", "http://images.example.com:80", "http://other.example"] {
+        out.push(format!("{prefix}{plain}"));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn corpus(token: &str, session: &str) -> Vec<Case> {
+    let bearer = format!("Bearer {token}");
+    let mut cases = Vec::new();
+    let mut add = |label: String, req: Request<'_>, token_path: bool| {
+        let id = cases.len();
+        cases.push(Case {
+            raw: req.build(id),
+            label,
+            token_path,
+        });
+    };
+    // Every spelling of paths the token does not grant, with the method that route takes.
+    let families: [(&[&str], &[&str]); 8] = [
+        (&["albums", "b", "images"], &["POST", "PUT"]),
+        (&["albums", "a", "images"], &["GET", "HEAD"]),
+        (&["albums", "a", "images", "7"], &["DELETE"]),
+        (&["albums", "a", "captions"], &["PATCH"]),
+        (&["albums", "a", "fullscreen"], &["GET"]),
+        (&["albums", "b"], &["GET"]),
+        (&["albums", "b", "fullscreen"], &["GET"]),
+        (&["albums", "b", "images", "7"], &["DELETE"]),
+    ];
+    for (segs, methods) in families {
+        for (i, target) in spellings(segs).iter().enumerate() {
+            // The first method on every spelling, the others on a few.
+            for method in methods.iter().take(if i % 5 == 0 { 2 } else { 1 }) {
+                let req = Request::new(method, target).header("Authorization", &bearer);
+                add(format!("{method} {target}"), req, false);
+            }
+        }
+    }
+    // The token path. Spellings some router reads as it must be answered by tokengate; the
+    // rest of the variations must at least never be served as the legacy token action.
+    let session_auth = format!("Token token=\"{session}\"");
+    let token_spellings = [
+        "/api/v1/token", "/api/v1/token.json", "/api/v1/token.xml", "/api/v1/token/",
+        "//api/v1/token", "/api/v1//token", "/api/v1/./token", "/x/../api/v1/token",
+        "/api/v1/%74oken", "/API/V1/TOKEN", "/Api/V1/Token.Json", "/api/v1/token/.",
+        "/api/%76%31/token", "/api/v1/x/%2e%2e/token", "/api/v1/token?format=json",
+        "http://images.example.com/api/v1/token", "/api/v1/token;x", "api/v1/token",
+        "/api/v1/token%2F", "/api/v1%2Ftoken", "/api\\v1\\token",
+    ];
+    for target in spellings(&["api", "v1", "token"]) {
+        let req = Request::new("POST", &target)
+            .header("Authorization", &session_auth)
+            .form(Some("application/x-www-form-urlencoded"), "permission=%7B%22user_id%22%3A%22admin%22%7D");
+        let spelling = token_spellings.contains(&target.as_str());
+        add(format!("POST {target}"), req, spelling);
+    }
+    for target in token_spellings {
+        for method in ["POST", "post", "Post", "GET", "PUT", "DELETE"] {
+            let req = Request::new(method, target).header("Authorization", &session_auth);
+            add(format!("{method} {target}"), req, true);
+        }
+    }
+    // Methods in another case.
+    for (method, target) in [("post", "/albums/b/images"), ("Post", "/albums/b/images"), ("get", "/albums/a/images"), ("delete", "/albums/a/images/7"), ("head", "/albums/a/images"), ("patch", "/albums/a/captions")] {
+        let req = Request::new(method, target).header("Authorization", &bearer);
+        add(format!("{method} {target}"), req, false);
+    }
+    // Method overrides on a POST the token does allow (upload to album a).
+    for (target, method) in [("/albums/a/images/7", "DELETE"), ("/albums/a/images/7", "delete"), ("/albums/a/images", "GET"), ("/albums/a/captions", "PATCH")] {
+        for header in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "x_http_method_override", "X-Http-Method-Override"] {
+            let req = Request::new("POST", target)
+                .header("Authorization", &bearer)
+                .header(header, method);
+            add(format!("POST {target} {header}: {method}"), req, false);
+        }
+        for query in ["_method", "%5Fmethod", "_%6Dethod", "_METHOD"] {
+            let target = format!("{target}?{query}={method}");
+            let req = Request::new("POST", &target).header("Authorization", &bearer);
+            add(format!("POST {target}"), req, false);
+        }
+        for (ct, body) in [
+            (Some("application/x-www-form-urlencoded"), format!("_method={method}")),
+            (None, format!("_method={method}")),
+            (Some("application/x-www-form-urlencoded; charset=utf-8"), format!("caption=x&_method={method}")),
+            (Some("APPLICATION/X-WWW-FORM-URLENCODED"), format!("%5Fmethod={method}")),
+            (Some("application/x-www-form-urlencoded"), format!("a=1;_method={method}")),
+            (Some("application/x-www-form-urlencoded"), format!("a=1&_method={method}&b=2")),
+        ] {
+            for chunked in [false, true] {
+                let mut req = Request::new("POST", target)
+                    .header("Authorization", &bearer)
+                    .form(ct, &body);
+                req.chunked = chunked;
+                add(format!("POST {target} body {body:?} {ct:?} chunked={chunked}"), req, false);
+            }
+        }
+    }
+    // Hosts, path-override headers, HEAD on GET rules, no token at all.
+    for host in [None, Some("images.example.com."), Some("other, images.example.com"), Some("IMAGES.EXAMPLE.COM"), Some("")] {
+        let mut req = Request::new("GET", "/albums/a/images").header("Authorization", &bearer);
+        req.host = host;
+        add(format!("GET /albums/a/images Host: {host:?}"), req, false);
+    }
+    let two_hosts = Request::new("GET", "/albums/a/images")
+        .header("Authorization", &bearer)
+        .header("Host", "images.example.com");
+    add("GET /albums/a/images with two Host headers".into(), two_hosts, false);
+    for header in ["X-Original-URL", "X-Rewrite-URL", "X_Original_URL"] {
+        let req = Request::new("GET", "/albums/a")
+            .header("Authorization", &bearer)
+            .header(header, "/albums/a/images");
+        add(format!("GET /albums/a {header}: /albums/a/images"), req, false);
+    }
+    for target in ["/albums/b/images", "/albums/a/images", "/albums/a"] {
+        add(format!("POST {target} without a token"), Request::new("POST", target), false);
+        add(format!("GET {target} without a token"), Request::new("GET", target), false);
+    }
+    cases
+}
+
+/// Writes `raw` on a new connection and reads until the server closes it.
+fn send(addr: SocketAddr, raw: &[u8]) -> Option<(u16, Vec<(String, String)>)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(raw).ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(&buf).ok()?;
+    let status = resp.code?;
+    let headers = resp
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect();
+    Some((status, headers))
+}
+
+/// `route=…;album=…` → (route, decoded album).
+fn parse_served(value: &str) -> (String, String) {
+    let mut route = String::new();
+    let mut album = String::new();
+    for part in value.split(';') {
+        if let Some(r) = part.strip_prefix("route=") {
+            route = r.to_owned();
+        } else if let Some(a) = part.strip_prefix("album=") {
+            album = percent_encoding::percent_decode_str(a)
+                .decode_utf8_lossy()
+                .into_owned();
+        }
+    }
+    (route, album)
+}
+
+struct Outcome {
+    corpus: usize,
+    disagreements: Vec<String>,
+    served: usize,
+    unanswered: usize,
+}
+
+fn run_against(app: &App) -> Outcome {
+    let conf = std::env::temp_dir().join(format!("tokengate-diff-{}-{}.yaml", app.name, free_port()));
+    std::fs::write(&conf, ROUTES).unwrap();
+    let tg = Tokengate::start_with_args(
+        app.addr,
+        &[("TOKENGATE_ACCESS_LOG", "true")],
+        &["-c", conf.to_str().unwrap()],
+    );
+    let session = session("diff");
+    let minted = tg.request(&token_request(
+        &[&format!("Bearer {session}")],
+        Some("application/json"),
+        r#"{"permission":{"abilities":{"a":{"Access":{"see":true,"image_upload":true}}}}}"#,
+    ));
+    assert_eq!(minted.status, 200, "{}", minted.text());
+    let token = minted.json()["token"].as_str().unwrap().to_owned();
+
+    // Controls: what the token does grant is served, so the harness can tell served from not.
+    for (raw, want) in [
+        (Request::new("POST", "/albums/a/images").header("Authorization", &format!("Bearer {token}")), ("upload", "a")),
+        (Request::new("GET", "/albums/a").header("Authorization", &format!("Bearer {token}")), ("album", "a")),
+        (Request::new("HEAD", "/albums/a").header("Authorization", &format!("Bearer {token}")), ("album", "a")),
+    ] {
+        let (status, headers) = send(tg.addr, &raw.build(usize::MAX)).expect("control answered");
+        let served = headers.iter().find(|(k, _)| k == "x-served").map(|(_, v)| parse_served(v));
+        assert_eq!(
+            (status, served),
+            (200, Some((want.0.to_owned(), want.1.to_owned()))),
+            "{}: control {} {}",
+            app.name,
+            raw.method,
+            raw.target
+        );
+    }
+
+    let cases = corpus(&token, &session);
+    let mut disagreements = Vec::new();
+    let mut served_count = 0;
+    let mut unanswered = 0;
+    for case in &cases {
+        let Some((status, headers)) = send(tg.addr, &case.raw) else {
+            unanswered += 1;
+            continue;
+        };
+        let Some((_, value)) = headers.iter().find(|(k, _)| k == "x-served") else {
+            continue;
+        };
+        served_count += 1;
+        let (route, album) = parse_served(value);
+        let granted = ability(&route).is_some_and(|ab| GRANTED.contains(&(album.as_str(), ab)));
+        if !granted {
+            disagreements.push(format!("{}: {} → {status}, app served {route} on album {album:?}", app.name, case.label));
+        }
+    }
+    // The token path, in every spelling, never reached the app: its access-log line shows no
+    // upstream contact (or there is none: the HTTP parser refused it outright).
+    let lines = tg.access_log(1);
+    for (id, case) in cases.iter().enumerate().filter(|(_, c)| c.token_path) {
+        let tag = format!("\"request_id\":\"diff-{id}\"");
+        if let Some(line) = lines.iter().find(|l| l.contains(&tag)) {
+            let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            if !entry["upstream_duration"].is_null() {
+                disagreements.push(format!("{}: {} was forwarded to the app", app.name, case.label));
+            }
+        }
+    }
+    assert!(tg.stderr.lock().unwrap().iter().all(|l| !l.contains("panicked")));
+    std::fs::remove_file(conf).unwrap();
+    Outcome {
+        corpus: cases.len(),
+        disagreements,
+        served: served_count,
+        unanswered,
+    }
+}
+
+fn check(app: App) {
+    let outcome = run_against(&app);
+    println!(
+        "{}: corpus {} requests, {} served by the app, {} unanswered, disagreements {}",
+        app.name,
+        outcome.corpus,
+        outcome.served,
+        outcome.unanswered,
+        outcome.disagreements.len()
+    );
+    assert!(outcome.corpus >= 300, "corpus of {} only", outcome.corpus);
+    assert_eq!(outcome.unanswered, 0, "{}: requests without an answer", app.name);
+    assert!(
+        outcome.disagreements.is_empty(),
+        "{} disagreements:\n{}",
+        outcome.disagreements.len(),
+        outcome.disagreements.join("\n")
+    );
+}
+
+#[test]
+fn flask_serves_only_what_the_token_grants() {
+    check(App::start("flask", "python3", &["flask_app.py"]));
+}
+
+#[test]
+fn express_4_serves_only_what_the_token_grants() {
+    check(App::start("express4", "node", &["express_app.js", "express4"]));
+}
+
+#[test]
+fn express_5_serves_only_what_the_token_grants() {
+    check(App::start("express5", "node", &["express_app.js", "express5"]));
+}
+
+#[test]
+fn rails_serves_only_what_the_token_grants() {
+    check(App::start("rails", "ruby", &["rails_app.rb"]));
+}
