@@ -38,12 +38,13 @@ impl TrustedProxies {
 /// removed from an untrusted peer's request, in either `-` or `_` spelling.
 pub fn is_forwarding_header(name: &str) -> bool {
     let same = |a: u8, b: u8| a == b || (a == b'_' && b == b'-');
-    let is = |want: &str| name.len() == want.len() && name.bytes().zip(want.bytes()).all(|(a, b)| same(a, b));
+    let is = |want: &str| {
+        name.len() == want.len() && name.bytes().zip(want.bytes()).all(|(a, b)| same(a, b))
+    };
     let prefix = "x-forwarded-";
     is("forwarded")
         || is("x-real-ip")
-        || (name.len() > prefix.len()
-            && name.bytes().zip(prefix.bytes()).all(|(a, b)| same(a, b)))
+        || (name.len() > prefix.len() && name.bytes().zip(prefix.bytes()).all(|(a, b)| same(a, b)))
 }
 
 /// What a trusted peer said, per header, all values in order.
@@ -78,7 +79,12 @@ pub struct Forwarding {
 
 /// The headers for a request from `peer` over `proto` to `host`; `received` is what a trusted
 /// peer sent (empty for an untrusted one, whose headers are not read at all).
-pub fn forwarding(peer: IpAddr, proto: &str, host: Option<&str>, received: &Received<'_>) -> Forwarding {
+pub fn forwarding(
+    peer: IpAddr,
+    proto: &str,
+    host: Option<&str>,
+    received: &Received<'_>,
+) -> Forwarding {
     let node = match peer {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
@@ -118,7 +124,9 @@ mod tests {
 
     #[test]
     fn trusted_proxies_are_cidrs_or_addresses() {
-        let t = TrustedProxies::parse(&["10.0.0.0/8".into(), "127.0.0.2".into(), "fd00::/8".into()]).unwrap();
+        let t =
+            TrustedProxies::parse(&["10.0.0.0/8".into(), "127.0.0.2".into(), "fd00::/8".into()])
+                .unwrap();
         assert!(t.contains(ip("10.1.2.3")));
         assert!(t.contains(ip("127.0.0.2")));
         assert!(t.contains(ip("::ffff:127.0.0.2")));
@@ -131,17 +139,36 @@ mod tests {
 
     #[test]
     fn forwarding_headers_are_recognized_in_every_spelling() {
-        for name in ["forwarded", "x-real-ip", "x_real_ip", "x-forwarded-for", "x_forwarded_host", "x-forwarded-prefix", "x-forwarded-port"] {
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "x_real_ip",
+            "x-forwarded-for",
+            "x_forwarded_host",
+            "x-forwarded-prefix",
+            "x-forwarded-port",
+        ] {
             assert!(is_forwarding_header(name), "{name}");
         }
-        for name in ["x-forwarded-", "x-forwarded", "forwarded-for", "x-real-ip2", "host"] {
+        for name in [
+            "x-forwarded-",
+            "x-forwarded",
+            "forwarded-for",
+            "x-real-ip2",
+            "host",
+        ] {
             assert!(!is_forwarding_header(name), "{name}");
         }
     }
 
     #[test]
     fn an_untrusted_peer_gets_only_what_tokengate_knows() {
-        let f = forwarding(ip("127.0.0.1"), "http", Some("images.example"), &Received::default());
+        let f = forwarding(
+            ip("127.0.0.1"),
+            "http",
+            Some("images.example"),
+            &Received::default(),
+        );
         assert_eq!(
             f,
             Forwarding {
@@ -167,7 +194,10 @@ mod tests {
             x_forwarded_host: Some("app.example"),
         };
         let f = forwarding(ip("127.0.0.2"), "http", Some("internal"), &received);
-        assert_eq!(f.forwarded, "for=10.0.0.1;proto=https;host=app.example, for=127.0.0.2;proto=http;host=\"internal\"");
+        assert_eq!(
+            f.forwarded,
+            "for=10.0.0.1;proto=https;host=app.example, for=127.0.0.2;proto=http;host=\"internal\""
+        );
         assert_eq!(f.x_forwarded_for, "10.0.0.1, 10.0.0.7, 127.0.0.2");
         assert_eq!(f.x_real_ip, "10.0.0.1");
         assert_eq!(f.x_forwarded_proto, "https");

@@ -50,8 +50,8 @@ impl Limiter {
 
     /// Whether `subject` may mint at `now`; when not, how long until it may.
     pub fn admit(&self, subject: &str, now: Instant) -> Result<(), Duration> {
-        let now = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos())
-            .unwrap_or(u64::MAX);
+        let now =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         let slots: [usize; ROWS] = std::array::from_fn(|row| {
             let hash = self.hashers[row].hash_one(subject);
             row * WIDTH + usize::try_from(hash % WIDTH as u64).unwrap_or(0)

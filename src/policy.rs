@@ -67,11 +67,9 @@ pub fn decide<'r>(
     let mut enforcement = None;
     if let Some(requirement) = &route.require {
         let granted = match auth {
-            Authentication::Valid(caller) => routes::grants(
-                caller.claims.get("abilities"),
-                requirement,
-                &matched.params,
-            ),
+            Authentication::Valid(caller) => {
+                routes::grants(caller.claims.get("abilities"), requirement, &matched.params)
+            }
             _ => false,
         };
         let decision = match (granted, route.shadow) {
@@ -134,9 +132,21 @@ mod tests {
         use AuthMode::*;
         RouteTable::new(
             vec![
-                requiring(route("upload", "/albums/{album}/images", &["POST"], Passthrough), "image_upload", false),
-                requiring(route("list", "/albums/{album}/images", &["GET"], Passthrough), "image_list", false),
-                requiring(route("fullscreen", "/albums/{album}/fullscreen", &[], Passthrough), "fullscreen", true),
+                requiring(
+                    route("upload", "/albums/{album}/images", &["POST"], Passthrough),
+                    "image_upload",
+                    false,
+                ),
+                requiring(
+                    route("list", "/albums/{album}/images", &["GET"], Passthrough),
+                    "image_list",
+                    false,
+                ),
+                requiring(
+                    route("fullscreen", "/albums/{album}/fullscreen", &[], Passthrough),
+                    "fullscreen",
+                    true,
+                ),
                 route("private", "/private", &[], Required),
             ],
             route("default", "/", &[], Passthrough),
@@ -164,27 +174,119 @@ mod tests {
     fn decision_matrix() {
         let table = table();
         let svc = service();
-        let token = format!("Bearer {}", sign_raw(r#"{"alg":"HS256"}"#, ABILITIES, Algorithm::HS256, SECRET));
-        let bare = format!("Bearer {}", sign_raw(r#"{"alg":"HS256"}"#, r#"{"exp":2000,"user_id":"u"}"#, Algorithm::HS256, SECRET));
-        let forged = format!("Bearer {}", sign_raw(r#"{"alg":"HS256"}"#, ABILITIES, Algorithm::HS256, "another-secret-another-secret-0000"));
+        let token = format!(
+            "Bearer {}",
+            sign_raw(r#"{"alg":"HS256"}"#, ABILITIES, Algorithm::HS256, SECRET)
+        );
+        let bare = format!(
+            "Bearer {}",
+            sign_raw(
+                r#"{"alg":"HS256"}"#,
+                r#"{"exp":2000,"user_id":"u"}"#,
+                Algorithm::HS256,
+                SECRET
+            )
+        );
+        let forged = format!(
+            "Bearer {}",
+            sign_raw(
+                r#"{"alg":"HS256"}"#,
+                ABILITIES,
+                Algorithm::HS256,
+                "another-secret-another-secret-0000"
+            )
+        );
         type Want = (&'static str, Option<ErrorCode>, Option<Decision>);
         let cases: [(&str, &str, Option<&str>, Want); 16] = [
-            ("POST", "/albums/a/images", Some(&token), ("upload", None, Some(Decision::Allow))),
-            ("POST", "/ALBUMS/a/images.json", Some(&token), ("upload", None, Some(Decision::Allow))),
-            ("POST", "/albums/b/images", Some(&token), ("upload", Some(ErrorCode::Forbidden), Some(Decision::Deny))),
-            ("POST", "/albums/a/images", Some(&bare), ("upload", Some(ErrorCode::Forbidden), Some(Decision::Deny))),
-            ("POST", "/albums/a/images", None, ("upload", Some(ErrorCode::MissingToken), Some(Decision::Deny))),
-            ("POST", "/albums/a/images", Some(&forged), ("upload", Some(ErrorCode::InvalidToken), Some(Decision::Deny))),
-            ("GET", "/albums/a/images", Some(&token), ("list", Some(ErrorCode::Forbidden), Some(Decision::Deny))),
-            ("HEAD", "/albums/a/images", Some(&token), ("list", Some(ErrorCode::Forbidden), Some(Decision::Deny))),
-            ("GET", "/albums/a/fullscreen", Some(&token), ("fullscreen", None, Some(Decision::ShadowDeny))),
-            ("GET", "/albums/a/fullscreen", None, ("fullscreen", None, Some(Decision::ShadowDeny))),
-            ("GET", "/private/x", None, ("private", Some(ErrorCode::MissingToken), None)),
-            ("GET", "/private/x", Some(&forged), ("private", Some(ErrorCode::InvalidToken), None)),
+            (
+                "POST",
+                "/albums/a/images",
+                Some(&token),
+                ("upload", None, Some(Decision::Allow)),
+            ),
+            (
+                "POST",
+                "/ALBUMS/a/images.json",
+                Some(&token),
+                ("upload", None, Some(Decision::Allow)),
+            ),
+            (
+                "POST",
+                "/albums/b/images",
+                Some(&token),
+                ("upload", Some(ErrorCode::Forbidden), Some(Decision::Deny)),
+            ),
+            (
+                "POST",
+                "/albums/a/images",
+                Some(&bare),
+                ("upload", Some(ErrorCode::Forbidden), Some(Decision::Deny)),
+            ),
+            (
+                "POST",
+                "/albums/a/images",
+                None,
+                (
+                    "upload",
+                    Some(ErrorCode::MissingToken),
+                    Some(Decision::Deny),
+                ),
+            ),
+            (
+                "POST",
+                "/albums/a/images",
+                Some(&forged),
+                (
+                    "upload",
+                    Some(ErrorCode::InvalidToken),
+                    Some(Decision::Deny),
+                ),
+            ),
+            (
+                "GET",
+                "/albums/a/images",
+                Some(&token),
+                ("list", Some(ErrorCode::Forbidden), Some(Decision::Deny)),
+            ),
+            (
+                "HEAD",
+                "/albums/a/images",
+                Some(&token),
+                ("list", Some(ErrorCode::Forbidden), Some(Decision::Deny)),
+            ),
+            (
+                "GET",
+                "/albums/a/fullscreen",
+                Some(&token),
+                ("fullscreen", None, Some(Decision::ShadowDeny)),
+            ),
+            (
+                "GET",
+                "/albums/a/fullscreen",
+                None,
+                ("fullscreen", None, Some(Decision::ShadowDeny)),
+            ),
+            (
+                "GET",
+                "/private/x",
+                None,
+                ("private", Some(ErrorCode::MissingToken), None),
+            ),
+            (
+                "GET",
+                "/private/x",
+                Some(&forged),
+                ("private", Some(ErrorCode::InvalidToken), None),
+            ),
             ("GET", "/private/x", Some(&bare), ("private", None, None)),
             ("GET", "/public", None, ("default", None, None)),
             ("GET", "/public", Some(&forged), ("default", None, None)),
-            ("DELETE", "/albums/a/images", Some(&token), ("default", None, None)),
+            (
+                "DELETE",
+                "/albums/a/images",
+                Some(&token),
+                ("default", None, None),
+            ),
         ];
         for (method, path, authorization, (want_route, want_error, want_decision)) in cases {
             let head = Head {

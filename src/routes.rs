@@ -92,18 +92,22 @@ impl PathTemplate {
         let segments = rest
             .split('/')
             .filter(|s| !s.is_empty())
-            .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                Some(name) if !name.is_empty() && !name.contains(['{', '}']) => {
-                    Ok(Segment::Param(name.to_owned()))
-                }
-                _ if s.contains(['{', '}']) => Err(RouteError(format!(
-                    "{template:?}: a parameter must be a whole segment like {{album}}"
-                ))),
-                _ if s == "." || s == ".." || s.contains(['%', ';']) => Err(RouteError(format!(
+            .map(
+                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) if !name.is_empty() && !name.contains(['{', '}']) => {
+                        Ok(Segment::Param(name.to_owned()))
+                    }
+                    _ if s.contains(['{', '}']) => Err(RouteError(format!(
+                        "{template:?}: a parameter must be a whole segment like {{album}}"
+                    ))),
+                    _ if s == "." || s == ".." || s.contains(['%', ';']) => {
+                        Err(RouteError(format!(
                     "{template:?}: write literal segments decoded, without dot segments or ;"
-                ))),
-                _ => Ok(Segment::Literal(s.to_owned())),
-            })
+                )))
+                    }
+                    _ => Ok(Segment::Literal(s.to_owned())),
+                },
+            )
             .collect::<Result<_, _>>()?;
         Ok(PathTemplate { segments })
     }
@@ -369,9 +373,10 @@ impl RouteTable {
                 true => "*".to_owned(),
                 false => r.methods.join(","),
             };
-            let require = r.require.as_ref().map_or("-".to_owned(), |q| {
-                format!("{}:{}", q.resource, q.access)
-            });
+            let require = r
+                .require
+                .as_ref()
+                .map_or("-".to_owned(), |q| format!("{}:{}", q.resource, q.access));
             out.push_str(&format!(
                 "{:>2} {:<14} host={:<20} {:<12} {:<32} upstream={:<10} auth={:<11} require={}{}\n",
                 rank + 1,
@@ -467,11 +472,26 @@ mod tests {
     fn templates_match_segment_prefixes_case_formats_and_decoded_params() {
         let t = PathTemplate::parse("/albums/{album}/images").unwrap();
         let m = |path| t.matches(path, false, false);
-        assert_eq!(m("/albums/a1/images"), Some(vec![("album", param("a1", false))]));
-        assert_eq!(m("/albums/a1/images/7/caption"), Some(vec![("album", param("a1", false))]));
-        assert_eq!(m("/ALBUMS/a1/Images"), Some(vec![("album", param("a1", false))]));
-        assert_eq!(m("/albums/a1/images.json"), Some(vec![("album", param("a1", false))]));
-        assert_eq!(m("/albums/a1/images/"), Some(vec![("album", param("a1", false))]));
+        assert_eq!(
+            m("/albums/a1/images"),
+            Some(vec![("album", param("a1", false))])
+        );
+        assert_eq!(
+            m("/albums/a1/images/7/caption"),
+            Some(vec![("album", param("a1", false))])
+        );
+        assert_eq!(
+            m("/ALBUMS/a1/Images"),
+            Some(vec![("album", param("a1", false))])
+        );
+        assert_eq!(
+            m("/albums/a1/images.json"),
+            Some(vec![("album", param("a1", false))])
+        );
+        assert_eq!(
+            m("/albums/a1/images/"),
+            Some(vec![("album", param("a1", false))])
+        );
         assert_eq!(
             m("/albums/summer%202024/images"),
             Some(vec![("album", param("summer 2024", false))])
@@ -484,13 +504,27 @@ mod tests {
             album.matches("/albums/b.json", false, false),
             Some(vec![("album", param("b.json", true))])
         );
-        assert_eq!(param("b.tar.gz", true).readings(), ["b.tar.gz", "b", "b.tar"]);
+        assert_eq!(
+            param("b.tar.gz", true).readings(),
+            ["b.tar.gz", "b", "b.tar"]
+        );
         assert_eq!(param("b.x", false).readings(), ["b.x"]);
         let token = PathTemplate::parse("/api/v1/token").unwrap();
-        for path in ["/api/v1/token", "/API/V1/Token", "/api/v1/token/", "/api/v1/token.json", "/api/v1/token."] {
+        for path in [
+            "/api/v1/token",
+            "/API/V1/Token",
+            "/api/v1/token/",
+            "/api/v1/token.json",
+            "/api/v1/token.",
+        ] {
             assert!(token.matches(path, true, false).is_some(), "{path}");
         }
-        for path in ["/api/v1/token/x", "/api/v1/tokens", "/api/v1", "/api/v1/token%2F"] {
+        for path in [
+            "/api/v1/token/x",
+            "/api/v1/tokens",
+            "/api/v1",
+            "/api/v1/token%2F",
+        ] {
             assert!(token.matches(path, true, false).is_none(), "{path}");
         }
         assert!(token.matches("/api/v1/token;x", true, true).is_some());
@@ -524,7 +558,11 @@ mod tests {
             (Some("legacy.example"), "/albums/a/images", "GET", "legacy"),
             (Some("other"), "/x", "GET", "default"),
         ] {
-            assert_eq!(name(host, path, method).as_deref(), Some(want), "{method} {path}");
+            assert_eq!(
+                name(host, path, method).as_deref(),
+                Some(want),
+                "{method} {path}"
+            );
         }
     }
 
@@ -563,7 +601,8 @@ mod tests {
             r#"{"A":{"Access":{"image_upload":true,"see":true}},"B":{"Access":{"image_upload":false}},"A.json":{"Access":{"image_upload":true}}}"#.into(),
         )
         .unwrap();
-        let grant = |value, last| grants(Some(&raw), &requirement, &[("album", param(value, last))]);
+        let grant =
+            |value, last| grants(Some(&raw), &requirement, &[("album", param(value, last))]);
         assert!(grant("A", false));
         assert!(grant("A.json", true));
         assert!(!grant("B", false));
@@ -571,7 +610,10 @@ mod tests {
         assert!(!grant("B.json", true));
         assert!(!grants(Some(&raw), &requirement, &[]));
         assert!(!grants(None, &requirement, &[("album", param("A", false))]));
-        let undecodable = ParamValue { value: None, last: false };
+        let undecodable = ParamValue {
+            value: None,
+            last: false,
+        };
         assert!(!grants(Some(&raw), &requirement, &[("album", undecodable)]));
         let fixed = Requirement {
             resource: Resource::parse("A"),

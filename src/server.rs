@@ -15,11 +15,11 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::config::{Config, ConfigError, SecretSource};
-use crate::metrics;
-use crate::access_log::AccessLog;
 use crate::limits::Limiter;
+use crate::metrics;
 use crate::proxy::{watch_listener, AppState, Settings, Tokengate};
 use crate::routes::PathTemplate;
 use crate::token::SharedKeyring;

@@ -82,7 +82,10 @@ impl ServiceDiscovery for Resolver {
                         addrs
                     }
                     Ok(_) | Err(_) => {
-                        log::warn!("upstream {}: cannot resolve {entry}, keeping its last addresses", self.group);
+                        log::warn!(
+                            "upstream {}: cannot resolve {entry}, keeping its last addresses",
+                            self.group
+                        );
                         last.get(entry).cloned().unwrap_or_default()
                     }
                 }
@@ -106,13 +109,19 @@ pub struct UpstreamGroup {
 
 impl UpstreamGroup {
     /// The group and the background service that resolves and health-checks it.
-    pub fn new(config: GroupConfig) -> (UpstreamGroup, GenBackgroundService<LoadBalancer<RoundRobin>>) {
+    pub fn new(
+        config: GroupConfig,
+    ) -> (
+        UpstreamGroup,
+        GenBackgroundService<LoadBalancer<RoundRobin>>,
+    ) {
         let resolver = Resolver {
             group: config.name.clone(),
             entries: config.addresses.clone(),
             last: Mutex::new(HashMap::new()),
         };
-        let mut balancer = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(resolver)));
+        let mut balancer =
+            LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(resolver)));
         // A lone address has no alternative: probing it would only add connections.
         if config.addresses.len() > 1 || config.has_names() {
             let mut check = TcpHealthCheck::new();

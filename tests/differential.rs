@@ -162,26 +162,64 @@ fn spellings(segs: &[&str]) -> Vec<String> {
         s[i] = f(&s[i]);
         join(&s)
     };
-    out.push(join(&base.iter().map(|s| s.to_uppercase()).collect::<Vec<_>>()));
+    out.push(join(
+        &base.iter().map(|s| s.to_uppercase()).collect::<Vec<_>>(),
+    ));
     for i in 0..segs.len() {
         out.push(with(i, &|s| s.to_uppercase()));
-        out.push(with(i, &|s| format!("{}{}", s[..1].to_uppercase(), &s[1..])));
+        out.push(with(i, &|s| {
+            format!("{}{}", s[..1].to_uppercase(), &s[1..])
+        }));
         out.push(with(i, &|s| format!("%{:02x}{}", s.as_bytes()[0], &s[1..])));
         out.push(with(i, &|s| format!("%{:02X}{}", s.as_bytes()[0], &s[1..])));
-        for prefix in ["x/..", ".", "%2e", "x/%2e%2e", "x/.%2E", "x/%2E.", "x/%252e%252e", "x/%c0%ae%c0%ae", ""] {
+        for prefix in [
+            "x/..",
+            ".",
+            "%2e",
+            "x/%2e%2e",
+            "x/.%2E",
+            "x/%2E.",
+            "x/%252e%252e",
+            "x/%c0%ae%c0%ae",
+            "",
+        ] {
             out.push(with(i, &|s| format!("{prefix}/{s}")));
         }
     }
     let plain = join(&base);
     out.push(format!("/{plain}"));
-    for suffix in ["/", ".json", ".xml", "/.", "/..", ";x", ";jsessionid=1", "%3Bx", "%20", "%00", "%0a", "%09", "?a=b", "#frag", ".", "%2e", "~", "%7e"] {
+    for suffix in [
+        "/",
+        ".json",
+        ".xml",
+        "/.",
+        "/..",
+        ";x",
+        ";jsessionid=1",
+        "%3Bx",
+        "%20",
+        "%00",
+        "%0a",
+        "%09",
+        "?a=b",
+        "#frag",
+        ".",
+        "%2e",
+        "~",
+        "%7e",
+    ] {
         out.push(format!("{plain}{suffix}"));
     }
     for sep in ["%2F", "%2f", "\\", "%5C", "%5c", "/./", "//", "/%2F"] {
         out.push(format!("/{}", segs.join(sep)));
     }
     out.push(segs.join("/"));
-    for prefix in ["http://images.example.com", "HTTP://IMAGES.EXAMPLE.COM.", "http://images.example.com:80", "http://other.example"] {
+    for prefix in [
+        "http://images.example.com",
+        "HTTP://IMAGES.EXAMPLE.COM.",
+        "http://images.example.com:80",
+        "http://other.example",
+    ] {
         out.push(format!("{prefix}{plain}"));
     }
     out.sort();
@@ -224,17 +262,35 @@ fn corpus(token: &str, session: &str) -> Vec<Case> {
     // rest of the variations must at least never be served as the legacy token action.
     let session_auth = format!("Token token=\"{session}\"");
     let token_spellings = [
-        "/api/v1/token", "/api/v1/token.json", "/api/v1/token.xml", "/api/v1/token/",
-        "//api/v1/token", "/api/v1//token", "/api/v1/./token", "/x/../api/v1/token",
-        "/api/v1/%74oken", "/API/V1/TOKEN", "/Api/V1/Token.Json", "/api/v1/token/.",
-        "/api/%76%31/token", "/api/v1/x/%2e%2e/token", "/api/v1/token?format=json",
-        "http://images.example.com/api/v1/token", "/api/v1/token;x", "api/v1/token",
-        "/api/v1/token%2F", "/api/v1%2Ftoken", "/api\\v1\\token",
+        "/api/v1/token",
+        "/api/v1/token.json",
+        "/api/v1/token.xml",
+        "/api/v1/token/",
+        "//api/v1/token",
+        "/api/v1//token",
+        "/api/v1/./token",
+        "/x/../api/v1/token",
+        "/api/v1/%74oken",
+        "/API/V1/TOKEN",
+        "/Api/V1/Token.Json",
+        "/api/v1/token/.",
+        "/api/%76%31/token",
+        "/api/v1/x/%2e%2e/token",
+        "/api/v1/token?format=json",
+        "http://images.example.com/api/v1/token",
+        "/api/v1/token;x",
+        "api/v1/token",
+        "/api/v1/token%2F",
+        "/api/v1%2Ftoken",
+        "/api\\v1\\token",
     ];
     for target in spellings(&["api", "v1", "token"]) {
         let req = Request::new("POST", &target)
             .header("Authorization", &session_auth)
-            .form(Some("application/x-www-form-urlencoded"), "permission=%7B%22user_id%22%3A%22admin%22%7D");
+            .form(
+                Some("application/x-www-form-urlencoded"),
+                "permission=%7B%22user_id%22%3A%22admin%22%7D",
+            );
         let spelling = token_spellings.contains(&target.as_str());
         add(format!("POST {target}"), req, spelling);
     }
@@ -245,13 +301,31 @@ fn corpus(token: &str, session: &str) -> Vec<Case> {
         }
     }
     // Methods in another case.
-    for (method, target) in [("post", "/albums/b/images"), ("Post", "/albums/b/images"), ("get", "/albums/a/images"), ("delete", "/albums/a/images/7"), ("head", "/albums/a/images"), ("patch", "/albums/a/captions")] {
+    for (method, target) in [
+        ("post", "/albums/b/images"),
+        ("Post", "/albums/b/images"),
+        ("get", "/albums/a/images"),
+        ("delete", "/albums/a/images/7"),
+        ("head", "/albums/a/images"),
+        ("patch", "/albums/a/captions"),
+    ] {
         let req = Request::new(method, target).header("Authorization", &bearer);
         add(format!("{method} {target}"), req, false);
     }
     // Method overrides on a POST the token does allow (upload to album a).
-    for (target, method) in [("/albums/a/images/7", "DELETE"), ("/albums/a/images/7", "delete"), ("/albums/a/images", "GET"), ("/albums/a/captions", "PATCH")] {
-        for header in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "x_http_method_override", "X-Http-Method-Override"] {
+    for (target, method) in [
+        ("/albums/a/images/7", "DELETE"),
+        ("/albums/a/images/7", "delete"),
+        ("/albums/a/images", "GET"),
+        ("/albums/a/captions", "PATCH"),
+    ] {
+        for header in [
+            "X-HTTP-Method-Override",
+            "X-HTTP-Method",
+            "X-Method-Override",
+            "x_http_method_override",
+            "X-Http-Method-Override",
+        ] {
             let req = Request::new("POST", target)
                 .header("Authorization", &bearer)
                 .header(header, method);
@@ -263,24 +337,49 @@ fn corpus(token: &str, session: &str) -> Vec<Case> {
             add(format!("POST {target}"), req, false);
         }
         for (ct, body) in [
-            (Some("application/x-www-form-urlencoded"), format!("_method={method}")),
+            (
+                Some("application/x-www-form-urlencoded"),
+                format!("_method={method}"),
+            ),
             (None, format!("_method={method}")),
-            (Some("application/x-www-form-urlencoded; charset=utf-8"), format!("caption=x&_method={method}")),
-            (Some("APPLICATION/X-WWW-FORM-URLENCODED"), format!("%5Fmethod={method}")),
-            (Some("application/x-www-form-urlencoded"), format!("a=1;_method={method}")),
-            (Some("application/x-www-form-urlencoded"), format!("a=1&_method={method}&b=2")),
+            (
+                Some("application/x-www-form-urlencoded; charset=utf-8"),
+                format!("caption=x&_method={method}"),
+            ),
+            (
+                Some("APPLICATION/X-WWW-FORM-URLENCODED"),
+                format!("%5Fmethod={method}"),
+            ),
+            (
+                Some("application/x-www-form-urlencoded"),
+                format!("a=1;_method={method}"),
+            ),
+            (
+                Some("application/x-www-form-urlencoded"),
+                format!("a=1&_method={method}&b=2"),
+            ),
         ] {
             for chunked in [false, true] {
                 let mut req = Request::new("POST", target)
                     .header("Authorization", &bearer)
                     .form(ct, &body);
                 req.chunked = chunked;
-                add(format!("POST {target} body {body:?} {ct:?} chunked={chunked}"), req, false);
+                add(
+                    format!("POST {target} body {body:?} {ct:?} chunked={chunked}"),
+                    req,
+                    false,
+                );
             }
         }
     }
     // Hosts, path-override headers, HEAD on GET rules, no token at all.
-    for host in [None, Some("images.example.com."), Some("other, images.example.com"), Some("IMAGES.EXAMPLE.COM"), Some("")] {
+    for host in [
+        None,
+        Some("images.example.com."),
+        Some("other, images.example.com"),
+        Some("IMAGES.EXAMPLE.COM"),
+        Some(""),
+    ] {
         let mut req = Request::new("GET", "/albums/a/images").header("Authorization", &bearer);
         req.host = host;
         add(format!("GET /albums/a/images Host: {host:?}"), req, false);
@@ -288,16 +387,32 @@ fn corpus(token: &str, session: &str) -> Vec<Case> {
     let two_hosts = Request::new("GET", "/albums/a/images")
         .header("Authorization", &bearer)
         .header("Host", "images.example.com");
-    add("GET /albums/a/images with two Host headers".into(), two_hosts, false);
+    add(
+        "GET /albums/a/images with two Host headers".into(),
+        two_hosts,
+        false,
+    );
     for header in ["X-Original-URL", "X-Rewrite-URL", "X_Original_URL"] {
         let req = Request::new("GET", "/albums/a")
             .header("Authorization", &bearer)
             .header(header, "/albums/a/images");
-        add(format!("GET /albums/a {header}: /albums/a/images"), req, false);
+        add(
+            format!("GET /albums/a {header}: /albums/a/images"),
+            req,
+            false,
+        );
     }
     for target in ["/albums/b/images", "/albums/a/images", "/albums/a"] {
-        add(format!("POST {target} without a token"), Request::new("POST", target), false);
-        add(format!("GET {target} without a token"), Request::new("GET", target), false);
+        add(
+            format!("POST {target} without a token"),
+            Request::new("POST", target),
+            false,
+        );
+        add(
+            format!("GET {target} without a token"),
+            Request::new("GET", target),
+            false,
+        );
     }
     cases
 }
@@ -316,7 +431,12 @@ fn send(addr: SocketAddr, raw: &[u8]) -> Option<(u16, Vec<(String, String)>)> {
     let headers = resp
         .headers
         .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
     Some((status, headers))
 }
@@ -345,7 +465,8 @@ struct Outcome {
 }
 
 fn run_against(app: &App) -> Outcome {
-    let conf = std::env::temp_dir().join(format!("tokengate-diff-{}-{}.yaml", app.name, free_port()));
+    let conf =
+        std::env::temp_dir().join(format!("tokengate-diff-{}-{}.yaml", app.name, free_port()));
     std::fs::write(&conf, ROUTES).unwrap();
     let tg = Tokengate::start_with_args(
         app.addr,
@@ -363,12 +484,25 @@ fn run_against(app: &App) -> Outcome {
 
     // Controls: what the token does grant is served, so the harness can tell served from not.
     for (raw, want) in [
-        (Request::new("POST", "/albums/a/images").header("Authorization", &format!("Bearer {token}")), ("upload", "a")),
-        (Request::new("GET", "/albums/a").header("Authorization", &format!("Bearer {token}")), ("album", "a")),
-        (Request::new("HEAD", "/albums/a").header("Authorization", &format!("Bearer {token}")), ("album", "a")),
+        (
+            Request::new("POST", "/albums/a/images")
+                .header("Authorization", &format!("Bearer {token}")),
+            ("upload", "a"),
+        ),
+        (
+            Request::new("GET", "/albums/a").header("Authorization", &format!("Bearer {token}")),
+            ("album", "a"),
+        ),
+        (
+            Request::new("HEAD", "/albums/a").header("Authorization", &format!("Bearer {token}")),
+            ("album", "a"),
+        ),
     ] {
         let (status, headers) = send(tg.addr, &raw.build(usize::MAX)).expect("control answered");
-        let served = headers.iter().find(|(k, _)| k == "x-served").map(|(_, v)| parse_served(v));
+        let served = headers
+            .iter()
+            .find(|(k, _)| k == "x-served")
+            .map(|(_, v)| parse_served(v));
         assert_eq!(
             (status, served),
             (200, Some((want.0.to_owned(), want.1.to_owned()))),
@@ -395,7 +529,10 @@ fn run_against(app: &App) -> Outcome {
         let (route, album) = parse_served(value);
         let granted = ability(&route).is_some_and(|ab| GRANTED.contains(&(album.as_str(), ab)));
         if !granted {
-            disagreements.push(format!("{}: {} → {status}, app served {route} on album {album:?}", app.name, case.label));
+            disagreements.push(format!(
+                "{}: {} → {status}, app served {route} on album {album:?}",
+                app.name, case.label
+            ));
         }
     }
     // The token path, in every spelling, never reached the app: its access-log line shows no
@@ -406,11 +543,19 @@ fn run_against(app: &App) -> Outcome {
         if let Some(line) = lines.iter().find(|l| l.contains(&tag)) {
             let entry: serde_json::Value = serde_json::from_str(line).unwrap();
             if !entry["upstream_duration"].is_null() {
-                disagreements.push(format!("{}: {} was forwarded to the app", app.name, case.label));
+                disagreements.push(format!(
+                    "{}: {} was forwarded to the app",
+                    app.name, case.label
+                ));
             }
         }
     }
-    assert!(tg.stderr.lock().unwrap().iter().all(|l| !l.contains("panicked")));
+    assert!(tg
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|l| !l.contains("panicked")));
     std::fs::remove_file(conf).unwrap();
     Outcome {
         corpus: cases.len(),
@@ -431,7 +576,11 @@ fn check(app: App) {
         outcome.disagreements.len()
     );
     assert!(outcome.corpus >= 300, "corpus of {} only", outcome.corpus);
-    assert_eq!(outcome.unanswered, 0, "{}: requests without an answer", app.name);
+    assert_eq!(
+        outcome.unanswered, 0,
+        "{}: requests without an answer",
+        app.name
+    );
     assert!(
         outcome.disagreements.is_empty(),
         "{} disagreements:\n{}",
@@ -447,12 +596,20 @@ fn flask_serves_only_what_the_token_grants() {
 
 #[test]
 fn express_4_serves_only_what_the_token_grants() {
-    check(App::start("express4", "node", &["express_app.js", "express4"]));
+    check(App::start(
+        "express4",
+        "node",
+        &["express_app.js", "express4"],
+    ));
 }
 
 #[test]
 fn express_5_serves_only_what_the_token_grants() {
-    check(App::start("express5", "node", &["express_app.js", "express5"]));
+    check(App::start(
+        "express5",
+        "node",
+        &["express_app.js", "express5"],
+    ));
 }
 
 #[test]

@@ -199,7 +199,13 @@ fn per_path_auth_modes() {
             .status,
         200
     );
-    for path in ["/albums/1", "/ALBUMS/1", "/albums", "/x/../albums/1", "/albums.json"] {
+    for path in [
+        "/albums/1",
+        "/ALBUMS/1",
+        "/albums",
+        "/x/../albums/1",
+        "/albums.json",
+    ] {
         let r = tg.request(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
         assert_eq!(
             (r.status, r.json()["error"].as_str()),
@@ -318,7 +324,14 @@ fn a_required_token_without_a_sendable_subject_is_401_never_forwarded() {
     let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
     let now = now();
     let mut conn = tg.connect();
-    for subject in ["line\\nbreak", "", "   ", " padded", "tab\\there", "nul\\u0000"] {
+    for subject in [
+        "line\\nbreak",
+        "",
+        "   ",
+        " padded",
+        "tab\\there",
+        "nul\\u0000",
+    ] {
         let token = sign_raw(
             r#"{"alg":"HS256"}"#,
             &format!(r#"{{"exp":{},"user_id":"{subject}"}}"#, now + 60),

@@ -975,7 +975,11 @@ fn raw_socket_abuse_never_yields_a_5xx_nor_ends_the_process() {
 fn minting_is_rate_limited_per_subject() {
     let up = Upstream::start();
     let conf = std::env::temp_dir().join(format!("tokengate-rate-{}.yaml", free_port()));
-    std::fs::write(&conf, "tokengate:\n  rate_limit: {mints: 1, per: 10s, burst: 3}\n").unwrap();
+    std::fs::write(
+        &conf,
+        "tokengate:\n  rate_limit: {mints: 1, per: 10s, burst: 3}\n",
+    )
+    .unwrap();
     let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
     let greedy = format!("Bearer {}", session("greedy"));
     let statuses: Vec<u16> = (0..5)
@@ -1008,7 +1012,11 @@ fn a_page_burst_is_served_and_a_sustained_flood_is_limited() {
     let mut conn = tg.connect();
     for album in 0..100 {
         let body = format!(r#"{{"permission":{{"Id":"album-{album}"}}}}"#);
-        let r = exchange(&mut conn, &token_request(&[&page], Some("application/json"), &body)).unwrap();
+        let r = exchange(
+            &mut conn,
+            &token_request(&[&page], Some("application/json"), &body),
+        )
+        .unwrap();
         assert_eq!(r.status, 200, "mint {album}: {}", r.text());
     }
     let start = Instant::now();
@@ -1027,7 +1035,11 @@ fn a_page_burst_is_served_and_a_sustained_flood_is_limited() {
     }
     // 10 a second at most, plus one for the token that was due at the start.
     let allowed = 1 + (start.elapsed().as_secs_f64() * 10.0).ceil() as usize;
-    assert!(admitted <= allowed, "{admitted} admitted in {:?}", start.elapsed());
+    assert!(
+        admitted <= allowed,
+        "{admitted} admitted in {:?}",
+        start.elapsed()
+    );
     assert_eq!(admitted + refused, 200);
     assert!(tg.alive());
 }

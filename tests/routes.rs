@@ -30,12 +30,16 @@ fn send(tg: &Tokengate, method: &str, path: &str, token: Option<&str>) -> Resp {
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    tg.request(
+    let mut conn = tg.connect();
+    std::io::Write::write_all(
+        &mut conn,
         format!(
             "{method} {path} HTTP/1.1\r\nHost: images.example\r\n{auth}Content-Length: 0\r\n\r\n"
         )
         .as_bytes(),
     )
+    .unwrap();
+    read_response_to(&mut conn, method == "HEAD").unwrap()
 }
 
 const IMAGE_ROUTES: &str = "tokengate:
@@ -296,4 +300,81 @@ fn a_group_shares_load_ejects_a_stopped_address_and_readmits_it() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `conf/image-app.yaml`, the shipped example: each endpoint is checked with the ability its
+/// comment names, whatever route is listed first.
+#[test]
+fn the_shipped_image_app_example_checks_each_endpoint_with_its_ability() {
+    let app = Upstream::start();
+    let secrets = std::env::temp_dir().join(format!("tokengate-image-app-{}", free_port()));
+    std::fs::write(&secrets, format!("{SECRET}\n")).unwrap();
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/image-app.yaml");
+    let tg = Tokengate::start_with_args(
+        app.addr,
+        &[
+            ("TOKENGATE_SECRET", ""),
+            ("TOKENGATE_SECRET_FILE", secrets.to_str().unwrap()),
+        ],
+        &["-c", shipped],
+    );
+    let lister = mint(&tg, "lia", r#"{"A":{"Access":{"image_list":true}}}"#);
+    let viewer = mint(&tg, "vio", r#"{"A":{"Access":{"see":true}}}"#);
+    for (token, method, path, status) in [
+        (&lister, "GET", "/albums/A/images", 200),
+        (&lister, "HEAD", "/albums/A/images", 200),
+        (&lister, "GET", "/albums/A/images/7", 200),
+        (&lister, "GET", "/Albums/A/Images.json", 200),
+        (&lister, "GET", "/albums/B/images", 403),
+        (&lister, "GET", "/albums/A", 403),
+        (&lister, "POST", "/albums/A/images", 403),
+        (&lister, "PUT", "/albums/A/images", 403),
+        (&lister, "DELETE", "/albums/A/images/7", 403),
+        (&lister, "PATCH", "/albums/A/captions", 403),
+        (&viewer, "GET", "/albums/A", 200),
+        (&viewer, "GET", "/albums/A/images", 403),
+        (&viewer, "GET", "/albums/A/../A/images", 403),
+    ] {
+        let r = send(&tg, method, path, Some(token));
+        assert_eq!(r.status, status, "{method} {path}");
+    }
+    // `fullscreen` is rolling out in shadow mode: forwarded, and counted on its own route.
+    assert_eq!(
+        send(&tg, "GET", "/albums/A/fullscreen", Some(&lister)).status,
+        200
+    );
+    assert_eq!(
+        tg.metric(
+            r#"tokengate_enforcement_decisions_total{decision="shadow_deny",route="fullscreen"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        tg.metric(r#"tokengate_enforcement_decisions_total{decision="deny",route="list"}"#),
+        3.0
+    );
+    // Anything else under /albums needs a valid token at least.
+    assert_eq!(send(&tg, "GET", "/albums/A/comments", None).status, 401);
+    assert_eq!(
+        send(&tg, "GET", "/albums/A/comments", Some(&viewer)).status,
+        200
+    );
+    let seen: Vec<String> = app
+        .seen()
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.url))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "GET /albums/A/images",
+            "HEAD /albums/A/images",
+            "GET /albums/A/images/7",
+            "GET /Albums/A/Images.json",
+            "GET /albums/A",
+            "GET /albums/A/fullscreen",
+            "GET /albums/A/comments",
+        ]
+    );
+    std::fs::remove_file(secrets).unwrap();
 }

@@ -184,3 +184,63 @@ fn sigterm_lets_an_in_flight_request_finish() {
     server.join().unwrap();
     assert_eq!(tg.wait_exit(DEADLINE), Some(0));
 }
+
+#[test]
+fn dash_t_dash_v_prints_the_route_table_in_the_order_routes_are_tried() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/image-app.yaml");
+    let secrets = std::env::temp_dir().join(format!("tokengate-tv-{}", free_port()));
+    std::fs::write(&secrets, format!("{SECRET}\n")).unwrap();
+    let out = tokengate(
+        &["-t", "-v", "-c", conf],
+        &[("TOKENGATE_SECRET_FILE", secrets.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "list",
+            "upload",
+            "delete",
+            "caption",
+            "fullscreen",
+            "album",
+            "albums",
+            "thumbnails",
+            "default",
+            "configuration"
+        ]
+    );
+    assert!(stdout.contains("require={album}:image_list"), "{stdout}");
+    std::fs::remove_file(secrets).unwrap();
+}
+
+#[test]
+fn dash_t_refuses_routes_that_cannot_be_chosen_or_name_unknown_abilities() {
+    for (routes, problem) in [
+        (
+            "    - {name: a, path: \"/albums/{album}\", methods: [GET]}\n    - {name: b, path: \"/albums/{id}\", methods: [GET]}\n",
+            "invalid tokengate.routes: route \"b\" can never be chosen",
+        ),
+        (
+            "    - {name: a, path: \"/albums/{album}\", require: {resource: \"{album}\", access: sea}}\n",
+            "invalid tokengate.routes.a.require.access: \"sea\" is not one of the configured abilities",
+        ),
+    ] {
+        let conf = std::env::temp_dir().join(format!("tokengate-badroutes-{}.yaml", free_port()));
+        std::fs::write(
+            &conf,
+            format!("tokengate:\n  abilities: [see]\n  routes:\n{routes}"),
+        )
+        .unwrap();
+        let out = tokengate(&["-t", "-c", conf.to_str().unwrap()], &[("TOKENGATE_SECRET", SECRET)]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).starts_with(&format!("tokengate: {problem}")), "{}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1);
+        std::fs::remove_file(conf).unwrap();
+    }
+}

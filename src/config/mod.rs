@@ -287,7 +287,10 @@ impl Config {
 
     /// The upstream groups' names, in index order.
     pub fn group_names(&self) -> Vec<String> {
-        self.upstream_groups.iter().map(|g| g.name.clone()).collect()
+        self.upstream_groups
+            .iter()
+            .map(|g| g.name.clone())
+            .collect()
     }
 }
 
@@ -378,8 +381,20 @@ fn resolve_network(raw: &mut RawConfig, env: &impl Env) -> Result<Network, Confi
             "must differ from the proxy listener",
         ));
     }
-    let (name, upstream) = pick(env, "TOKENGATE_UPSTREAM", "upstream", raw.upstream.take(), UPSTREAM);
-    let (_, endpoint) = pick(env, "TOKENGATE_ENDPOINT", "endpoint", raw.endpoint.take(), ENDPOINT);
+    let (name, upstream) = pick(
+        env,
+        "TOKENGATE_UPSTREAM",
+        "upstream",
+        raw.upstream.take(),
+        UPSTREAM,
+    );
+    let (_, endpoint) = pick(
+        env,
+        "TOKENGATE_ENDPOINT",
+        "endpoint",
+        raw.endpoint.take(),
+        ENDPOINT,
+    );
     Ok(Network {
         listen,
         admin_listen,
@@ -392,7 +407,10 @@ fn resolve_rate_limit(raw: RawRateLimit) -> Result<Option<RateLimit>, ConfigErro
     let per = raw.per.as_deref().unwrap_or(defaults::MINT_WINDOW);
     let per = parse_duration("tokengate.rate_limit.per", per)?;
     if per.is_zero() {
-        return Err(invalid("tokengate.rate_limit.per", "must be longer than zero"));
+        return Err(invalid(
+            "tokengate.rate_limit.per",
+            "must be longer than zero",
+        ));
     }
     let burst = raw.burst.unwrap_or(defaults::MINT_BURST);
     if burst == 0 {
@@ -424,7 +442,13 @@ struct Process {
 }
 
 fn resolve_process(raw: &mut RawConfig, env: &impl Env) -> Result<Process, ConfigError> {
-    let (name, threads) = pick(env, "TOKENGATE_THREADS", "threads", raw.threads.map(|t| t.to_string()), "0");
+    let (name, threads) = pick(
+        env,
+        "TOKENGATE_THREADS",
+        "threads",
+        raw.threads.map(|t| t.to_string()),
+        "0",
+    );
     let threads = match threads.trim().parse::<usize>() {
         Ok(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
         Ok(n) => n,
@@ -432,47 +456,105 @@ fn resolve_process(raw: &mut RawConfig, env: &impl Env) -> Result<Process, Confi
     };
     let (name, log) = pick(env, "TOKENGATE_LOG", "log", raw.log.take(), "info");
     let log = log::LevelFilter::from_str(log.trim()).map_err(|_| {
-        invalid(&name, format!("{log:?} is not one of off, error, warn, info, debug, trace"))
+        invalid(
+            &name,
+            format!("{log:?} is not one of off, error, warn, info, debug, trace"),
+        )
     })?;
-    let (name, format) = pick(env, "TOKENGATE_LOG_FORMAT", "log_format", raw.log_format.take(), "json");
+    let (name, format) = pick(
+        env,
+        "TOKENGATE_LOG_FORMAT",
+        "log_format",
+        raw.log_format.take(),
+        "json",
+    );
     let log_format = LogFormat::from_str(&format)
         .map_err(|()| invalid(&name, format!("{format:?} is not json or text")))?;
     Ok(Process {
         threads,
         log,
         log_format,
-        access_log: boolean(env, "TOKENGATE_ACCESS_LOG", "access_log", raw.access_log, true)?,
-        grace_period: duration(env, "TOKENGATE_GRACE_PERIOD", "grace_period", raw.grace_period.take(), defaults::GRACE_PERIOD)?,
+        access_log: boolean(
+            env,
+            "TOKENGATE_ACCESS_LOG",
+            "access_log",
+            raw.access_log,
+            true,
+        )?,
+        grace_period: duration(
+            env,
+            "TOKENGATE_GRACE_PERIOD",
+            "grace_period",
+            raw.grace_period.take(),
+            defaults::GRACE_PERIOD,
+        )?,
     })
 }
 
-fn resolve_timeouts(raw: routes::RawTimeouts, env: &impl Env) -> Result<UpstreamTimeouts, ConfigError> {
+fn resolve_timeouts(
+    raw: routes::RawTimeouts,
+    env: &impl Env,
+) -> Result<UpstreamTimeouts, ConfigError> {
     use defaults::*;
     Ok(UpstreamTimeouts {
-        connect: duration(env, "TOKENGATE_UPSTREAM_CONNECT_TIMEOUT", "upstream_timeouts.connect", raw.connect, CONNECT_TIMEOUT)?,
-        read: duration(env, "TOKENGATE_UPSTREAM_READ_TIMEOUT", "upstream_timeouts.read", raw.read, READ_TIMEOUT)?,
-        write: duration(env, "TOKENGATE_UPSTREAM_WRITE_TIMEOUT", "upstream_timeouts.write", raw.write, WRITE_TIMEOUT)?,
-        idle: duration(env, "TOKENGATE_UPSTREAM_IDLE_TIMEOUT", "upstream_timeouts.idle", raw.idle, IDLE_TIMEOUT)?,
+        connect: duration(
+            env,
+            "TOKENGATE_UPSTREAM_CONNECT_TIMEOUT",
+            "upstream_timeouts.connect",
+            raw.connect,
+            CONNECT_TIMEOUT,
+        )?,
+        read: duration(
+            env,
+            "TOKENGATE_UPSTREAM_READ_TIMEOUT",
+            "upstream_timeouts.read",
+            raw.read,
+            READ_TIMEOUT,
+        )?,
+        write: duration(
+            env,
+            "TOKENGATE_UPSTREAM_WRITE_TIMEOUT",
+            "upstream_timeouts.write",
+            raw.write,
+            WRITE_TIMEOUT,
+        )?,
+        idle: duration(
+            env,
+            "TOKENGATE_UPSTREAM_IDLE_TIMEOUT",
+            "upstream_timeouts.idle",
+            raw.idle,
+            IDLE_TIMEOUT,
+        )?,
     })
 }
 
 fn resolve_identity_header(raw: Option<String>) -> Result<HeaderName, ConfigError> {
     let name = raw.unwrap_or_else(|| defaults::IDENTITY_HEADER.to_owned());
-    HeaderName::from_str(&name)
-        .map_err(|_| invalid("tokengate.identity_header", format!("{name:?} is not a header name")))
+    HeaderName::from_str(&name).map_err(|_| {
+        invalid(
+            "tokengate.identity_header",
+            format!("{name:?} is not a header name"),
+        )
+    })
 }
 
 fn resolve_token_path(raw: Option<String>) -> Result<String, ConfigError> {
     let path = raw.unwrap_or_else(|| defaults::TOKEN_PATH.to_owned());
-    crate::routes::PathTemplate::parse(&path)
-        .map_err(|e| invalid("tokengate.token_path", e))?;
+    crate::routes::PathTemplate::parse(&path).map_err(|e| invalid("tokengate.token_path", e))?;
     if path.contains(['{', '}']) {
-        return Err(invalid("tokengate.token_path", "must be a fixed path, without {parameters}"));
+        return Err(invalid(
+            "tokengate.token_path",
+            "must be a fixed path, without {parameters}",
+        ));
     }
     Ok(path)
 }
 
-fn resolve(mut raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result<Config, ConfigError> {
+fn resolve(
+    mut raw: RawConfig,
+    mut server: ServerConf,
+    env: &impl Env,
+) -> Result<Config, ConfigError> {
     if raw.auth_paths.is_some() {
         return Err(invalid(
             "tokengate.auth_paths",
@@ -498,8 +580,11 @@ fn resolve(mut raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result
     };
     let default_auth = raw.auth.unwrap_or(AuthMode::Passthrough);
     let upstream_timeouts = resolve_timeouts(std::mem::take(&mut raw.upstream_timeouts), env)?;
-    let upstream_groups =
-        routes::resolve_groups(network.upstream, upstream_timeouts, std::mem::take(&mut raw.upstreams))?;
+    let upstream_groups = routes::resolve_groups(
+        network.upstream,
+        upstream_timeouts,
+        std::mem::take(&mut raw.upstreams),
+    )?;
     let route_table = routes::resolve_routes(
         std::mem::take(&mut raw.routes),
         &routes::RouteContext {
@@ -524,8 +609,17 @@ fn resolve(mut raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result
         development_secret,
         rate_limit: resolve_rate_limit(std::mem::take(&mut raw.rate_limit))?,
         algorithms: resolve_algorithms(raw.algorithms.take())?,
-        subject_claim: raw.subject_claim.take().unwrap_or_else(|| defaults::SUBJECT_CLAIM.to_owned()),
-        leeway: duration(env, "TOKENGATE_LEEWAY", "leeway", raw.leeway.take(), defaults::LEEWAY)?,
+        subject_claim: raw
+            .subject_claim
+            .take()
+            .unwrap_or_else(|| defaults::SUBJECT_CLAIM.to_owned()),
+        leeway: duration(
+            env,
+            "TOKENGATE_LEEWAY",
+            "leeway",
+            raw.leeway.take(),
+            defaults::LEEWAY,
+        )?,
         max_ttl: raw
             .max_ttl
             .take()
@@ -533,8 +627,12 @@ fn resolve(mut raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result
             .transpose()?,
         token_path: resolve_token_path(raw.token_path.take())?,
         body_limit: raw.body_limit.unwrap_or(defaults::BODY_LIMIT),
-        max_depth: raw.max_depth.unwrap_or(crate::token::permission::DEFAULT_MAX_DEPTH),
-        max_keys: raw.max_keys.unwrap_or(crate::token::permission::DEFAULT_MAX_KEYS),
+        max_depth: raw
+            .max_depth
+            .unwrap_or(crate::token::permission::DEFAULT_MAX_DEPTH),
+        max_keys: raw
+            .max_keys
+            .unwrap_or(crate::token::permission::DEFAULT_MAX_KEYS),
         max_token_bytes: raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES),
         reserved_claims: std::mem::take(&mut raw.reserved_claims),
         identity_header: resolve_identity_header(raw.identity_header.take())?,
@@ -543,14 +641,20 @@ fn resolve(mut raw: RawConfig, mut server: ServerConf, env: &impl Env) -> Result
         trusted_proxies,
         header_timeout: parse_duration(
             "tokengate.header_timeout",
-            raw.header_timeout.as_deref().unwrap_or(defaults::HEADER_TIMEOUT),
+            raw.header_timeout
+                .as_deref()
+                .unwrap_or(defaults::HEADER_TIMEOUT),
         )?,
         grace_period: process.grace_period,
         threads: process.threads,
         log: process.log,
         log_format: process.log_format,
         access_log: process.access_log,
-        signing: raw.signing.take().map(secrets::resolve_signing).transpose()?,
+        signing: raw
+            .signing
+            .take()
+            .map(secrets::resolve_signing)
+            .transpose()?,
         upstream_groups,
         routes: route_table,
         server,
@@ -604,7 +708,10 @@ mod tests {
             ("TOKENGATE_LISTEN", "127.0.0.1:2222"),
             ("TOKENGATE_UPSTREAM_READ_TIMEOUT", "500ms"),
             ("TOKENGATE_THREADS", "3"),
-            ("TOKENGATE_UPSTREAM", "legacy.default.svc.cluster.local:8080"),
+            (
+                "TOKENGATE_UPSTREAM",
+                "legacy.default.svc.cluster.local:8080",
+            ),
         ];
         let c = Config::from_yaml(yaml, &env).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:2222");
@@ -612,7 +719,10 @@ mod tests {
             c.upstream_groups[0].timeouts.read,
             Duration::from_millis(500)
         );
-        assert_eq!(c.upstream_groups[0].addresses, ["legacy.default.svc.cluster.local:8080"]);
+        assert_eq!(
+            c.upstream_groups[0].addresses,
+            ["legacy.default.svc.cluster.local:8080"]
+        );
         assert_eq!(c.threads, 3);
         assert_eq!(c.server.threads, 3);
     }
@@ -655,8 +765,14 @@ mod tests {
 
     #[test]
     fn auth_paths_is_refused_with_its_rewrite() {
-        let e = err("tokengate:\n  auth_paths:\n    - {prefix: /admin, auth: required}\n", &[SECRET]);
-        assert!(e.starts_with("invalid tokengate.auth_paths: was replaced by routes"), "{e}");
+        let e = err(
+            "tokengate:\n  auth_paths:\n    - {prefix: /admin, auth: required}\n",
+            &[SECRET],
+        );
+        assert!(
+            e.starts_with("invalid tokengate.auth_paths: was replaced by routes"),
+            "{e}"
+        );
     }
 
     #[test]

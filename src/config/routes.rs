@@ -81,7 +81,10 @@ pub(super) fn resolve_groups(
     raw_groups: BTreeMap<String, RawGroup>,
 ) -> Result<Vec<GroupConfig>, ConfigError> {
     let defaults = |field, value: Option<String>, default: &str, key: &str| {
-        parse_duration(&format!("{key}.{field}"), value.as_deref().unwrap_or(default))
+        parse_duration(
+            &format!("{key}.{field}"),
+            value.as_deref().unwrap_or(default),
+        )
     };
     let mut groups = vec![GroupConfig {
         name: DEFAULT_GROUP.to_owned(),
@@ -109,9 +112,19 @@ pub(super) fn resolve_groups(
             .collect::<Result<_, _>>()?;
         groups.push(GroupConfig {
             timeouts: group_timeouts(&key, &raw.timeouts, timeouts)?,
-            health_check_interval: defaults("health_check_interval", raw.health_check_interval, HEALTH_CHECK_INTERVAL, &key)?,
+            health_check_interval: defaults(
+                "health_check_interval",
+                raw.health_check_interval,
+                HEALTH_CHECK_INTERVAL,
+                &key,
+            )?,
             ejection: defaults("ejection", raw.ejection, EJECTION, &key)?,
-            resolve_interval: defaults("resolve_interval", raw.resolve_interval, RESOLVE_INTERVAL, &key)?,
+            resolve_interval: defaults(
+                "resolve_interval",
+                raw.resolve_interval,
+                RESOLVE_INTERVAL,
+                &key,
+            )?,
             name,
             addresses,
         });
@@ -183,7 +196,12 @@ fn resolve_route(
         .groups
         .iter()
         .position(|g| g.name == group)
-        .ok_or_else(|| invalid(&format!("{key}.upstream"), format!("no upstream group named {group:?}")))?;
+        .ok_or_else(|| {
+            invalid(
+                &format!("{key}.upstream"),
+                format!("no upstream group named {group:?}"),
+            )
+        })?;
     let require = raw
         .require
         .map(|r| resolve_requirement(r, &path, key, context.abilities))
@@ -205,7 +223,10 @@ fn resolve_route(
             let m = m.trim().to_ascii_uppercase();
             match !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
                 true => Ok(m),
-                false => Err(invalid(&format!("{key}.methods"), format!("{m:?} is not a method"))),
+                false => Err(invalid(
+                    &format!("{key}.methods"),
+                    format!("{m:?} is not a method"),
+                )),
             }
         })
         .collect::<Result<_, _>>()?;
@@ -240,7 +261,10 @@ fn resolve_requirement(
         if !allowed.contains(&raw.access) {
             return Err(invalid(
                 &format!("{key}.require.access"),
-                format!("{:?} is not one of the configured abilities {allowed:?}", raw.access),
+                format!(
+                    "{:?} is not one of the configured abilities {allowed:?}",
+                    raw.access
+                ),
             ));
         }
     }

@@ -44,7 +44,8 @@ impl SecretSource {
             })
             .collect();
         if let Some(path) = &self.file {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::SecretFile(path.clone(), e))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::SecretFile(path.clone(), e))?;
             secrets.extend(Secret::parse_file(&text));
         }
         Ok(secrets)
@@ -57,7 +58,10 @@ pub(super) fn check_development_secret(
     secrets: &[Secret],
     listeners: &[SocketAddr],
 ) -> Result<bool, ConfigError> {
-    if !secrets.iter().any(|s| s.bytes == DEVELOPMENT_SECRET.as_bytes()) {
+    if !secrets
+        .iter()
+        .any(|s| s.bytes == DEVELOPMENT_SECRET.as_bytes())
+    {
         return Ok(false);
     }
     if listeners.iter().all(|a| a.ip().is_loopback()) {

@@ -76,7 +76,10 @@ pub fn upstream_address(key: &str, text: &str) -> Result<String, ConfigError> {
     let text = text.trim();
     let bad = || invalid(key, format!("{text:?} is not a host:port address"));
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     let valid_host = host.parse::<std::net::IpAddr>().is_ok()
         || (!host.is_empty()
             && host
@@ -96,7 +99,13 @@ pub fn boolean(
     file: Option<bool>,
     default: bool,
 ) -> Result<bool, ConfigError> {
-    let (name, text) = pick(env, var, key, file.map(|b| b.to_string()), &default.to_string());
+    let (name, text) = pick(
+        env,
+        var,
+        key,
+        file.map(|b| b.to_string()),
+        &default.to_string(),
+    );
     match text.trim() {
         "true" | "on" | "1" => Ok(true),
         "false" | "off" | "0" => Ok(false),
@@ -110,10 +119,23 @@ mod tests {
 
     #[test]
     fn upstream_addresses_are_checked_for_shape_not_resolved() {
-        for ok in ["127.0.0.1:3000", "[::1]:80", "legacy.default.svc.cluster.local:8080", "not-yet-there:1"] {
+        for ok in [
+            "127.0.0.1:3000",
+            "[::1]:80",
+            "legacy.default.svc.cluster.local:8080",
+            "not-yet-there:1",
+        ] {
             assert_eq!(upstream_address("k", ok).ok().as_deref(), Some(ok));
         }
-        for bad in ["nonsense", "host:", "host:0", "host:70000", ":80", "a b:1", "h/x:1"] {
+        for bad in [
+            "nonsense",
+            "host:",
+            "host:0",
+            "host:70000",
+            ":80",
+            "a b:1",
+            "h/x:1",
+        ] {
             assert!(upstream_address("k", bad).is_err(), "{bad}");
         }
     }

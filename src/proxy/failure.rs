@@ -42,7 +42,10 @@ pub fn answer(error: &Error) -> Option<(ApiError, Option<UpstreamErrorKind>)> {
             )),
         },
         _ => Some((
-            ApiError::new(ErrorCode::Internal, "tokengate failed to handle the request."),
+            ApiError::new(
+                ErrorCode::Internal,
+                "tokengate failed to handle the request.",
+            ),
             None,
         )),
     }
@@ -67,7 +70,10 @@ mod tests {
         let code = |e: Box<Error>| answer(&e).map(|(a, k)| (a.code, k));
         assert_eq!(
             code(err(ErrorType::ConnectRefused, ErrorSource::Upstream)),
-            Some((ErrorCode::UpstreamUnavailable, Some(UpstreamErrorKind::Connect)))
+            Some((
+                ErrorCode::UpstreamUnavailable,
+                Some(UpstreamErrorKind::Connect)
+            ))
         );
         assert_eq!(
             code(err(ErrorType::ReadTimedout, ErrorSource::Upstream)),
@@ -75,9 +81,15 @@ mod tests {
         );
         assert_eq!(
             code(err(ErrorType::ConnectionClosed, ErrorSource::Upstream)),
-            Some((ErrorCode::UpstreamUnavailable, Some(UpstreamErrorKind::Other)))
+            Some((
+                ErrorCode::UpstreamUnavailable,
+                Some(UpstreamErrorKind::Other)
+            ))
         );
-        assert_eq!(code(err(ErrorType::ConnectionClosed, ErrorSource::Downstream)), None);
+        assert_eq!(
+            code(err(ErrorType::ConnectionClosed, ErrorSource::Downstream)),
+            None
+        );
         assert_eq!(
             code(err(ErrorType::InvalidHTTPHeader, ErrorSource::Downstream)),
             Some((ErrorCode::InvalidRequest, None))

@@ -127,7 +127,11 @@ fn received_forwarding(header: &RequestHeader) -> ReceivedOwned {
     (
         all("forwarded"),
         all("x-forwarded-for"),
-        [one("x-real-ip"), one("x-forwarded-proto"), one("x-forwarded-host")],
+        [
+            one("x-real-ip"),
+            one("x-forwarded-proto"),
+            one("x-forwarded-host"),
+        ],
     )
 }
 

@@ -199,14 +199,28 @@ impl Tokengate {
             ctx.canonical_path = Some(path.clone());
         }
         let semicolons = self.options.allow_semicolon;
-        if self.token_path.matches(&canonical.path, true, semicolons).is_some() {
+        if self
+            .token_path
+            .matches(&canonical.path, true, semicolons)
+            .is_some()
+        {
             return Plan::Token;
         }
-        if self.jwks.is_some() && self.jwks_path.matches(&canonical.path, true, semicolons).is_some() {
+        if self.jwks.is_some()
+            && self
+                .jwks_path
+                .matches(&canonical.path, true, semicolons)
+                .is_some()
+        {
             return Plan::Jwks;
         }
         let form_post = canonical.method == "POST"
-            && body_is_form(header.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()));
+            && body_is_form(
+                header
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .map(|v| v.as_bytes()),
+            );
         match body {
             Some(found) => {
                 if let Err(refusal) = canonical.add_body_overrides(found) {
@@ -223,7 +237,12 @@ impl Tokengate {
     }
 
     /// Authenticates, asks the policy, and records the verdict on `ctx`.
-    fn decide(&self, header: &RequestHeader, canonical: &Canonical<'_>, ctx: &mut RequestCtx) -> Plan {
+    fn decide(
+        &self,
+        header: &RequestHeader,
+        canonical: &Canonical<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Plan {
         let authorization = authorization_values(header);
         let auth = match authorization.is_empty() {
             true => Authentication::Missing,
@@ -353,7 +372,11 @@ fn override_values(header: &RequestHeader) -> Vec<&[u8]> {
     header
         .headers
         .iter()
-        .filter(|(name, _)| OVERRIDE_HEADERS.iter().any(|h| same_header(name.as_str(), h)))
+        .filter(|(name, _)| {
+            OVERRIDE_HEADERS
+                .iter()
+                .any(|h| same_header(name.as_str(), h))
+        })
         .map(|(_, value)| value.as_bytes())
         .collect()
 }

@@ -227,7 +227,10 @@ mod tests {
         assert_eq!(resolve(&[]), Ok(None));
         assert_eq!(resolve(&["DELETE"]), Ok(Some("DELETE")));
         assert_eq!(resolve(&["delete", " Delete "]), Ok(Some("DELETE")));
-        assert_eq!(resolve(&["PATCH", "DELETE"]), Err(Refusal::ConflictingOverride));
+        assert_eq!(
+            resolve(&["PATCH", "DELETE"]),
+            Err(Refusal::ConflictingOverride)
+        );
         assert_eq!(resolve(&["FOO"]), Err(Refusal::UnknownOverride));
         assert_eq!(resolve(&[""]), Err(Refusal::UnknownOverride));
     }
@@ -266,7 +269,16 @@ mod tests {
                 "{body}"
             );
         }
-        for body in ["", "a=1", "_methods=1", "x_method=1", "_method[]=x", "a=_method", "a=_method=1", "+method=1"] {
+        for body in [
+            "",
+            "a=1",
+            "_methods=1",
+            "x_method=1",
+            "_method[]=x",
+            "a=_method",
+            "a=_method=1",
+            "+method=1",
+        ] {
             assert_eq!(scan(body), None, "{body}");
         }
     }
@@ -301,7 +313,9 @@ mod tests {
     fn form_bodies_are_url_encoded_or_untyped() {
         assert!(body_is_form(None));
         assert!(body_is_form(Some(b"application/x-www-form-urlencoded")));
-        assert!(body_is_form(Some(b"Application/X-WWW-Form-Urlencoded ; charset=utf-8")));
+        assert!(body_is_form(Some(
+            b"Application/X-WWW-Form-Urlencoded ; charset=utf-8"
+        )));
         assert!(!body_is_form(Some(b"application/json")));
         assert!(!body_is_form(Some(b"multipart/form-data; boundary=x")));
     }

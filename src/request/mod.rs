@@ -56,7 +56,9 @@ impl Refusal {
     /// The answer: `400 invalid_request` with a fixed sentence saying what to fix.
     pub fn api_error(self) -> ApiError {
         let message = match self {
-            Refusal::NotOriginForm => "The request target must be a path starting with / (or an http:// URL).",
+            Refusal::NotOriginForm => {
+                "The request target must be a path starting with / (or an http:// URL)."
+            }
             Refusal::EncodedSlash => "The path may not contain an encoded slash (%2F).",
             Refusal::EncodedBackslash => "The path may not contain an encoded backslash (%5C).",
             Refusal::Backslash => "The path may not contain a backslash.",
@@ -68,10 +70,14 @@ impl Refusal {
             Refusal::Fragment => "The request target may not contain a fragment (#).",
             Refusal::MethodCase => "Methods are case-sensitive: send them in upper case.",
             Refusal::MissingHost => "HTTP/1.1 requests need exactly one Host header.",
-            Refusal::BadHost => "The Host header must be one host name or address with an optional port.",
+            Refusal::BadHost => {
+                "The Host header must be one host name or address with an optional port."
+            }
             Refusal::ConflictingOverride => "The request's method overrides disagree.",
             Refusal::UnknownOverride => "The method override names no method this gate can check.",
-            Refusal::OverrideField => "A _method field cannot change the method here; send the real method.",
+            Refusal::OverrideField => {
+                "A _method field cannot change the method here; send the real method."
+            }
         };
         ApiError::new(ErrorCode::InvalidRequest, message)
     }
@@ -168,7 +174,9 @@ pub fn canonicalize<'a>(head: &Head<'a>, options: Options) -> Result<Canonical<'
     let (absolute, path, query) = split_target(head.target)?;
     let canonical_path = path::canonical_path(path, options.allow_semicolon)?;
     let authority = match (absolute, head.host) {
-        (Some(authority), _) => Some(host::canonical_authority(authority)?.ok_or(Refusal::BadHost)?),
+        (Some(authority), _) => {
+            Some(host::canonical_authority(authority)?.ok_or(Refusal::BadHost)?)
+        }
         (None, Some(raw)) => host::canonical_authority(raw)?,
         (None, None) if head.http11 => return Err(Refusal::MissingHost),
         (None, None) => None,
@@ -284,11 +292,31 @@ mod tests {
                 "{method} {target} {host:?}"
             );
         };
-        ok("GET", "/a/../b?x=1&y", Some("Example.com."), ("GET", "/b?x=1&y", Some("example.com")));
-        ok("POST", "http://images.example.com/albums/b/images", None, ("POST", "/albums/b/images", Some("images.example.com")));
-        ok("GET", "HTTP://Images.Example.com:8080", None, ("GET", "/", Some("images.example.com:8080")));
+        ok(
+            "GET",
+            "/a/../b?x=1&y",
+            Some("Example.com."),
+            ("GET", "/b?x=1&y", Some("example.com")),
+        );
+        ok(
+            "POST",
+            "http://images.example.com/albums/b/images",
+            None,
+            ("POST", "/albums/b/images", Some("images.example.com")),
+        );
+        ok(
+            "GET",
+            "HTTP://Images.Example.com:8080",
+            None,
+            ("GET", "/", Some("images.example.com:8080")),
+        );
         ok("GET", "http://h?q", None, ("GET", "/?q", Some("h")));
-        ok("GET", "/q?a=/../b", Some("h"), ("GET", "/q?a=/../b", Some("h")));
+        ok(
+            "GET",
+            "/q?a=/../b",
+            Some("h"),
+            ("GET", "/q?a=/../b", Some("h")),
+        );
         let c = canonicalize(&head("GET", "/a", Some("h")), DEFAULT).unwrap();
         assert!(!c.target_rewritten && !c.host_rewritten);
         let c = canonicalize(&head("GET", "/a/", Some("H:80")), DEFAULT).unwrap();
@@ -302,15 +330,30 @@ mod tests {
         for (method, target, host, why) in [
             ("GET", "albums/b/images", Some("h"), Refusal::NotOriginForm),
             ("GET", "*", Some("h"), Refusal::NotOriginForm),
-            ("GET", "images.example.com:443", Some("h"), Refusal::NotOriginForm),
+            (
+                "GET",
+                "images.example.com:443",
+                Some("h"),
+                Refusal::NotOriginForm,
+            ),
             ("GET", "ftp://h/a", Some("h"), Refusal::NotOriginForm),
             ("GET", "http:///a", None, Refusal::BadHost),
             ("post", "/a", Some("h"), Refusal::MethodCase),
             ("GET", "/a", None, Refusal::MissingHost),
             ("GET", "/a", Some("other, h"), Refusal::BadHost),
             ("GET", "/a;x", Some("h"), Refusal::Semicolon),
-            ("POST", "/a?_method=DELETE", Some("h"), Refusal::OverrideField),
-            ("POST", "/a?x=1&%5Fmethod=DELETE", Some("h"), Refusal::OverrideField),
+            (
+                "POST",
+                "/a?_method=DELETE",
+                Some("h"),
+                Refusal::OverrideField,
+            ),
+            (
+                "POST",
+                "/a?x=1&%5Fmethod=DELETE",
+                Some("h"),
+                Refusal::OverrideField,
+            ),
         ] {
             assert_eq!(
                 canon(&head(method, target, host), DEFAULT),
@@ -339,7 +382,10 @@ mod tests {
         assert_eq!(with("POST", "/a", DEFAULT), Ok(("POST", false)));
         assert_eq!(with("POST", "/a", HONOR), Ok(("DELETE", true)));
         assert_eq!(with("GET", "/a", HONOR), Ok(("GET", false)));
-        assert_eq!(with("POST", "/a?_method=delete", HONOR), Ok(("DELETE", true)));
+        assert_eq!(
+            with("POST", "/a?_method=delete", HONOR),
+            Ok(("DELETE", true))
+        );
         assert_eq!(
             with("POST", "/a?_method=patch", HONOR),
             Err(Refusal::ConflictingOverride)
@@ -349,7 +395,10 @@ mod tests {
             override_headers: &bogus,
             ..head("POST", "/a", Some("h"))
         };
-        assert_eq!(canonicalize(&h, HONOR).err(), Some(Refusal::UnknownOverride));
+        assert_eq!(
+            canonicalize(&h, HONOR).err(),
+            Some(Refusal::UnknownOverride)
+        );
     }
 
     #[test]
@@ -364,7 +413,11 @@ mod tests {
 
     #[test]
     fn every_refusal_is_a_400() {
-        for r in [Refusal::NotOriginForm, Refusal::MethodCase, Refusal::OverrideField] {
+        for r in [
+            Refusal::NotOriginForm,
+            Refusal::MethodCase,
+            Refusal::OverrideField,
+        ] {
             assert_eq!(r.api_error().code.status(), 400);
         }
     }

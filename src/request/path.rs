@@ -13,7 +13,11 @@ use super::Refusal;
 /// Characters that stand for themselves in a canonical path besides `/` and `%XX`: RFC 3986's
 /// `pchar` less `;` and `%` (unreserved, sub-delims, `:` and `@`).
 fn is_plain(b: u8) -> bool {
-    is_unreserved(b) || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@')
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+        )
 }
 
 /// RFC 3986 unreserved: decoding their escapes never changes what a path means.
@@ -148,7 +152,9 @@ fn push_escape(out: &mut String, b: u8) {
 }
 
 fn hex_value(b: u8) -> Option<u8> {
-    char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// A canonical path's segments, still escaped; a trailing slash yields no empty segment.
@@ -159,7 +165,9 @@ pub fn segments(path: &str) -> impl Iterator<Item = &str> {
 /// A canonical segment decoded (`%20` → space), as applications hand path parameters over;
 /// `None` when the bytes are not UTF-8, which no resource name can match.
 pub fn decode_segment(segment: &str) -> Option<Cow<'_, str>> {
-    percent_encoding::percent_decode_str(segment).decode_utf8().ok()
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
 }
 
 #[cfg(test)]
@@ -187,7 +195,10 @@ mod tests {
             ("/albums/./b/images", "/albums/b/images"),
             ("/%61lbums/b/images", "/albums/b/images"),
             ("/albums/b/%69mages", "/albums/b/images"),
-            ("/albums/summer%202024/images", "/albums/summer%202024/images"),
+            (
+                "/albums/summer%202024/images",
+                "/albums/summer%202024/images",
+            ),
             ("/albums/summer 2024", "/albums/summer%202024"),
             ("/a/%c3%a9", "/a/%C3%A9"),
             ("/a/\u{e9}", "/a/%C3%A9"),
@@ -238,10 +249,7 @@ mod tests {
 
     #[test]
     fn semicolons_pass_literally_when_allowed() {
-        assert_eq!(
-            canonical_path(b"/a;v=1/b", true).as_deref(),
-            Ok("/a;v=1/b")
-        );
+        assert_eq!(canonical_path(b"/a;v=1/b", true).as_deref(), Ok("/a;v=1/b"));
         assert_eq!(
             canonical_path(b"/a;v=1//b", true).as_deref(),
             Ok("/a;v=1/b")
@@ -268,7 +276,10 @@ mod tests {
             segments("/albums/summer%202024/images/").collect::<Vec<_>>(),
             ["albums", "summer%202024", "images"]
         );
-        assert_eq!(decode_segment("summer%202024").as_deref(), Some("summer 2024"));
+        assert_eq!(
+            decode_segment("summer%202024").as_deref(),
+            Some("summer 2024")
+        );
         assert_eq!(decode_segment("%C3%A9").as_deref(), Some("\u{e9}"));
         assert_eq!(decode_segment("%FF"), None);
     }

@@ -259,7 +259,11 @@ pub struct PublicKeys {
 impl fmt::Debug for PublicKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kids: Vec<&str> = self.keys.iter().map(|(kid, _)| kid.as_str()).collect();
-        write!(f, "PublicKeys {{ alg: {}, kids: {kids:?} }}", self.alg.jose())
+        write!(
+            f,
+            "PublicKeys {{ alg: {}, kids: {kids:?} }}",
+            self.alg.jose()
+        )
     }
 }
 
@@ -272,7 +276,13 @@ impl PublicKeys {
                 let key = match (&jwk.y, alg) {
                     (Some(y), KeyAlgorithm::Es256) => DecodingKey::from_ec_components(&jwk.x, y),
                     (None, KeyAlgorithm::EdDsa) => DecodingKey::from_ed_components(&jwk.x),
-                    _ => return Err(KeyFileError(format!("key {} is not {}", jwk.kid, alg.jose()))),
+                    _ => {
+                        return Err(KeyFileError(format!(
+                            "key {} is not {}",
+                            jwk.kid,
+                            alg.jose()
+                        )))
+                    }
                 };
                 key.map(|key| (jwk.kid.clone(), key))
                     .map_err(|e| KeyFileError(format!("key {}: {e}", jwk.kid)))

@@ -113,9 +113,7 @@ impl SignatureKeys for AnyGateToken<'_> {
 /// Whether `subject` can travel as the identity header and arrive as the same string: no
 /// control bytes, nothing a header parser would trim away, not empty.
 pub fn is_identity(subject: &str) -> bool {
-    !subject.is_empty()
-        && subject.trim() == subject
-        && !subject.chars().any(char::is_control)
+    !subject.is_empty() && subject.trim() == subject && !subject.chars().any(char::is_control)
 }
 
 impl TokenService {

@@ -1,0 +1,251 @@
+//! One request, one meaning, end to end: the upstream receives exactly the canonical request
+//! tokengate checked, and what cannot be made canonical is refused before it goes anywhere.
+
+mod common;
+
+use common::*;
+
+fn conf(name: &str, yaml: &str) -> String {
+    let path = std::env::temp_dir().join(format!("tokengate-{name}-{}.yaml", free_port()));
+    std::fs::write(&path, yaml).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_upstream_receives_the_canonical_target_and_host() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    let mut conn = tg.connect();
+    for (line, host, want_url, want_host) in [
+        (
+            "GET /x/../albums/./b//images/ HTTP/1.1",
+            Some("Images.Example."),
+            "/albums/b/images/",
+            "images.example",
+        ),
+        (
+            "GET /%61lbums/b/%69mages?q=%2e%2e/x HTTP/1.1",
+            Some("h:8080"),
+            "/albums/b/images?q=%2e%2e/x",
+            "h:8080",
+        ),
+        ("GET /a/%c3%a9/%7e HTTP/1.1", Some("h"), "/a/%C3%A9/~", "h"),
+        (
+            "GET /a/summer 2024 HTTP/1.1",
+            Some("h"),
+            "/a/summer%202024",
+            "h",
+        ),
+        (
+            "POST http://Images.Example.com/albums/b/images HTTP/1.1",
+            None,
+            "/albums/b/images",
+            "images.example.com",
+        ),
+        ("GET HTTP://h:81 HTTP/1.1", None, "/", "h:81"),
+        ("GET /plain HTTP/1.0", None, "/plain", ""),
+    ] {
+        let host_line = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+        let raw =
+            format!("{line}\r\n{host_line}Content-Length: 0\r\nConnection: keep-alive\r\n\r\n");
+        let r = exchange(&mut conn, raw.as_bytes()).unwrap();
+        assert_eq!(r.status, 200, "{line}: {}", r.text());
+        let seen = up.seen().pop().unwrap();
+        assert_eq!(seen.url, want_url, "{line}");
+        assert_eq!(
+            seen.all("Host"),
+            if want_host.is_empty() {
+                vec![]
+            } else {
+                vec![want_host]
+            },
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn what_cannot_be_made_canonical_is_refused_and_the_connection_kept() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    let mut conn = tg.connect();
+    for raw in [
+        "GET albums/b/images HTTP/1.1\r\nHost: h\r\n",
+        "GET /albums%2Fb%2Fimages HTTP/1.1\r\nHost: h\r\n",
+        "GET /albums/b%5Cimages HTTP/1.1\r\nHost: h\r\n",
+        "GET /albums/b\\images HTTP/1.1\r\nHost: h\r\n",
+        "GET /albums/b%00 HTTP/1.1\r\nHost: h\r\n",
+        "GET /albums/b%0d%0aX:1 HTTP/1.1\r\nHost: h\r\n",
+        "GET /albums/b%zz HTTP/1.1\r\nHost: h\r\n",
+        "GET /../etc/passwd HTTP/1.1\r\nHost: h\r\n",
+        "GET /albums/b/images;x HTTP/1.1\r\nHost: h\r\n",
+        "post /albums/b/images HTTP/1.1\r\nHost: h\r\n",
+        "Get /albums HTTP/1.1\r\nHost: h\r\n",
+        "GET /albums HTTP/1.1\r\n",
+        "GET /albums HTTP/1.1\r\nHost: other, images.example.com\r\n",
+        "GET /albums HTTP/1.1\r\nHost: a b\r\n",
+        "GET /albums HTTP/1.1\r\nHost: h..\r\n",
+        "POST /albums?_method=DELETE HTTP/1.1\r\nHost: h\r\n",
+        "OPTIONS * HTTP/1.1\r\nHost: h\r\n",
+    ] {
+        let r = exchange(
+            &mut conn,
+            format!("{raw}Content-Length: 0\r\n\r\n").as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{raw:?}"
+        );
+        assert_eq!(r.header("Connection"), Some("keep-alive"), "{raw:?}");
+    }
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    // Refused before Pingora routes it at all: two Host headers.
+    let r = tg.request(b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert!(up.seen().is_empty());
+}
+
+#[test]
+fn override_and_path_override_headers_never_reach_the_upstream() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    let raw = "POST /albums/a/images HTTP/1.1\r\nHost: h\r\nX-HTTP-Method-Override: DELETE\r\n\
+               x_http_method: DELETE\r\nX-Method-Override: GET\r\nX-Original-URL: /admin\r\n\
+               X_Rewrite_URL: /admin\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(tg.request(raw.as_bytes()).status, 200);
+    let seen = up.seen().pop().unwrap();
+    assert_eq!(seen.method, "POST");
+    for name in [
+        "X-HTTP-Method-Override",
+        "X_HTTP_Method",
+        "X-Method-Override",
+        "X-Original-URL",
+        "X_Rewrite_URL",
+    ] {
+        assert!(seen.all(name).is_empty(), "{name} reached the upstream");
+    }
+}
+
+#[test]
+fn a_method_field_in_a_form_body_is_refused_before_the_app_has_the_whole_body() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    for (content_type, body) in [
+        (
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            "caption=x&_method=delete",
+        ),
+        ("", "_method=delete"),
+        (
+            "Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n",
+            "%5Fmethod=DELETE",
+        ),
+    ] {
+        let raw = format!(
+            "POST /albums/a/images/7 HTTP/1.1\r\nHost: h\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let r = tg.request(raw.as_bytes());
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{body}"
+        );
+        // Chunked, with the field split across chunks.
+        let (head, tail) = body.split_at(body.len() / 2);
+        let raw = format!(
+            "POST /albums/a/images/7 HTTP/1.1\r\nHost: h\r\n{content_type}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{head}\r\n{:x}\r\n{tail}\r\n0\r\n\r\n",
+            head.len(),
+            tail.len()
+        );
+        let r = tg.request(raw.as_bytes());
+        assert_eq!(r.status, 400, "chunked {body}");
+    }
+    // A chunked body may have started upstream before the field arrived, but it never
+    // completes: the upstream cannot read a single whole body.
+    assert!(up.seen().iter().all(|s| s.body_len == 0), "{:?}", up.seen());
+    let refused = up.seen().len();
+    // JSON bodies, multipart uploads and ordinary forms pass untouched.
+    for (content_type, body) in [
+        ("application/json", r#"{"_method":"delete"}"#),
+        ("application/x-www-form-urlencoded", "caption=nice&method=x"),
+        (
+            "multipart/form-data; boundary=b",
+            "--b\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx\r\n--b--\r\n",
+        ),
+    ] {
+        let raw = format!(
+            "POST /albums/a/images HTTP/1.1\r\nHost: h\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(tg.request(raw.as_bytes()).status, 200, "{content_type}");
+        assert_eq!(up.seen().pop().unwrap().body_len, body.len());
+    }
+    assert_eq!(up.seen().len(), refused + 3);
+}
+
+const HONOURED: &str = "tokengate:
+  honor_method_override: true
+  routes:
+    - {name: delete, path: /albums, methods: [DELETE], auth: required}
+";
+
+#[test]
+fn honoured_overrides_are_checked_as_the_method_they_name() {
+    let up = Upstream::start();
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", &conf("honour", HONOURED)]);
+    let token = session("hana");
+    // Without a token, every way of asking for DELETE is refused as a DELETE.
+    for raw in [
+        "POST /albums/1 HTTP/1.1\r\nHost: h\r\nX-HTTP-Method-Override: delete\r\nContent-Length: 0\r\n\r\n".to_owned(),
+        "POST /albums/1 HTTP/1.1\r\nHost: h\r\nx_http_method: DELETE\r\nContent-Length: 0\r\n\r\n".to_owned(),
+        "POST /albums/1?_method=DELETE HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n".to_owned(),
+        "POST /albums/1 HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 16\r\n\r\na=1&_method=dele".to_owned()
+            .replace("Content-Length: 16\r\n\r\na=1&_method=dele", "Content-Length: 18\r\n\r\na=1&_method=delete"),
+    ] {
+        let r = tg.request(raw.as_bytes());
+        assert_eq!((r.status, r.json()["error"].as_str()), (401, Some("missing_token")), "{raw:?}");
+    }
+    assert!(up.seen().is_empty());
+    // With one, the request goes through with its override (canonical) and its body intact.
+    let body = "a=1&_method=delete";
+    let raw = format!(
+        "POST /albums/1 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {token}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(tg.request(raw.as_bytes()).status, 200);
+    let seen = up.seen().pop().unwrap();
+    assert_eq!((seen.method.as_str(), seen.body_len), ("POST", body.len()));
+    let raw = format!(
+        "POST /albums/1 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {token}\r\nx_http_method: delete\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(tg.request(raw.as_bytes()).status, 200);
+    assert_eq!(up.seen().pop().unwrap().all("X-HTTP-Method"), ["DELETE"]);
+    // Overrides that disagree, or name a method no app would take, are refused.
+    for header in [
+        "X-HTTP-Method-Override: TRACE",
+        "X-HTTP-Method-Override: PUT\r\nX-Method-Override: DELETE",
+    ] {
+        let raw =
+            format!("POST /albums/1 HTTP/1.1\r\nHost: h\r\n{header}\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(tg.request(raw.as_bytes()).status, 400, "{header}");
+    }
+}
+
+#[test]
+fn semicolons_pass_literally_when_allowed() {
+    let up = Upstream::start();
+    let yaml = "tokengate:\n  allow_semicolon: true\n  routes:\n    - {name: token-ish, path: /private, auth: required}\n";
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", &conf("semicolon", yaml)]);
+    let r = tg.request(b"GET /a;v=1/b HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(up.seen().pop().unwrap().url, "/a;v=1/b");
+    // A path parameter does not hide a route, nor the token path.
+    let r = tg.request(b"GET /private;jsessionid=1/x HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(r.status, 401);
+    let r = tg.request(b"GET /api/v1/token;x HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
+    assert_eq!(up.seen().len(), 1);
+}
