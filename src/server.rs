@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jsonwebtoken::Algorithm;
+use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::Opt;
 use pingora::server::ShutdownWatch;
 use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch};
@@ -119,6 +120,11 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
         tokengate,
         "tokengate proxy",
     );
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.read_header_timeout = Some(config.header_timeout);
+        app.server_options = Some(options);
+    }
     proxy.add_tcp(&config.listen.to_string());
     proxy.threads = Some(config.threads);
 

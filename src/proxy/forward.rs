@@ -74,6 +74,7 @@ pub fn rewrite(
     if let Some(subject) = rewrite.subject {
         upstream.insert_header(identity_header.clone(), subject)?;
     }
+    collapse_content_length(upstream)?;
     if let Some(target) = rewrite.target {
         upstream.set_raw_path(target)?;
     }
@@ -102,6 +103,29 @@ pub fn rewrite(
     }
     upstream.insert_header("X-Request-Id", rewrite.request_id)?;
     Ok(())
+}
+
+/// Identical duplicate `Content-Length` values (two fields, or `5, 5`), which the HTTP parser
+/// accepted as one length, go upstream as one field (RFC 9110 §8.6); differing ones never get
+/// this far.
+fn collapse_content_length(upstream: &mut RequestHeader) -> pingora::Result<()> {
+    let mut values = upstream
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter();
+    let Some(first) = values.next() else {
+        return Ok(());
+    };
+    if values.next().is_none() && !first.as_bytes().contains(&b',') {
+        return Ok(());
+    }
+    let length = first
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default();
+    upstream.insert_header(http::header::CONTENT_LENGTH, length)
 }
 
 /// `Forwarded` and `X-Forwarded-For` values, then `X-Real-IP`, `X-Forwarded-Proto` and
