@@ -23,7 +23,7 @@ fn kinds(session: &str) -> Vec<(Vec<u8>, u16, bool)> {
         // (request, status, whether it is a HEAD)
         (b"GET /forwarded HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(), 200, false),
         (
-            format!("POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello").into_bytes(),
+            b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
             200,
             false,
         ),
