@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Load benchmark, side by side on this machine, one worker each:
-#   nginx-200    nginx answering `return 200` (the floor of an HTTP/1.1 answer)
-#   nginx-proxy  nginx reverse-proxying to nginx-200
-#   tg-token     tokengate's POST /api/v1/token with the seed's request
-#   tg-proxy     tokengate forwarding to nginx-200
-# Each is driven by wrk with the same settings, in alternating rounds; the script prints the
-# median requests/s, p50 and p99 per target and the ratios, then tokengate's RSS with 1,000
-# keep-alive connections open under load. Everything it starts is on 127.0.0.1 and is stopped
-# on exit; its run time is bounded by ROUNDS x 4 x DURATION plus the RSS run.
+#   nginx-200     nginx answering `return 200` (the floor of an HTTP/1.1 answer; every proxy's upstream)
+#   nginx-proxy   nginx reverse-proxying to nginx-200
+#   haproxy       HAProxy 2.6 reverse-proxying to nginx-200
+#   haproxy-jwt   HAProxy verifying an HS256 JWT per request (jwt_verify, exp checked, the
+#                 identity header from the token, X-token echoed on the response)
+#   pingora       a bare Pingora 0.9 ProxyHttp (only upstream_peer), examples/bare_pingora.rs
+#   tg-proxy      tokengate forwarding a request without a token
+#   tg-auth       tokengate forwarding with a valid token (verify, identity header, X-token)
+#   tg-token      tokengate's POST /api/v1/token with the seed's request
+# Each is driven by wrk with the same settings, in alternating rounds. For every run the CPU
+# time of the server (all its processes and threads, from /proc/PID/stat) is divided by the
+# requests answered: CPU per request moves less with the host than req/s. The script prints the
+# median req/s, p50, p99 and CPU µs per request per target and the ratios against the targets,
+# then RSS with 1,000 keep-alive connections open under load. Everything it starts is on
+# 127.0.0.1 and stopped on exit; its run time is bounded by ROUNDS x 8 x DURATION plus the RSS
+# runs.
 #
 #   bash benches/load.sh                       # ROUNDS=3 DURATION=5 CONNECTIONS=50
 #   ROUNDS=5 DURATION=10 bash benches/load.sh
@@ -18,9 +26,11 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5}"
 CONNECTIONS="${CONNECTIONS:-50}"
 RSS_CONNECTIONS="${RSS_CONNECTIONS:-1000}"
+SECRET=load-benchmark-secret-load-benchmark-0000
 
 need=()
 command -v nginx >/dev/null || need+=(nginx)
+command -v haproxy >/dev/null || need+=(haproxy)
 command -v wrk >/dev/null || need+=(wrk)
 if [ "${#need[@]}" -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -28,8 +38,9 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 bash .ci/setup
-cargo build --release --locked --quiet --bin tokengate
+cargo build --release --locked --quiet --bin tokengate --example bare_pingora
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+TICKS=$(getconf CLK_TCK)
 
 work=$(mktemp -d)
 pids=()
@@ -49,7 +60,8 @@ wait_port() {
   echo "nothing listens on $1" >&2; return 1
 }
 
-P200=$(free_port); PPROXY=$(free_port); PTG=$(free_port); PADMIN=$(free_port)
+P200=$(free_port); PPROXY=$(free_port); PHA=$(free_port); PHAJWT=$(free_port)
+PBARE=$(free_port); PTG=$(free_port); PADMIN=$(free_port)
 
 nginx_conf() { # name, server block
   mkdir -p "$work/$1"
@@ -69,12 +81,50 @@ EOF
 }
 nginx_conf n200 "server { listen 127.0.0.1:$P200; location / { return 200 'upstream says hi'; } }"
 nginx_conf nproxy "server { listen 127.0.0.1:$PPROXY; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-nginx -c "$work/n200/nginx.conf" -p "$work/n200" -e "$work/n200/error.log" & pids+=($!)
-nginx -c "$work/nproxy/nginx.conf" -p "$work/nproxy" -e "$work/nproxy/error.log" & pids+=($!)
+nginx -c "$work/n200/nginx.conf" -p "$work/n200" -e "$work/n200/error.log" & pids+=($!); N200_PID=$!
+nginx -c "$work/nproxy/nginx.conf" -p "$work/nproxy" -e "$work/nproxy/error.log" & pids+=($!); NPROXY_PID=$!
+
+haproxy_conf() { # name, port, extra frontend lines
+  cat > "$work/$1.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 20000
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:$2
+$3
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:$P200
+EOF
+}
+haproxy_conf haproxy "$PHA" ""
+# The same job as tokengate's authenticated forward: HS256 verified, exp checked, the subject
+# set as X-User-Id (client copies removed), the token echoed in X-token.
+haproxy_conf haproxy-jwt "$PHAJWT" "  http-request del-header X-User-Id
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+  http-request deny deny_status 401 unless { var(txn.alg) -m str HS256 }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,\"$SECRET\") -m int 1 }
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+  http-request set-var(txn.now) date()
+  http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int le 0 }
+  http-request set-header X-User-Id %[var(txn.bearer),jwt_payload_query('\$.user_id')]
+  http-response set-header X-token %[var(txn.bearer)]"
+haproxy -db -f "$work/haproxy.cfg" & pids+=($!); HA_PID=$!
+haproxy -db -f "$work/haproxy-jwt.cfg" & pids+=($!); HAJWT_PID=$!
+
+./target/release/examples/bare_pingora "127.0.0.1:$PBARE" "127.0.0.1:$P200" >/dev/null 2>&1 & pids+=($!); BARE_PID=$!
 
 cat > "$work/tokengate.yaml" <<EOF
 tokengate:
-  secret: load-benchmark-secret-load-benchmark-0000
+  secret: $SECRET
   rate_limit: {mints: 0}
   access_log: false
   log: warn
@@ -83,31 +133,62 @@ TOKENGATE_LISTEN="127.0.0.1:$PTG" TOKENGATE_ADMIN_LISTEN="127.0.0.1:$PADMIN" \
 TOKENGATE_UPSTREAM="127.0.0.1:$P200" TOKENGATE_THREADS=1 \
   ./target/release/tokengate -c "$work/tokengate.yaml" > /dev/null 2>"$work/tokengate.log" & pids+=($!)
 TG_PID=$!
-for p in "$P200" "$PPROXY" "$PTG"; do wait_port "$p"; done
+for p in "$P200" "$PPROXY" "$PHA" "$PHAJWT" "$PBARE" "$PTG"; do wait_port "$p"; done
+for _ in $(seq 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PADMIN/readyz")" = 200 ] && break
+  sleep 0.05
+done
 
 TOKEN=$(./target/release/tokengate -c "$work/tokengate.yaml" sign --user-id f551a1cb-930e-4501-87a9-f51a0718da3e --ttl 1h)
+COUNT='done = function(summary, latency, requests)
+  io.write(string.format("non2xx %d\n", summary.errors.status))
+end'
 cat > "$work/token.lua" <<EOF
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 wrk.headers["Authorization"] = 'Token token="$TOKEN"'
 wrk.body = "permission=%7B%22abilities%22%3A%7B%22album_id%22%3A%7B%22Access%22%3A%7B%22see%22%3Atrue%2C%22image_list%22%3Atrue%2C%22image_upload%22%3Atrue%2C%22image_delete%22%3Atrue%2C%22fullscreen%22%3Atrue%2C%22image_caption%22%3Atrue%7D%7D%2C%22tags%22%3A%7B%22auto_tag%22%3A%22test%22%7D%7D%2C%22Id%22%3A%22album_id%22%7D"
 -- Count non-2xx answers: a benchmark of refusals would measure the wrong thing.
-done = function(summary, latency, requests)
-  io.write(string.format("non2xx %d\n", summary.errors.status))
-end
+$COUNT
 EOF
-cat > "$work/get.lua" <<'EOF'
-done = function(summary, latency, requests)
-  io.write(string.format("non2xx %d\n", summary.errors.status))
-end
+printf '%s\n' "$COUNT" > "$work/get.lua"
+cat > "$work/auth.lua" <<EOF
+wrk.headers["Authorization"] = "Bearer $TOKEN"
+$COUNT
 EOF
+# Both JWT-checking proxies must really check: a forged token is refused by each.
+for port in "$PHAJWT"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN%?}x" "http://127.0.0.1:$port/images")
+  [ "$code" = 401 ] || { echo "haproxy-jwt let a forged token through ($code)" >&2; exit 1; }
+done
+echo "haproxy-jwt sets: $(curl -s -D - -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PHAJWT/images" | grep -ci '^x-token')" >/dev/null
 
-declare -A URL SCRIPT
-URL[nginx-200]="http://127.0.0.1:$P200/images"; SCRIPT[nginx-200]="$work/get.lua"
-URL[nginx-proxy]="http://127.0.0.1:$PPROXY/images"; SCRIPT[nginx-proxy]="$work/get.lua"
-URL[tg-token]="http://127.0.0.1:$PTG/api/v1/token"; SCRIPT[tg-token]="$work/token.lua"
-URL[tg-proxy]="http://127.0.0.1:$PTG/images"; SCRIPT[tg-proxy]="$work/get.lua"
-TARGETS=(nginx-200 nginx-proxy tg-token tg-proxy)
+declare -A URL SCRIPT PID
+URL[nginx-200]="http://127.0.0.1:$P200/images"; SCRIPT[nginx-200]="$work/get.lua"; PID[nginx-200]=$N200_PID
+URL[nginx-proxy]="http://127.0.0.1:$PPROXY/images"; SCRIPT[nginx-proxy]="$work/get.lua"; PID[nginx-proxy]=$NPROXY_PID
+URL[haproxy]="http://127.0.0.1:$PHA/images"; SCRIPT[haproxy]="$work/get.lua"; PID[haproxy]=$HA_PID
+URL[haproxy-jwt]="http://127.0.0.1:$PHAJWT/images"; SCRIPT[haproxy-jwt]="$work/auth.lua"; PID[haproxy-jwt]=$HAJWT_PID
+URL[pingora]="http://127.0.0.1:$PBARE/images"; SCRIPT[pingora]="$work/get.lua"; PID[pingora]=$BARE_PID
+URL[tg-proxy]="http://127.0.0.1:$PTG/images"; SCRIPT[tg-proxy]="$work/get.lua"; PID[tg-proxy]=$TG_PID
+URL[tg-auth]="http://127.0.0.1:$PTG/images"; SCRIPT[tg-auth]="$work/auth.lua"; PID[tg-auth]=$TG_PID
+URL[tg-token]="http://127.0.0.1:$PTG/api/v1/token"; SCRIPT[tg-token]="$work/token.lua"; PID[tg-token]=$TG_PID
+TARGETS=(nginx-200 nginx-proxy haproxy haproxy-jwt pingora tg-proxy tg-auth tg-token)
+
+# CPU ticks of a process and all its descendants (nginx's workers), user + system.
+cpu_ticks() {
+  local all=("$1") i=0 kids
+  while [ "$i" -lt "${#all[@]}" ]; do
+    kids=$(cat "/proc/${all[$i]}/task/"*/children 2>/dev/null || true)
+    for k in $kids; do all+=("$k"); done
+    i=$((i + 1))
+  done
+  local total=0 t
+  for p in "${all[@]}"; do
+    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
 
 # wrk's latency lines read like "50%  1.23ms"; normalise to microseconds.
 to_us() { awk '{ v=$1; u=v; gsub(/[0-9.]/,"",u); gsub(/[a-z]/,"",v);
@@ -115,42 +196,55 @@ to_us() { awk '{ v=$1; u=v; gsub(/[0-9.]/,"",u); gsub(/[a-z]/,"",v);
 
 for round in $(seq "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
+    before=$(cpu_ticks "${PID[$t]}")
     out=$(timeout $((DURATION + 10)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "${SCRIPT[$t]}" "${URL[$t]}")
+    after=$(cpu_ticks "${PID[$t]}")
     non2xx=$(awk '/^non2xx/ {print $2}' <<<"$out")
     if [ "${non2xx:-0}" != "0" ]; then echo "$t: $non2xx non-2xx answers" >&2; echo "$out" >&2; exit 1; fi
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_us)
     p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_us)
-    echo "$t $rps $p50 $p99" >> "$work/results"
-    printf 'round %d %-12s %10.0f req/s  p50 %8.0f us  p99 %8.0f us\n' "$round" "$t" "$rps" "$p50" "$p99"
+    cpu=$(awk -v d=$((after - before)) -v n="$requests" -v hz="$TICKS" 'BEGIN {printf "%.1f", d * 1e6 / hz / n}')
+    echo "$t $rps $p50 $p99 $cpu" >> "$work/results"
+    printf 'round %d %-12s %10.0f req/s  p50 %7.0f us  p99 %7.0f us  cpu %6.1f us/req\n' "$round" "$t" "$rps" "$p50" "$p99" "$cpu"
   done
 done
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-declare -A RPS P50 P99
+declare -A RPS P50 P99 CPU
 for t in "${TARGETS[@]}"; do
   RPS[$t]=$(awk -v t="$t" '$1==t {print $2}' "$work/results" | median)
   P50[$t]=$(awk -v t="$t" '$1==t {print $3}' "$work/results" | median)
   P99[$t]=$(awk -v t="$t" '$1==t {print $4}' "$work/results" | median)
+  CPU[$t]=$(awk -v t="$t" '$1==t {print $5}' "$work/results" | median)
 done
 
 # RSS with many keep-alive connections open, under load through the proxy.
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$TG_PID/status"; }
-timeout $((DURATION + 10)) wrk -t1 -c"$RSS_CONNECTIONS" -d"${DURATION}s" "${URL[tg-proxy]}" > "$work/rss.out" &
-wrk_pid=$!
-peak=0
-while kill -0 "$wrk_pid" 2>/dev/null; do
-  r=$(rss_kib); [ "$r" -gt "$peak" ] && peak=$r
-  sleep 0.2
-done
-wait "$wrk_pid" || true
+peak_rss_mib() { # pid, url
+  timeout $((DURATION + 10)) wrk -t1 -c"$RSS_CONNECTIONS" -d"${DURATION}s" "$2" > /dev/null &
+  local wrk_pid=$! peak=0 r
+  while kill -0 "$wrk_pid" 2>/dev/null; do
+    r=$(awk '/VmRSS/ {print $2}' "/proc/$1/status"); [ "$r" -gt "$peak" ] && peak=$r
+    sleep 0.2
+  done
+  wait "$wrk_pid" || true
+  echo $((peak / 1024))
+}
+RSS_TG=$(peak_rss_mib "$TG_PID" "${URL[tg-proxy]}")
+RSS_BARE=$(peak_rss_mib "$BARE_PID" "${URL[pingora]}")
 
 echo
 echo "median of $ROUNDS rounds, ${DURATION}s each, wrk -t1 -c$CONNECTIONS, one worker per server, $(nproc) cores"
-printf '%-12s %12s %10s %10s\n' target req/s p50_us p99_us
-for t in "${TARGETS[@]}"; do printf '%-12s %12.0f %10.0f %10.0f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}"; done
+printf '%-12s %12s %10s %10s %12s\n' target req/s p50_us p99_us cpu_us/req
+for t in "${TARGETS[@]}"; do
+  printf '%-12s %12.0f %10.0f %10.0f %12.1f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}"
+done
 echo
-awk -v a="${RPS[tg-token]}" -v b="${RPS[nginx-200]}" 'BEGIN {printf "token endpoint req/s / nginx return-200 req/s   %.2f  (target >= 0.6)\n", a/b}'
-awk -v a="${RPS[tg-proxy]}" -v b="${RPS[nginx-proxy]}" 'BEGIN {printf "proxy req/s / nginx proxy req/s                 %.2f  (target >= 1.0)\n", a/b}'
-awk -v a="${P99[tg-proxy]}" -v b="${P99[nginx-proxy]}" 'BEGIN {printf "proxy p99 / nginx proxy p99                     %.2f  (target <= 1.0)\n", a/b}'
-echo "tokengate peak RSS with $RSS_CONNECTIONS keep-alive connections under load: $((peak / 1024)) MiB (target <= 32)"
+ratio() { awk -v a="$1" -v b="$2" -v label="$3" -v target="$4" 'BEGIN {printf "%-58s %5.2f  (target %s)\n", label, a/b, target}'; }
+ratio "${CPU[tg-auth]}" "${CPU[haproxy-jwt]}" "CPU per authenticated forward / HAProxy jwt_verify" "<= 1.0"
+ratio "${CPU[tg-proxy]}" "${CPU[pingora]}" "tokengate proxy CPU per request / bare Pingora" "<= 1.10"
+ratio "${RPS[tg-token]}" "${RPS[nginx-200]}" "token endpoint req/s / nginx return 200 req/s" ">= 0.6"
+ratio "${P99[tg-auth]}" "${P99[haproxy-jwt]}" "authenticated forward p99 / HAProxy jwt_verify p99" "<= 1.0"
+ratio "${CPU[pingora]}" "${CPU[nginx-proxy]}" "(bare Pingora CPU per request / nginx proxy)" "-"
+echo "RSS with $RSS_CONNECTIONS keep-alive connections under load: tokengate $RSS_TG MiB (target <= 32), bare Pingora $RSS_BARE MiB"

@@ -251,11 +251,30 @@ struct Outcome {
 /// lines and the logs.
 fn run_pod(overlay: &str) -> Outcome {
     let spec = pod_spec(&render(overlay));
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pod-{overlay}-{}", common::free_port()));
+    // The pod's files live outside anything it mounts over (its /tmp emptyDir would hide a
+    // checkout under /tmp), and the binary is copied in, as an image holds it.
+    let work = PathBuf::from(format!(
+        "/run/tokengate-pod-{overlay}-{}",
+        common::free_port()
+    ));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("scratch")).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = work.join("tokengate");
+    std::fs::copy(env!("CARGO_BIN_EXE_tokengate"), &binary).unwrap();
+    let binary = binary.display().to_string();
     let (mount_script, created) = mounts(&spec, &work);
+    let volume_mounts = spec
+        .container
+        .get("volumeMounts")
+        .and_then(Value::as_sequence);
+    for mount in volume_mounts.into_iter().flatten() {
+        let path = str_of(mount, &["mountPath"]).unwrap();
+        assert!(
+            !work.starts_with(path),
+            "{path} would hide the test's own files"
+        );
+    }
     let env = env_of(&spec.container);
     let args: Vec<String> = spec
         .container
@@ -313,7 +332,6 @@ fn run_pod(overlay: &str) -> Outcome {
         spec.run_as_group,
         if no_new_privs { " --no-new-privs" } else { "" },
     );
-    let binary = env!("CARGO_BIN_EXE_tokengate");
     let quoted_args: String = args
         .iter()
         .map(|a| format!(" {}", shell_quote(a)))

@@ -1,0 +1,55 @@
+//! The floor tokengate is measured against: a bare Pingora 0.9 `ProxyHttp` with only
+//! `upstream_peer`, built with the same Pingora, features and settings as tokengate (one
+//! worker thread, keep-alive upstream pool). `benches/load.sh` runs it beside tokengate.
+//!
+//!   cargo run --release --example bare_pingora -- LISTEN UPSTREAM
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+
+struct Bare {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
+        eprintln!("usage: bare_pingora LISTEN UPSTREAM");
+        std::process::exit(2);
+    };
+    let Ok(upstream) = upstream.parse() else {
+        eprintln!("bare_pingora: {upstream:?} is not an ip:port");
+        std::process::exit(2);
+    };
+    let conf = ServerConf {
+        threads: 1,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream });
+    proxy.add_tcp(&listen);
+    proxy.threads = Some(1);
+    server.add_service(proxy);
+    server.run_forever();
+}
