@@ -350,11 +350,18 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
 "#;
+    // The interpreter itself, not a shim (pyenv's reads the working directory, which the pod's
+    // mounts may hide).
+    let python = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .expect("python3");
     let start_upstreams: String = upstreams
         .iter()
         .map(|(_, port)| {
             format!(
-                "python3 -B \"$S/upstream.py\" {port} >/dev/null 2>&1 &\n\
+                "{python} -B \"$S/upstream.py\" {port} >/dev/null 2>&1 &\n\
                  for i in $(seq 100); do [ \"$(status http://127.0.0.1:{port}/)\" = 200 ] && break; sleep 0.1; done\n"
             )
         })
@@ -366,6 +373,7 @@ http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_foreve
     );
     let script = format!(
         r#"set -u
+cd /
 S={scratch}
 check() {{ echo "CHECK $1 $2 ${{3:-}}"; }}
 status() {{ curl -s -o /dev/null -w '%{{http_code}}' -m 2 "$1" 2>/dev/null; }}
