@@ -1,6 +1,7 @@
 //! The floor tokengate is measured against: a bare Pingora 0.9 `ProxyHttp` with only
 //! `upstream_peer`, built with the same Pingora, features and settings as tokengate (one
-//! worker thread, keep-alive upstream pool). `benches/load.sh` runs it beside tokengate.
+//! worker thread, no work stealing, keep-alive upstream pool). `benches/load.sh` runs it beside
+//! tokengate.
 //!
 //!   cargo run --release --example bare_pingora -- LISTEN UPSTREAM
 
@@ -43,6 +44,7 @@ fn main() {
     };
     let conf = ServerConf {
         threads: 1,
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -85,33 +85,47 @@ pub fn forwarding(
     host: Option<&str>,
     received: &Received<'_>,
 ) -> Forwarding {
-    let node = match peer {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
-    if let Some(host) = host {
-        element.push_str(&format!(";host=\"{host}\""));
+    let peer_text = peer.to_string();
+    // RFC 7239: an IPv6 node is quoted and bracketed.
+    let mut element = String::with_capacity(peer_text.len() + host.map_or(0, str::len) + 32);
+    element.push_str("for=");
+    match peer {
+        IpAddr::V4(_) => element.push_str(&peer_text),
+        IpAddr::V6(_) => {
+            element.push_str("\"[");
+            element.push_str(&peer_text);
+            element.push_str("]\"");
+        }
     }
-    let extend = |values: &[&str], last: String| {
-        let mut all: Vec<String> = values
-            .iter()
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-            .collect();
-        all.push(last);
-        all.join(", ")
-    };
+    element.push_str(";proto=");
+    element.push_str(proto);
+    if let Some(host) = host {
+        element.push_str(";host=\"");
+        element.push_str(host);
+        element.push('"');
+    }
     Forwarding {
         forwarded: extend(&received.forwarded, element),
-        x_forwarded_for: extend(&received.x_forwarded_for, peer.to_string()),
-        x_real_ip: received
-            .x_real_ip
-            .map_or_else(|| peer.to_string(), str::to_owned),
+        x_forwarded_for: extend(&received.x_forwarded_for, peer_text.clone()),
+        x_real_ip: received.x_real_ip.map_or(peer_text, str::to_owned),
         x_forwarded_proto: received.x_forwarded_proto.unwrap_or(proto).to_owned(),
         x_forwarded_host: received.x_forwarded_host.or(host).map(str::to_owned),
     }
+}
+
+/// `values` (a trusted chain, trimmed, empty entries dropped) followed by `last`.
+fn extend(values: &[&str], last: String) -> String {
+    if values.is_empty() {
+        return last;
+    }
+    let mut all =
+        String::with_capacity(values.iter().map(|v| v.len() + 2).sum::<usize>() + last.len());
+    for value in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        all.push_str(value);
+        all.push_str(", ");
+    }
+    all.push_str(&last);
+    all
 }
 
 #[cfg(test)]

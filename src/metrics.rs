@@ -1,6 +1,6 @@
 //! Every metric, defined once, registered in the registry `pingora-prometheus` serves.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use pingora_prometheus::prometheus::{
     self, register_gauge_vec, register_histogram, register_histogram_vec, register_int_counter,
@@ -18,6 +18,7 @@ const BUCKETS: &[f64] = &[
 
 /// `route` label values: answered in-process (token route, JWKS) or forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum RouteKind {
     /// `POST /api/v1/token`, answered in-process.
     Token,
@@ -79,21 +80,52 @@ pub struct Metrics {
     pub secret_reloads: IntCounterVec,
     /// `tokengate_enforcement_decisions_total{route,decision}`: ability checks on routes.
     pub enforcement: IntCounterVec,
+    /// Resolved `requests{route,code}` series, so a request skips the label lookup: one slot
+    /// per route kind and status 100–599, filled on first use.
+    request_series: [[OnceLock<IntCounter>; 500]; 2],
+    /// Resolved `request_duration{route}` series.
+    duration_series: [Histogram; 2],
+}
+
+impl Metrics {
+    /// Counts one finished request of `route` answered with `status` (0: none was sent), and
+    /// its duration.
+    pub fn record_request(&self, route: RouteKind, status: u16, seconds: f64) {
+        let kind = route as usize;
+        match usize::from(status).checked_sub(100).filter(|i| *i < 500) {
+            Some(i) => self.request_series[kind][i]
+                .get_or_init(|| {
+                    self.requests
+                        .with_label_values(&[route.as_str(), &status.to_string()])
+                })
+                .inc(),
+            None => self
+                .requests
+                .with_label_values(&[route.as_str(), &status.to_string()])
+                .inc(),
+        }
+        self.duration_series[kind].observe(seconds);
+    }
 }
 
 fn register() -> Result<Metrics, prometheus::Error> {
+    let request_duration = register_histogram_vec!(
+        "tokengate_request_duration_seconds",
+        "Time from request start to the end of the response, by route.",
+        &["route"],
+        BUCKETS.to_vec()
+    )?;
+    let duration_series = [RouteKind::Token, RouteKind::Proxy]
+        .map(|r| request_duration.with_label_values(&[r.as_str()]));
     let metrics = Metrics {
+        request_series: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+        duration_series,
         requests: register_int_counter_vec!(
             "tokengate_requests_total",
             "Requests answered, by route and HTTP status.",
             &["route", "code"]
         )?,
-        request_duration: register_histogram_vec!(
-            "tokengate_request_duration_seconds",
-            "Time from request start to the end of the response, by route.",
-            &["route"],
-            BUCKETS.to_vec()
-        )?,
+        request_duration,
         minted: register_int_counter!("tokengate_tokens_minted_total", "Ability tokens minted.")?,
         rejections: register_int_counter_vec!(
             "tokengate_token_rejections_total",

@@ -127,18 +127,17 @@ impl PathTemplate {
         exact: bool,
         semicolons: bool,
     ) -> Option<Vec<(&str, ParamValue<'p>)>> {
-        let parts: Vec<&str> = segments(path)
-            .map(|s| match semicolons {
-                true => s.split(';').next().unwrap_or(s),
-                false => s,
-            })
-            .collect();
-        if parts.len() < self.segments.len() || (exact && parts.len() != self.segments.len()) {
+        let count = segments(path).count();
+        if count < self.segments.len() || (exact && count != self.segments.len()) {
             return None;
         }
+        let parts = segments(path).map(|s| match semicolons {
+            true => s.split(';').next().unwrap_or(s),
+            false => s,
+        });
         let mut params = Vec::new();
-        for (i, (segment, part)) in self.segments.iter().zip(&parts).enumerate() {
-            let last = i + 1 == parts.len();
+        for (i, (segment, part)) in self.segments.iter().zip(parts).enumerate() {
+            let last = i + 1 == count;
             let decoded = decode_segment(part);
             match segment {
                 Segment::Literal(lit) => {

@@ -162,6 +162,14 @@ impl UpstreamGroup {
     /// The next healthy address, not ejected and not in `tried`; with none, the next untried
     /// address at all, since trying beats answering 502 without a try.
     pub fn select(&self, tried: &[SocketAddr]) -> Option<SocketAddr> {
+        // A lone address has no alternative to prefer: skip health and ejection bookkeeping.
+        let backends = self.balancer.backends().get_backend();
+        if backends.len() == 1 {
+            return backends
+                .first()
+                .and_then(|b| b.addr.as_inet().copied())
+                .filter(|a| !tried.contains(a));
+        }
         let now = Instant::now();
         let ejected = self.ejected.lock().unwrap_or_else(PoisonError::into_inner);
         let usable = |b: &Backend| {
@@ -169,7 +177,7 @@ impl UpstreamGroup {
                 !tried.contains(a) && ejected.get(a).is_none_or(|until| *until <= now)
             })
         };
-        let iterations = self.balancer.backends().get_backend().len().max(1) * 2;
+        let iterations = backends.len().max(1) * 2;
         let chosen = self
             .balancer
             .select_with(b"", iterations, |b, healthy| healthy && usable(b))

@@ -93,7 +93,7 @@ fn a_refused_upstream_is_a_json_502_and_counted() {
         1.0
     );
     assert_eq!(
-        tg.metric(r#"tokengate_requests_total{code="502",route="proxy"}"#),
+        tg.metric_eventually(r#"tokengate_requests_total{code="502",route="proxy"}"#, 1.0),
         1.0
     );
 }

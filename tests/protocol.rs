@@ -68,12 +68,13 @@ fn pipelined_requests_of_every_kind_are_answered_in_order() {
     let kinds = kinds(&session("pip"));
     for count in [2, 3, 10, kinds.len() * 3] {
         let batch: Vec<&(Vec<u8>, u16, bool)> = kinds.iter().cycle().take(count).collect();
-        let mut conn = tg.connect();
+        let mut conn = Pipelined::new(tg.connect());
         // All of them in one write: the second request arrives with the first.
         let all: Vec<u8> = batch.iter().flat_map(|(raw, _, _)| raw.clone()).collect();
-        conn.write_all(&all).unwrap();
+        conn.stream.write_all(&all).unwrap();
         for (i, (_, status, head)) in batch.iter().enumerate() {
-            let r = read_response_to(&mut conn, *head)
+            let r = conn
+                .next(*head)
                 .unwrap_or_else(|e| panic!("{count} pipelined: answer {i} missing: {e}"));
             assert_eq!(
                 r.status,
@@ -108,15 +109,16 @@ fn pipelined_requests_of_every_kind_are_answered_in_order() {
 fn a_pipelined_request_after_connection_close_is_not_answered() {
     let up = Upstream::start();
     let tg = Tokengate::start(up.addr, &[]);
-    let mut conn = tg.connect();
-    conn.write_all(
-        b"GET /first HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /second HTTP/1.1\r\nHost: h\r\n\r\n",
-    )
-    .unwrap();
-    let r = read_response(&mut conn).unwrap();
+    let mut conn = Pipelined::new(tg.connect());
+    conn.stream
+        .write_all(
+            b"GET /first HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /second HTTP/1.1\r\nHost: h\r\n\r\n",
+        )
+        .unwrap();
+    let r = conn.next(false).unwrap();
     assert_eq!((r.status, r.header("Connection")), (200, Some("close")));
-    let mut rest = Vec::new();
-    conn.read_to_end(&mut rest).unwrap();
+    let mut rest = conn.pending().to_vec();
+    conn.stream.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     let urls: Vec<String> = up.seen().iter().map(|s| s.url.clone()).collect();
     assert_eq!(urls, ["/first"]);

@@ -341,7 +341,14 @@ fn split_sections(text: &str) -> Result<(RawConfig, ServerConf), ConfigError> {
     }
     let raw = serde_yaml::from_value(serde_yaml::Value::Mapping(section))
         .map_err(|e| ConfigError::Parse(format!("tokengate: {e}")))?;
-    let server = serde_yaml::from_value(serde_yaml::Value::Mapping(doc)).map_err(parse_err)?;
+    // Each worker thread runs its own connections start to end unless the file says otherwise:
+    // no cross-thread task stealing on the per-request path (cheaper, and what Pingora advises).
+    let stealing_set = doc.contains_key("work_stealing");
+    let mut server: ServerConf =
+        serde_yaml::from_value(serde_yaml::Value::Mapping(doc)).map_err(parse_err)?;
+    if !stealing_set {
+        server.work_stealing = false;
+    }
     Ok((raw, server))
 }
 

@@ -27,7 +27,7 @@ pub struct Rewrite<'a> {
     /// The canonical target, when it differs from the one received.
     pub target: Option<&'a [u8]>,
     /// The canonical authority, for Host (when it differs) and the forwarding headers.
-    pub authority: Option<&'a str>,
+    pub authority: Option<&'a HeaderValue>,
     /// Whether Host must be set to `authority`.
     pub host_rewritten: bool,
     /// The honoured override method, re-sent under the override headers the client used.
@@ -37,10 +37,12 @@ pub struct Rewrite<'a> {
     /// The client's address and whether it is a trusted proxy.
     pub peer: Option<(IpAddr, bool)>,
     /// The request id tokengate answers with.
-    pub request_id: &'a str,
+    pub request_id: &'a HeaderValue,
 }
 
 /// Rewrites `upstream` (a copy of the client's request) into the request the upstream gets.
+/// Every header tokengate sets is first removed in all its spellings, then appended: cheaper
+/// than Pingora's insert, which replaces and may grow two maps each time.
 pub fn rewrite(
     upstream: &mut RequestHeader,
     identity_header: &HeaderName,
@@ -52,13 +54,14 @@ pub fn rewrite(
     let mut strip: Vec<HeaderName> = Vec::new();
     for name in upstream.headers.keys() {
         let n = name.as_str();
-        let owned = same_header(n, identity_header.as_str())
-            || PATH_OVERRIDE_HEADERS.iter().any(|h| same_header(n, h))
-            || (!trusted && is_forwarding_header(n));
         if let Some(header) = OVERRIDE_HEADERS.iter().find(|h| same_header(n, h)) {
             overrides_used.push(header);
             strip.push(name.clone());
-        } else if owned || (trusted && n.contains('_') && is_forwarding_header(n)) {
+        } else if same_header(n, identity_header.as_str())
+            || n == "x-request-id"
+            || PATH_OVERRIDE_HEADERS.iter().any(|h| same_header(n, h))
+            || (is_forwarding_header(n) && (!trusted || n.contains('_')))
+        {
             strip.push(name.clone());
         }
     }
@@ -68,18 +71,18 @@ pub fn rewrite(
     if let Some(method) = rewrite.honoured_override {
         overrides_used.dedup();
         for header in overrides_used {
-            upstream.insert_header(header, method)?;
+            upstream.append_header(header, method)?;
         }
     }
     if let Some(subject) = rewrite.subject {
-        upstream.insert_header(identity_header.clone(), subject)?;
+        upstream.append_header(identity_header.clone(), subject)?;
     }
     collapse_content_length(upstream)?;
     if let Some(target) = rewrite.target {
         upstream.set_raw_path(target)?;
     }
     if let (true, Some(authority)) = (rewrite.host_rewritten, rewrite.authority) {
-        upstream.insert_header(http::header::HOST, authority)?;
+        upstream.insert_header(http::header::HOST, authority.clone())?;
     }
     if let Some((ip, _)) = rewrite.peer {
         let values = received
@@ -92,16 +95,22 @@ pub fn rewrite(
                 x_forwarded_host: others[2].as_deref(),
             })
             .unwrap_or_default();
-        let f = forwarded::forwarding(ip, "http", rewrite.authority, &values);
-        upstream.insert_header("Forwarded", f.forwarded)?;
-        upstream.insert_header("X-Forwarded-For", f.x_forwarded_for)?;
-        upstream.insert_header("X-Real-IP", f.x_real_ip)?;
-        upstream.insert_header("X-Forwarded-Proto", f.x_forwarded_proto)?;
+        let host = rewrite.authority.and_then(|a| a.to_str().ok());
+        let f = forwarded::forwarding(ip, "http", host, &values);
+        // A trusted peer's values were read above; every copy is replaced.
+        let set = |upstream: &mut RequestHeader, name: &'static str, value: String| match trusted {
+            true => upstream.insert_header(name, value),
+            false => upstream.append_header(name, value).map(|_| ()),
+        };
+        set(upstream, "Forwarded", f.forwarded)?;
+        set(upstream, "X-Forwarded-For", f.x_forwarded_for)?;
+        set(upstream, "X-Real-IP", f.x_real_ip)?;
+        set(upstream, "X-Forwarded-Proto", f.x_forwarded_proto)?;
         if let Some(host) = f.x_forwarded_host {
-            upstream.insert_header("X-Forwarded-Host", host)?;
+            set(upstream, "X-Forwarded-Host", host)?;
         }
     }
-    upstream.insert_header("X-Request-Id", rewrite.request_id)?;
+    upstream.append_header("X-Request-Id", rewrite.request_id.clone())?;
     Ok(())
 }
 
@@ -198,14 +207,16 @@ mod tests {
             ("X-Forwarded-Prefix", "/admin"),
             ("Accept", "*/*"),
         ]);
+        let authority = HeaderValue::from_static("images.example");
+        let rid = HeaderValue::from_static("rid");
         let rw = Rewrite {
             target: Some(b"/b"),
-            authority: Some("images.example"),
+            authority: Some(&authority),
             host_rewritten: true,
             honoured_override: None,
             subject: Some("alice"),
             peer: Some(("127.0.0.1".parse().unwrap(), false)),
-            request_id: "rid",
+            request_id: &rid,
         };
         rewrite(&mut r, &HeaderName::from_static("x-user-id"), &rw).unwrap();
         assert_eq!(r.raw_path(), b"/b");
@@ -234,14 +245,16 @@ mod tests {
             ("X-Forwarded-For", "10.0.0.1"),
             ("X-Forwarded-Proto", "https"),
         ]);
+        let authority = HeaderValue::from_static("h");
+        let rid = HeaderValue::from_static("rid");
         let rw = Rewrite {
             target: None,
-            authority: Some("h"),
+            authority: Some(&authority),
             host_rewritten: false,
             honoured_override: Some("DELETE"),
             subject: None,
             peer: Some(("127.0.0.2".parse().unwrap(), true)),
-            request_id: "rid",
+            request_id: &rid,
         };
         rewrite(&mut r, &HeaderName::from_static("x-user-id"), &rw).unwrap();
         assert_eq!(

@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderName, Version};
+use http::{HeaderName, HeaderValue, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -92,8 +92,8 @@ pub struct Tokengate {
 struct Forward {
     /// The canonical target, when it differs from the one received.
     target: Option<Vec<u8>>,
-    /// The canonical authority.
-    authority: Option<String>,
+    /// The canonical authority: the client's Host value itself when it was canonical already.
+    authority: Option<HeaderValue>,
     /// Whether Host must be rewritten to `authority`.
     host_rewritten: bool,
     /// The honoured override method.
@@ -106,8 +106,8 @@ pub struct RequestCtx {
     start: Instant,
     /// Answered in-process or forwarded: drives metric labels.
     route: RouteKind,
-    /// The propagated or generated request id.
-    request_id: String,
+    /// The propagated or generated request id, ready to be sent (upstream, and back).
+    request_id: HeaderValue,
     /// The valid token a forwarded request carried, for `X-token`.
     token: Option<String>,
     /// The verified subject, on either route: the identity header and the access log.
@@ -264,7 +264,7 @@ impl Tokengate {
                 log::warn!(
                     "route {}: would refuse request {} (shadow mode, forwarded)",
                     verdict.route.name,
-                    ctx.request_id
+                    ctx.request_id()
                 );
             }
         }
@@ -275,9 +275,16 @@ impl Tokengate {
         match verdict.action {
             Action::Refuse(error) => Plan::Refuse(error),
             Action::Forward => {
+                let authority = match canonical.host_rewritten {
+                    false => header.headers.get(http::header::HOST).cloned(),
+                    true => canonical
+                        .authority
+                        .as_ref()
+                        .and_then(|a| HeaderValue::from_str(&a.to_string()).ok()),
+                };
                 ctx.forward = Forward {
                     target: canonical.target_rewritten.then(|| canonical.target()),
-                    authority: canonical.authority.as_ref().map(ToString::to_string),
+                    authority,
                     host_rewritten: canonical.host_rewritten,
                     honoured_override: canonical.honoured_override(),
                 };
@@ -299,7 +306,7 @@ impl Tokengate {
             .with_label_values(&[error.code.as_str()])
             .inc();
         ctx.reason = Some(error.code);
-        let mut response = Response::error(error, &ctx.request_id);
+        let mut response = Response::error(error, ctx.request_id());
         for (name, value) in extra {
             response = response.with_header(name, *value);
         }
@@ -398,14 +405,24 @@ fn unix_now() -> u64 {
 }
 
 /// The caller's `X-Request-Id` when it is 1–200 visible ASCII characters, else a new UUID v4.
-pub fn request_id(header: &RequestHeader) -> String {
-    header
-        .headers
-        .get("x-request-id")
-        .map(|v| v.as_bytes())
-        .filter(|v| (1..=200).contains(&v.len()) && v.iter().all(|b| b.is_ascii_graphic()))
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+pub fn request_id(header: &RequestHeader) -> HeaderValue {
+    let given = header.headers.get("x-request-id").filter(|v| {
+        let v = v.as_bytes();
+        (1..=200).contains(&v.len()) && v.iter().all(|b| b.is_ascii_graphic())
+    });
+    if let Some(given) = given {
+        return given.clone();
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+impl RequestCtx {
+    /// The request id as text; ids are visible ASCII by construction.
+    pub(super) fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
 }
 
 #[async_trait]
@@ -417,7 +434,7 @@ impl ProxyHttp for Tokengate {
         RequestCtx {
             start: Instant::now(),
             route: RouteKind::Proxy,
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             token: None,
             subject: None,
             reason: None,
@@ -536,7 +553,7 @@ impl ProxyHttp for Tokengate {
             .map(|ip| (ip, self.trusted_proxies.contains(ip)));
         let rewrite = forward::Rewrite {
             target: ctx.forward.target.as_deref(),
-            authority: ctx.forward.authority.as_deref(),
+            authority: ctx.forward.authority.as_ref(),
             host_rewritten: ctx.forward.host_rewritten,
             honoured_override: ctx.forward.honoured_override,
             subject: ctx.subject.as_deref(),
@@ -570,7 +587,7 @@ impl ProxyHttp for Tokengate {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        response.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        response.append_header("X-Request-Id", ctx.request_id.clone())?;
         if let Some(token) = &ctx.token {
             response.insert_header("X-token", token.as_str())?;
         }
@@ -632,7 +649,7 @@ impl ProxyHttp for Tokengate {
         ctx.reason = Some(error.code);
         if session.response_written().is_none() {
             session.set_keepalive(None);
-            let response = Response::error(&error, &ctx.request_id);
+            let response = Response::error(&error, ctx.request_id());
             if let Err(write_error) = respond::send(session, response).await {
                 log::debug!("could not send error response: {write_error}");
             }
@@ -648,21 +665,15 @@ impl ProxyHttp for Tokengate {
         let duration = ctx.start.elapsed().as_secs_f64();
         let written = session.response_written();
         let status = written.map_or(0, |r| r.status.as_u16());
-        let m = metrics::get();
+        metrics::get().record_request(ctx.route, status, duration);
         let route = ctx.route.as_str();
-        m.requests
-            .with_label_values(&[route, written.map_or("0", |r| r.status.as_str())])
-            .inc();
-        m.request_duration
-            .with_label_values(&[route])
-            .observe(duration);
         if !self.access_log.enabled() {
             return;
         }
         let header = session.req_header();
         self.access_log.write(&Entry {
             time: access_log::now_rfc3339(),
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id(),
             method: header.method.as_str(),
             path: ctx
                 .canonical_path

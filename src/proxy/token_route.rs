@@ -31,7 +31,7 @@ impl Tokengate {
             headers: vec![
                 ("Content-Type", "application/json".to_owned()),
                 ("Cache-Control", cache.clone()),
-                ("X-Request-Id", ctx.request_id.clone()),
+                ("X-Request-Id", ctx.request_id().to_owned()),
             ],
             body: body.clone(),
         };
@@ -88,7 +88,7 @@ impl Tokengate {
                 let response = Response::minted(
                     minted.body,
                     &minted.session_token,
-                    &ctx.request_id,
+                    ctx.request_id(),
                     ctx.start.elapsed(),
                 );
                 respond::send(session, response).await

@@ -206,6 +206,19 @@ impl Tokengate {
             .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 
+    /// One sample's value once it equals `want` (counters moved in the logging phase land just
+    /// after the response), or its last value at the deadline.
+    pub fn metric_eventually(&self, series: &str, want: f64) -> f64 {
+        let start = Instant::now();
+        loop {
+            let value = self.metric(series);
+            if value == want || start.elapsed() > DEADLINE {
+                return value;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Polls until `n` access-log lines have been written, and returns them.
     pub fn access_log(&self, n: usize) -> Vec<String> {
         let start = Instant::now();
@@ -327,15 +340,46 @@ pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Resp> {
     read_response_to(stream, false)
 }
 
-/// Reads one response to a `HEAD` request, or any other, from `stream`.
+/// Reads one response to a `HEAD` request, or any other, from `stream`. Bytes read past it are
+/// dropped: for pipelined responses use [`Pipelined`].
 pub fn read_response_to(stream: &mut TcpStream, head: bool) -> std::io::Result<Resp> {
-    let mut buf = Vec::new();
+    read_buffered(stream, &mut Vec::new(), head)
+}
+
+/// A connection whose responses are read one after another, keeping bytes that arrived with an
+/// earlier response (pipelined answers often share a TCP segment).
+pub struct Pipelined {
+    pub stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl Pipelined {
+    pub fn new(stream: TcpStream) -> Pipelined {
+        Pipelined {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Bytes received after the last response read.
+    pub fn pending(&self) -> &[u8] {
+        &self.pending
+    }
+
+    /// The next response (to a `HEAD` request when `head`).
+    pub fn next(&mut self, head: bool) -> std::io::Result<Resp> {
+        read_buffered(&mut self.stream, &mut self.pending, head)
+    }
+}
+
+/// Reads one response, starting with the bytes in `buf` and leaving any after it there.
+fn read_buffered(stream: &mut TcpStream, buf: &mut Vec<u8>, head: bool) -> std::io::Result<Resp> {
     let mut chunk = [0u8; 8192];
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Response::new(&mut headers);
         if let httparse::Status::Complete(head_len) =
-            parsed.parse(&buf).map_err(std::io::Error::other)?
+            parsed.parse(buf).map_err(std::io::Error::other)?
         {
             let status = parsed.code.unwrap_or(0);
             let headers: Vec<(String, String)> = parsed
@@ -353,7 +397,9 @@ pub fn read_response_to(stream: &mut TcpStream, head: bool) -> std::io::Result<R
                 continue;
             }
             let mut body = buf[head_len..].to_vec();
+            buf.clear();
             if head {
+                *buf = std::mem::take(&mut body);
                 return Ok(Resp {
                     status,
                     headers,
@@ -375,9 +421,11 @@ pub fn read_response_to(stream: &mut TcpStream, head: bool) -> std::io::Result<R
                     }
                     body.extend_from_slice(&chunk[..n]);
                 }
-                body.truncate(len);
+                *buf = body.split_off(len);
             } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-                body = read_chunked(stream, body)?;
+                let (whole, rest) = read_chunked(stream, body)?;
+                body = whole;
+                *buf = rest;
             } else if status != 204 && status != 304 {
                 stream.read_to_end(&mut body)?;
             }
@@ -395,7 +443,11 @@ pub fn read_response_to(stream: &mut TcpStream, head: bool) -> std::io::Result<R
     }
 }
 
-fn read_chunked(stream: &mut TcpStream, mut pending: Vec<u8>) -> std::io::Result<Vec<u8>> {
+/// A chunked body and the bytes that followed it.
+fn read_chunked(
+    stream: &mut TcpStream,
+    mut pending: Vec<u8>,
+) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     let mut body = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -412,7 +464,7 @@ fn read_chunked(stream: &mut TcpStream, mut pending: Vec<u8>) -> std::io::Result
                 body.extend_from_slice(&pending[used..used + size]);
                 pending.drain(..used + size + 2);
                 if size == 0 {
-                    return Ok(body);
+                    return Ok((body, pending));
                 }
             }
             Ok(httparse::Status::Partial) => {
