@@ -88,7 +88,7 @@ haproxy_conf() { # name, port, extra frontend lines
   cat > "$work/$1.cfg" <<EOF
 global
   nbthread 1
-  maxconn 20000
+  maxconn 4000
 defaults
   mode http
   option http-keep-alive
