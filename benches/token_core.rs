@@ -39,7 +39,7 @@ fn bench(c: &mut Criterion) {
         keys: SharedKeyring::new(keyring()),
         verify: VerifyPolicy::default(),
         permission: PermissionPolicy::default(),
-        max_ttl_secs: None,
+        minting: Default::default(),
         endpoint: "localhost:5001".into(),
         signer: None,
         minted_keys: None,
@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
                 black_box(&claims),
                 Some(&permission),
                 keys.signing(),
-                None,
+                &Default::default(),
                 IAT + 1,
             )
         })

@@ -160,7 +160,7 @@ mod tests {
             keys: SharedKeyring::new(ring(&[Algorithm::HS256])),
             verify: Default::default(),
             permission: Default::default(),
-            max_ttl_secs: None,
+            minting: Default::default(),
             endpoint: String::new(),
             signer: None,
             minted_keys: None,

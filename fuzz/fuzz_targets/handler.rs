@@ -30,7 +30,7 @@ fn fixture() -> &'static Fixture {
             keys: SharedKeyring::new(keys),
             verify: VerifyPolicy::default(),
             permission: PermissionPolicy::default(),
-            max_ttl_secs: Some(600),
+            minting: tokengate::token::mint::Minting { max_ttl_secs: Some(600), ..Default::default() },
             endpoint: "localhost:5001".into(),
             signer: None,
             minted_keys: None,

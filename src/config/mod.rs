@@ -25,6 +25,7 @@ use crate::forwarded::TrustedProxies;
 use crate::limits::RateLimit;
 use crate::request;
 use crate::routes::{AuthMode, RouteTable};
+use crate::token::mint::Minting;
 use crate::token::{
     KeyError, Keyring, PermissionPolicy, Secret, SharedKeyring, TokenService, VerifyPolicy,
     DEFAULT_MAX_TOKEN_BYTES,
@@ -98,6 +99,12 @@ pub struct Config {
     pub leeway: Duration,
     /// Upper bound on a minted token's lifetime.
     pub max_ttl: Option<Duration>,
+    /// `iss` session tokens must carry, written onto minted ones.
+    pub issuer: Option<String>,
+    /// `aud` session tokens must hold, written onto minted ones.
+    pub audience: Option<String>,
+    /// The header `typ` of minted tokens; a session token with it is refused.
+    pub minted_typ: Option<String>,
     /// Path of the token route.
     pub token_path: String,
     /// Largest token request body, in bytes.
@@ -154,6 +161,9 @@ struct RawConfig {
     algorithms: Option<Vec<String>>,
     leeway: Option<String>,
     max_ttl: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    minted_typ: Option<String>,
     token_path: Option<String>,
     body_limit: Option<usize>,
     max_depth: Option<usize>,
@@ -270,6 +280,9 @@ impl Config {
             verify: VerifyPolicy {
                 subject_claim: self.subject_claim.clone(),
                 leeway_secs: self.leeway.as_secs(),
+                issuer: self.issuer.clone(),
+                audience: self.audience.clone(),
+                refused_typ: self.minted_typ.clone(),
             },
             permission: PermissionPolicy {
                 max_depth: self.max_depth,
@@ -277,7 +290,12 @@ impl Config {
                 reserved,
                 abilities: self.abilities.clone(),
             },
-            max_ttl_secs: self.max_ttl.map(|d| d.as_secs()),
+            minting: Minting {
+                max_ttl_secs: self.max_ttl.map(|d| d.as_secs()),
+                typ: self.minted_typ.clone(),
+                issuer: self.issuer.clone(),
+                audience: self.audience.clone(),
+            },
             endpoint: self.endpoint.clone(),
             signer: self.signing.as_ref().map(|s| s.key.clone()),
             minted_keys: self.signing.as_ref().map(|s| s.public.clone()),
@@ -545,6 +563,16 @@ fn resolve_identity_header(raw: Option<String>) -> Result<HeaderName, ConfigErro
     })
 }
 
+fn resolve_minted_typ(raw: Option<String>) -> Result<Option<String>, ConfigError> {
+    match raw {
+        Some(typ) if typ.eq_ignore_ascii_case("JWT") || typ.trim().is_empty() => Err(invalid(
+            "tokengate.minted_typ",
+            "must differ from JWT, the session tokens' typ (e.g. tokengate+jwt)",
+        )),
+        other => Ok(other),
+    }
+}
+
 fn resolve_token_path(raw: Option<String>) -> Result<String, ConfigError> {
     let path = raw.unwrap_or_else(|| defaults::TOKEN_PATH.to_owned());
     crate::routes::PathTemplate::parse(&path).map_err(|e| invalid("tokengate.token_path", e))?;
@@ -632,6 +660,9 @@ fn resolve(
             .take()
             .map(|text| parse_duration("tokengate.max_ttl", &text))
             .transpose()?,
+        issuer: raw.issuer.take(),
+        audience: raw.audience.take(),
+        minted_typ: resolve_minted_typ(raw.minted_typ.take())?,
         token_path: resolve_token_path(raw.token_path.take())?,
         body_limit: raw.body_limit.unwrap_or(defaults::BODY_LIMIT),
         max_depth: raw

@@ -179,23 +179,12 @@ impl AsymmetricKey {
             KeyAlgorithm::EdDsa => EncodingKey::from_ed_der(der.as_bytes()),
         };
         let jwk = public_jwk(alg, pem)?;
-        #[derive(Serialize)]
-        struct Header<'a> {
-            typ: &'static str,
-            alg: &'static str,
-            kid: &'a str,
-        }
-        let header = serde_json::to_vec(&Header {
-            typ: "JWT",
-            alg: alg.jose(),
-            kid: &jwk.kid,
-        })
-        .map_err(|e| bad(&e))?;
+        let header = header_b64("JWT", alg, &jwk.kid).map_err(|e| bad(&e))?;
         Ok(AsymmetricKey {
             alg,
             encoding,
             jwk,
-            header: URL_SAFE_NO_PAD.encode(header),
+            header,
         })
     }
 
@@ -206,8 +195,27 @@ impl AsymmetricKey {
 
     /// `header.payload.signature` for `payload`.
     pub fn sign(&self, payload: &[u8]) -> Result<String, jsonwebtoken::errors::Error> {
-        let mut token = String::with_capacity(self.header.len() + payload.len() * 4 / 3 + 100);
-        token.push_str(&self.header);
+        self.sign_with_header(&self.header, payload)
+    }
+
+    /// Like [`sign`](Self::sign), with another header `typ` than `JWT`.
+    pub fn sign_typed(
+        &self,
+        typ: &str,
+        payload: &[u8],
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let header = header_b64(typ, self.alg, &self.jwk.kid)
+            .map_err(|_| jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
+        self.sign_with_header(&header, payload)
+    }
+
+    fn sign_with_header(
+        &self,
+        header: &str,
+        payload: &[u8],
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut token = String::with_capacity(header.len() + payload.len() * 4 / 3 + 100);
+        token.push_str(header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(payload, &mut token);
         let signature =
@@ -216,6 +224,22 @@ impl AsymmetricKey {
         token.push_str(&signature);
         Ok(token)
     }
+}
+
+/// `base64url({"typ":…,"alg":…,"kid":…})`.
+fn header_b64(typ: &str, alg: KeyAlgorithm, kid: &str) -> Result<String, serde_json::Error> {
+    #[derive(Serialize)]
+    struct Header<'a> {
+        typ: &'a str,
+        alg: &'static str,
+        kid: &'a str,
+    }
+    let header = serde_json::to_vec(&Header {
+        typ,
+        alg: alg.jose(),
+        kid,
+    })?;
+    Ok(URL_SAFE_NO_PAD.encode(header))
 }
 
 /// A new key pair: the private key as PKCS#8 PEM and the public key as SPKI PEM.

@@ -161,6 +161,11 @@ impl Key {
     pub(crate) fn signing_header(&self) -> &str {
         &self.signing_header
     }
+
+    /// The signing header with another `typ`, for minted tokens that must not pass as sessions.
+    pub(crate) fn signing_header_with_typ(&self, typ: &str) -> String {
+        URL_SAFE_NO_PAD.encode(header_json_typed(typ, self.id.as_deref()))
+    }
 }
 
 /// All verification keys and the algorithms tokens may use; never empty.
@@ -279,15 +284,20 @@ impl fmt::Debug for SharedKeyring {
 
 /// The minted token's header, byte for byte the legacy service's: `typ` before `alg`.
 fn header_json(kid: Option<&str>) -> String {
+    header_json_typed("JWT", kid)
+}
+
+/// `{"typ":…,"alg":"HS256"[,"kid":…]}`.
+fn header_json_typed(typ: &str, kid: Option<&str>) -> String {
     #[derive(serde::Serialize)]
     struct Header<'a> {
-        typ: &'static str,
+        typ: &'a str,
         alg: &'static str,
         #[serde(skip_serializing_if = "Option::is_none")]
         kid: Option<&'a str>,
     }
     serde_json::to_string(&Header {
-        typ: "JWT",
+        typ,
         alg: "HS256",
         kid,
     })

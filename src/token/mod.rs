@@ -57,8 +57,8 @@ pub struct TokenService {
     pub verify: VerifyPolicy,
     /// What a permission must satisfy.
     pub permission: PermissionPolicy,
-    /// Upper bound on a minted token's lifetime, in seconds.
-    pub max_ttl_secs: Option<u64>,
+    /// How minted tokens differ from the caller's claims (lifetime cap, `typ`, `iss`, `aud`).
+    pub minting: mint::Minting,
     /// The `endpoint` returned with minted tokens.
     pub endpoint: String,
     /// When set, minted tokens are signed with this ES256 / EdDSA key instead of the HS256 one.
@@ -129,24 +129,27 @@ impl TokenService {
             session: &session,
             minted: self.minted_keys.as_deref(),
         };
-        let caller = self.authenticate_with(&keys, authorization, now)?;
+        let caller = self.authenticate_with(&keys, authorization, now, false)?;
         if !is_identity(caller.claims.subject()) {
             return Err(NO_IDENTITY);
         }
         Ok(caller)
     }
 
+    /// The caller of `authorization`; a `session` token (the token route's) may not be one this
+    /// gate minted.
     fn authenticate_with<'a>(
         &self,
         keys: &dyn SignatureKeys,
         authorization: &[&'a [u8]],
         now: u64,
+        session: bool,
     ) -> Result<Caller<'a>, ApiError> {
         let token = extract::bearer_token(authorization.iter().copied())?;
         if token.len() > self.max_token_bytes {
             return Err(TOKEN_TOO_LONG);
         }
-        let claims = verify::verify(token, keys, &self.verify, now)?;
+        let claims = verify::verify_as(token, keys, &self.verify, now, session)?;
         Ok(Caller { token, claims })
     }
 
@@ -168,7 +171,7 @@ impl TokenService {
         );
         // One snapshot for the whole request: a rotation mid-way cannot mix two keyrings.
         let keys = self.keys.current();
-        let caller = self.authenticate_with(&*keys, request.authorization, now)?;
+        let caller = self.authenticate_with(&*keys, request.authorization, now, true)?;
         let permission =
             permission::parse_body(request.content_type, request.body, &self.permission)?;
         if let Some(permission) = &permission {
@@ -183,15 +186,16 @@ impl TokenService {
             return Err(RATE_LIMITED);
         }
         let token = match &self.signer {
-            Some(signer) => {
-                mint::payload(&caller.claims, permission.as_ref(), self.max_ttl_secs, now)
-                    .and_then(|payload| signer.sign(&payload))
-            }
+            Some(signer) => mint::payload(&caller.claims, permission.as_ref(), &self.minting, now)
+                .and_then(|payload| match &self.minting.typ {
+                    Some(typ) => signer.sign_typed(typ, &payload),
+                    None => signer.sign(&payload),
+                }),
             None => mint::mint(
                 &caller.claims,
                 permission.as_ref(),
                 keys.signing(),
-                self.max_ttl_secs,
+                &self.minting,
                 now,
             ),
         }
@@ -237,7 +241,7 @@ mod tests {
             keys: SharedKeyring::new(ring(&[Algorithm::HS256])),
             verify: VerifyPolicy::default(),
             permission: PermissionPolicy::default(),
-            max_ttl_secs: None,
+            minting: Default::default(),
             endpoint: "localhost:5001".into(),
             signer: None,
             minted_keys: None,
@@ -289,7 +293,10 @@ mod tests {
     fn max_ttl_caps_exp_only_when_shorter() {
         let session = sign_raw(SEED_HEADER, SEED_CLAIMS, Algorithm::HS256, SECRET);
         let svc = TokenService {
-            max_ttl_secs: Some(60),
+            minting: mint::Minting {
+                max_ttl_secs: Some(60),
+                ..Default::default()
+            },
             ..service()
         };
         let minted = seed_request(&session, |r| svc.handle(r, SEED_IAT)).unwrap();
@@ -333,6 +340,73 @@ mod tests {
             token.rsplit_once('.').unwrap().0,
             session.rsplit_once('.').unwrap().0
         );
+    }
+
+    #[test]
+    fn a_typed_minted_token_is_no_session_token_but_opens_routes() {
+        let policy = VerifyPolicy {
+            issuer: Some("rails".into()),
+            audience: Some("gate".into()),
+            refused_typ: Some("tokengate+jwt".into()),
+            ..VerifyPolicy::default()
+        };
+        let svc = TokenService {
+            verify: policy,
+            minting: mint::Minting {
+                typ: Some("tokengate+jwt".into()),
+                issuer: Some("rails".into()),
+                audience: Some("gate".into()),
+                ..Default::default()
+            },
+            ..service()
+        };
+        let session = sign_raw(
+            SEED_HEADER,
+            r#"{"exp":1554759531,"iss":"rails","aud":["gate","other"],"user_id":"u"}"#,
+            Algorithm::HS256,
+            SECRET,
+        );
+        let minted = seed_request(&session, |r| svc.handle(r, SEED_IAT)).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&minted.body).unwrap();
+        let token = body["token"].as_str().unwrap().to_owned();
+        let part = |i: usize| {
+            let b = base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                token.split('.').nth(i).unwrap(),
+            )
+            .unwrap();
+            String::from_utf8(b).unwrap()
+        };
+        assert_eq!(part(0), r#"{"typ":"tokengate+jwt","alg":"HS256"}"#);
+        assert!(
+            part(1).starts_with(
+                r#"{"exp":1554759531,"iss":"rails","aud":"gate","user_id":"u","abilities""#
+            ),
+            "{}",
+            part(1)
+        );
+        // Replayed as a session token: refused. On a forwarded request: accepted.
+        let auth = format!("Bearer {token}");
+        let replay = svc
+            .handle(
+                &TokenRequest {
+                    authorization: &[auth.as_bytes()],
+                    content_type: None,
+                    body: b"",
+                },
+                SEED_IAT,
+            )
+            .unwrap_err();
+        assert_eq!(replay.code, ErrorCode::InvalidToken);
+        assert!(svc.authenticate(&[auth.as_bytes()], SEED_IAT).is_ok());
+        // A session token from another issuer is refused.
+        let foreign = sign_raw(
+            SEED_HEADER,
+            r#"{"exp":1554759531,"iss":"x","aud":"gate","user_id":"u"}"#,
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert!(seed_request(&foreign, |r| svc.handle(r, SEED_IAT)).is_err());
     }
 
     #[test]

@@ -45,6 +45,18 @@ const NO_SUBJECT: ApiError = ApiError::new(
     ErrorCode::InvalidToken,
     "The token lacks its subject claim, or it is not a non-empty string.",
 );
+const WRONG_TYP: ApiError = ApiError::new(
+    ErrorCode::InvalidToken,
+    "The token is a minted token, not a session token.",
+);
+const WRONG_ISSUER: ApiError = ApiError::new(
+    ErrorCode::InvalidToken,
+    "The token's issuer (iss) is not the one this gate accepts.",
+);
+const WRONG_AUDIENCE: ApiError = ApiError::new(
+    ErrorCode::InvalidToken,
+    "The token's audience (aud) does not include this gate.",
+);
 const EXPIRED: ApiError = ApiError::new(ErrorCode::TokenExpired, "The token has expired.");
 const NOT_YET: ApiError = ApiError::new(ErrorCode::TokenNotYetValid, "The token is not valid yet.");
 
@@ -55,6 +67,13 @@ pub struct VerifyPolicy {
     pub subject_claim: String,
     /// Seconds of clock skew tolerated on `exp` and `nbf`.
     pub leeway_secs: u64,
+    /// When set, the `iss` claim must equal it.
+    pub issuer: Option<String>,
+    /// When set, the `aud` claim (a string, or an array) must hold it.
+    pub audience: Option<String>,
+    /// When set, a token whose header `typ` names it is refused (RFC 8725 §3.11): the token
+    /// route's way of refusing a minted token replayed as a session token.
+    pub refused_typ: Option<String>,
 }
 
 impl Default for VerifyPolicy {
@@ -62,6 +81,9 @@ impl Default for VerifyPolicy {
         VerifyPolicy {
             subject_claim: super::DEFAULT_SUBJECT_CLAIM.to_owned(),
             leeway_secs: 0,
+            issuer: None,
+            audience: None,
+            refused_typ: None,
         }
     }
 }
@@ -112,6 +134,8 @@ struct JoseHeader<'a> {
     alg: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     kid: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    typ: Option<std::borrow::Cow<'a, str>>,
     crit: Option<serde::de::IgnoredAny>,
 }
 
@@ -153,12 +177,24 @@ impl SignatureKeys for Keyring {
     }
 }
 
-/// Verifies `token` at `now` (seconds since the Unix epoch) against `keys`.
+/// Verifies session token `token` at `now` (seconds since the Unix epoch) against `keys`.
 pub fn verify(
     token: &str,
     keys: &dyn SignatureKeys,
     policy: &VerifyPolicy,
     now: u64,
+) -> Result<Claims, ApiError> {
+    verify_as(token, keys, policy, now, true)
+}
+
+/// Verifies `token`; unless it must be a `session` token, the refused `typ` (what this gate
+/// mints) is accepted too.
+pub fn verify_as(
+    token: &str,
+    keys: &dyn SignatureKeys,
+    policy: &VerifyPolicy,
+    now: u64,
+    session: bool,
 ) -> Result<Claims, ApiError> {
     let (message, signature) = token.rsplit_once('.').ok_or(MALFORMED)?;
     let (header_b64, payload_b64) = message.split_once('.').ok_or(MALFORMED)?;
@@ -169,6 +205,11 @@ pub fn verify(
     let header: JoseHeader = serde_json::from_slice(&header_json).map_err(|_| MALFORMED)?;
     if header.crit.is_some() {
         return Err(CRITICAL);
+    }
+    if let (true, Some(refused), Some(typ)) = (session, &policy.refused_typ, &header.typ) {
+        if typ.eq_ignore_ascii_case(refused) {
+            return Err(WRONG_TYP);
+        }
     }
     let alg = Algorithm::from_str(&header.alg).map_err(|_| BAD_ALGORITHM)?;
     keys.check(alg, header.kid.as_deref(), message.as_bytes(), signature)?;
@@ -207,11 +248,36 @@ fn check_claims(
     if nbf.is_some_and(|nbf| nbf > now + leeway) {
         return Err(NOT_YET);
     }
+    if let Some(issuer) = &policy.issuer {
+        let iss: Option<String> = find("iss").and_then(|raw| serde_json::from_str(raw).ok());
+        if iss.as_deref() != Some(issuer.as_str()) {
+            return Err(WRONG_ISSUER);
+        }
+    }
+    if let Some(audience) = &policy.audience {
+        let aud: Option<Audience> = find("aud").and_then(|raw| serde_json::from_str(raw).ok());
+        let holds = match aud {
+            Some(Audience::One(one)) => one == *audience,
+            Some(Audience::Many(many)) => many.contains(audience),
+            None => false,
+        };
+        if !holds {
+            return Err(WRONG_AUDIENCE);
+        }
+    }
     Ok(Claims {
         entries,
         subject,
         exp,
     })
+}
+
+/// `aud`: one audience or several (RFC 7519 §4.1.3).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 fn decode_segment(segment: &str) -> Result<Vec<u8>, ApiError> {
@@ -408,6 +474,60 @@ pub(crate) mod tests {
                 "{token}"
             );
         }
+    }
+
+    #[test]
+    fn issuer_audience_and_typ_are_checked_when_configured() {
+        let policy = VerifyPolicy {
+            issuer: Some("https://rails.example".into()),
+            audience: Some("tokengate".into()),
+            refused_typ: Some("tokengate+jwt".into()),
+            ..VerifyPolicy::default()
+        };
+        let check = |header: &str, claims: &str| {
+            let token = sign_raw(header, claims, Algorithm::HS256, SECRET);
+            verify(&token, &ring(&[Algorithm::HS256]), &policy, 1500)
+                .map(|_| ())
+                .map_err(|e| e.message)
+        };
+        let good = r#"{"exp":2000,"user_id":"u","iss":"https://rails.example","aud":"tokengate"}"#;
+        assert_eq!(check(HS256, good), Ok(()));
+        assert_eq!(
+            check(
+                HS256,
+                r#"{"exp":2000,"user_id":"u","iss":"https://rails.example","aud":["x","tokengate"]}"#
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(HS256, r#"{"exp":2000,"user_id":"u","aud":"tokengate"}"#),
+            Err(WRONG_ISSUER.message)
+        );
+        assert_eq!(
+            check(
+                HS256,
+                r#"{"exp":2000,"user_id":"u","iss":"https://rails.example","aud":"images"}"#
+            ),
+            Err(WRONG_AUDIENCE.message)
+        );
+        assert_eq!(
+            check(r#"{"typ":"TOKENGATE+JWT","alg":"HS256"}"#, good),
+            Err(WRONG_TYP.message)
+        );
+        // Nothing configured: none of it is looked at.
+        let token = sign_raw(
+            r#"{"typ":"tokengate+jwt","alg":"HS256"}"#,
+            CLAIMS,
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert!(verify(
+            &token,
+            &ring(&[Algorithm::HS256]),
+            &VerifyPolicy::default(),
+            1500
+        )
+        .is_ok());
     }
 
     #[test]
