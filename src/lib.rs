@@ -3,7 +3,7 @@
 //! A request reads top to bottom: [`request`] makes it canonical, [`routes`] and [`policy`]
 //! decide, [`token`] answers the token route, `proxy` forwards or refuses, `respond` puts
 //! tokengate's own answers on the wire, `metrics` and `access_log` observe. The pure modules
-//! (`request`, `routes`, `policy`, `token`, `forwarded`, `limits`) build without Pingora.
+//! (`request`, `routes`, `policy`, `token`, `forwarded`, `forward_claims`, `limits`) build without Pingora.
 
 #[cfg(feature = "server")]
 pub mod access_log;
@@ -14,6 +14,7 @@ pub mod cli;
 #[cfg(feature = "server")]
 pub mod config;
 pub mod error;
+pub mod forward_claims;
 pub mod forwarded;
 pub mod limits;
 #[cfg(feature = "server")]

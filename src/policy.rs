@@ -3,7 +3,7 @@
 
 use crate::error::{ApiError, ErrorCode};
 use crate::request::Canonical;
-use crate::routes::{self, AuthMode, Decision, Route, RouteTable};
+use crate::routes::{self, AuthMode, Decision, ParamValue, Route, RouteTable};
 use crate::token::Caller;
 
 /// What the request's `Authorization` header proved.
@@ -41,9 +41,11 @@ pub enum Action {
 
 /// The decision about one forwarded request.
 #[derive(Debug)]
-pub struct Verdict<'r> {
+pub struct Verdict<'r, 'p> {
     /// The route it matched (the catch-all at worst).
     pub route: &'r Route,
+    /// The route's path parameters.
+    pub params: Vec<(&'r str, ParamValue<'p>)>,
     /// Forward or refuse.
     pub action: Action,
     /// The ability check, on routes that require one.
@@ -57,11 +59,11 @@ const FORBIDDEN: ApiError = ApiError::new(
 
 /// Routes `request` and decides: a route's ability (401 without a valid token, 403 without the
 /// ability, forwarded anyway in shadow mode), then its auth mode (401 when required).
-pub fn decide<'r>(
-    request: &Canonical<'_>,
+pub fn decide<'r, 'p>(
+    request: &'p Canonical<'_>,
     table: &'r RouteTable,
     auth: &Authentication<'_>,
-) -> Option<Verdict<'r>> {
+) -> Option<Verdict<'r, 'p>> {
     let matched = table.find(request.host_name(), &request.path, request.effective_method)?;
     let route = matched.route;
     let mut enforcement = None;
@@ -81,6 +83,7 @@ pub fn decide<'r>(
         if decision == Decision::Deny {
             return Some(Verdict {
                 route,
+                params: matched.params,
                 action: Action::Refuse(auth.refusal().unwrap_or(FORBIDDEN)),
                 enforcement,
             });
@@ -92,6 +95,7 @@ pub fn decide<'r>(
     };
     Some(Verdict {
         route,
+        params: matched.params,
         action,
         enforcement,
     })

@@ -93,6 +93,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
         groups: groups.into(),
         routes: config.routes.clone(),
         identity_header: config.identity_header.clone(),
+        forward_claims: config.forward_claims.clone(),
         request: config.request,
         trusted_proxies: config.trusted_proxies.clone(),
         access_log: AccessLog::new(config.access_log.then_some(config.log_format)),

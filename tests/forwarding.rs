@@ -354,3 +354,50 @@ fn a_required_token_without_a_sendable_subject_is_401_never_forwarded() {
     assert_eq!(up.seen()[0].all("X-User-Id"), ["ok"]);
     std::fs::remove_file(conf).unwrap();
 }
+
+#[test]
+fn forward_claims_send_exactly_the_configured_headers_and_never_spoofed_ones() {
+    let up = Upstream::start();
+    let conf = std::env::temp_dir().join(format!("tokengate-claims-{}.yaml", free_port()));
+    std::fs::write(
+        &conf,
+        "tokengate:\n  forward_claims:\n    /abilities/{album}/Access: X-Abilities\n    /Id: X-Album-Id\n  routes:\n    - {name: album, path: \"/albums/{album}\"}\n",
+    )
+    .unwrap();
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
+    let body = r#"{"permission":{"abilities":{"a1":{"Access":{"see":true,"image_list":false}}},"Id":"a1"}}"#;
+    let r = tg.request(&token_request(
+        &[&format!("Bearer {}", session("cora"))],
+        Some("application/json"),
+        body,
+    ));
+    let minted = r.json()["token"].as_str().unwrap().to_owned();
+    let spoofed = "X-Abilities: {\"a1\":{\"Access\":{\"image_delete\":true}}}\r\nx_album_id: a2\r\nX-ALBUM-ID: a3\r\n";
+    for (path, token, want_abilities, want_id) in [
+        (
+            "/albums/a1/images",
+            Some(minted.as_str()),
+            vec![r#"{"see":true,"image_list":false}"#],
+            vec!["a1"],
+        ),
+        (
+            "/albums/a2/images",
+            Some(minted.as_str()),
+            vec![],
+            vec!["a1"],
+        ),
+        ("/other", Some(minted.as_str()), vec![], vec!["a1"]),
+        ("/albums/a1/images", None, vec![], vec![]),
+    ] {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: h\r\n{auth}{spoofed}\r\n");
+        assert_eq!(tg.request(raw.as_bytes()).status, 200, "{path}");
+        let s = up.seen().pop().unwrap();
+        assert_eq!(s.all("X-Abilities"), want_abilities, "{path}");
+        assert_eq!(s.all("X-Album-Id"), want_id, "{path}");
+        assert!(s.all("x_album_id").is_empty());
+    }
+    std::fs::remove_file(conf).unwrap();
+}

@@ -21,6 +21,7 @@ use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
 use crate::access_log::LogFormat;
+use crate::forward_claims::ClaimHeader;
 use crate::forwarded::TrustedProxies;
 use crate::limits::RateLimit;
 use crate::request;
@@ -121,6 +122,8 @@ pub struct Config {
     pub abilities: Option<Vec<String>>,
     /// Header carrying the subject to the upstream.
     pub identity_header: HeaderName,
+    /// Claims forwarded as headers.
+    pub forward_claims: Vec<ClaimHeader>,
     /// What a request may look like (semicolons, method overrides).
     pub request: request::Options,
     /// Peers whose forwarding headers are extended rather than replaced.
@@ -172,6 +175,7 @@ struct RawConfig {
     reserved_claims: Vec<String>,
     abilities: Option<Vec<String>>,
     identity_header: Option<String>,
+    forward_claims: BTreeMap<String, String>,
     auth: Option<AuthMode>,
     /// Replaced by routes; kept only to say how to rewrite it.
     auth_paths: Option<serde_yaml::Value>,
@@ -563,6 +567,45 @@ fn resolve_identity_header(raw: Option<String>) -> Result<HeaderName, ConfigErro
     })
 }
 
+/// Headers tokengate owns or that change how a request is read: no claim may be sent as one.
+const NOT_FOR_CLAIMS: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "authorization",
+    "x-request-id",
+    "forwarded",
+    "x-real-ip",
+    "x-token",
+];
+
+fn resolve_forward_claims(
+    raw: BTreeMap<String, String>,
+    identity_header: Option<&str>,
+) -> Result<Vec<ClaimHeader>, ConfigError> {
+    let identity = identity_header
+        .unwrap_or(defaults::IDENTITY_HEADER)
+        .to_ascii_lowercase();
+    let mut mapped: Vec<ClaimHeader> = Vec::with_capacity(raw.len());
+    for (pointer, header) in raw {
+        let key = format!("tokengate.forward_claims.{pointer}");
+        let claim = ClaimHeader::parse(&pointer, &header).map_err(|e| invalid(&key, e.0))?;
+        let h = claim.header.as_str();
+        if h == identity || NOT_FOR_CLAIMS.contains(&h) || h.starts_with("x-forwarded-") {
+            return Err(invalid(
+                &key,
+                format!("{header:?} is a header tokengate sets itself"),
+            ));
+        }
+        if mapped.iter().any(|m| m.header == claim.header) {
+            return Err(invalid(&key, format!("{header:?} is mapped twice")));
+        }
+        mapped.push(claim);
+    }
+    Ok(mapped)
+}
+
 fn resolve_minted_typ(raw: Option<String>) -> Result<Option<String>, ConfigError> {
     match raw {
         Some(typ) if typ.eq_ignore_ascii_case("JWT") || typ.trim().is_empty() => Err(invalid(
@@ -673,6 +716,10 @@ fn resolve(
             .unwrap_or(crate::token::permission::DEFAULT_MAX_KEYS),
         max_token_bytes: raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES),
         reserved_claims: std::mem::take(&mut raw.reserved_claims),
+        forward_claims: resolve_forward_claims(
+            std::mem::take(&mut raw.forward_claims),
+            raw.identity_header.as_deref(),
+        )?,
         identity_header: resolve_identity_header(raw.identity_header.take())?,
         abilities: raw.abilities.take(),
         request,
@@ -852,6 +899,35 @@ mod tests {
         .unwrap();
         assert_eq!(c.routes.routes()[0].host.as_deref(), Some("images.example"));
         assert_eq!(c.routes.routes()[0].auth, AuthMode::Required);
+    }
+
+    #[test]
+    fn forward_claims_may_not_take_headers_tokengate_sets() {
+        for (header, problem) in [
+            ("X-User-Id", "is a header tokengate sets itself"),
+            ("X-Forwarded-For", "is a header tokengate sets itself"),
+            ("Host", "is a header tokengate sets itself"),
+            ("X Bad", "is not a header name"),
+        ] {
+            let e = err(
+                &format!("tokengate:\n  forward_claims:\n    /Id: {header}\n"),
+                &[SECRET],
+            );
+            assert!(
+                e.starts_with("invalid tokengate.forward_claims./Id: ") && e.contains(problem),
+                "{e}"
+            );
+        }
+        assert!(
+            err("tokengate:\n  forward_claims:\n    Id: X-Id\n", &[SECRET])
+                .contains("JSON pointer")
+        );
+        let c = Config::from_yaml(
+            "tokengate:\n  forward_claims:\n    /Id: X-Album-Id\n",
+            &[SECRET],
+        )
+        .unwrap();
+        assert_eq!(c.forward_claims[0].header, "x-album-id");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
+use crate::forward_claims::ClaimHeader;
 use crate::forwarded::{self, is_forwarding_header, Received};
 use crate::request::method::OVERRIDE_HEADERS;
 
@@ -24,6 +25,10 @@ pub fn same_header(name: &str, want: &str) -> bool {
 
 /// What the rewrite needs to know about one request.
 pub struct Rewrite<'a> {
+    /// Every header claims may be sent as: client copies are removed.
+    pub claim_headers: &'a [ClaimHeader],
+    /// The claims this request sends, by header name.
+    pub claims: &'a [(String, String)],
     /// The canonical target, when it differs from the one received.
     pub target: Option<&'a [u8]>,
     /// The canonical authority, for Host (when it differs) and the forwarding headers.
@@ -59,6 +64,10 @@ pub fn rewrite(
             strip.push(name.clone());
         } else if same_header(n, identity_header.as_str())
             || n == "x-request-id"
+            || rewrite
+                .claim_headers
+                .iter()
+                .any(|c| same_header(n, &c.header))
             || PATH_OVERRIDE_HEADERS.iter().any(|h| same_header(n, h))
             || (is_forwarding_header(n) && (!trusted || n.contains('_')))
         {
@@ -76,6 +85,9 @@ pub fn rewrite(
     }
     if let Some(subject) = rewrite.subject {
         upstream.append_header(identity_header.clone(), subject)?;
+    }
+    for (header, value) in rewrite.claims {
+        upstream.append_header(header.clone(), value.as_str())?;
     }
     collapse_content_length(upstream)?;
     if let Some(target) = rewrite.target {
@@ -210,6 +222,8 @@ mod tests {
         let authority = HeaderValue::from_static("images.example");
         let rid = HeaderValue::from_static("rid");
         let rw = Rewrite {
+            claim_headers: &[],
+            claims: &[],
             target: Some(b"/b"),
             authority: Some(&authority),
             host_rewritten: true,
@@ -248,6 +262,8 @@ mod tests {
         let authority = HeaderValue::from_static("h");
         let rid = HeaderValue::from_static("rid");
         let rw = Rewrite {
+            claim_headers: &[],
+            claims: &[],
             target: None,
             authority: Some(&authority),
             host_rewritten: false,

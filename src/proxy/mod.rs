@@ -22,6 +22,7 @@ use pingora::{Error, ErrorType};
 
 use crate::access_log::{self, AccessLog, Entry};
 use crate::error::{ApiError, ErrorCode};
+use crate::forward_claims::ClaimHeader;
 use crate::forwarded::TrustedProxies;
 use crate::limits::Limiter;
 use crate::metrics::{self, RouteKind, UpstreamErrorKind};
@@ -56,6 +57,8 @@ pub struct Settings {
     pub routes: RouteTable,
     /// Header carrying the verified subject upstream.
     pub identity_header: HeaderName,
+    /// Claims forwarded as headers.
+    pub forward_claims: Vec<ClaimHeader>,
     /// What a request may look like.
     pub request: request::Options,
     /// Peers whose forwarding headers are extended.
@@ -79,6 +82,7 @@ pub struct Tokengate {
     groups: Arc<[UpstreamGroup]>,
     routes: RouteTable,
     identity_header: HeaderName,
+    forward_claims: Vec<ClaimHeader>,
     options: request::Options,
     trusted_proxies: TrustedProxies,
     access_log: AccessLog,
@@ -98,6 +102,8 @@ struct Forward {
     host_rewritten: bool,
     /// The honoured override method.
     honoured_override: Option<&'static str>,
+    /// Claims sent as headers (`forward_claims`), by header name.
+    claims: Vec<(String, String)>,
 }
 
 /// Per-request state, passed through every phase.
@@ -161,6 +167,7 @@ impl Tokengate {
             groups: settings.groups,
             routes: settings.routes,
             identity_header: settings.identity_header,
+            forward_claims: settings.forward_claims,
             options: settings.request,
             trusted_proxies: settings.trusted_proxies,
             access_log: settings.access_log,
@@ -282,11 +289,23 @@ impl Tokengate {
                         .as_ref()
                         .and_then(|a| HeaderValue::from_str(&a.to_string()).ok()),
                 };
+                let claims = match &auth {
+                    Authentication::Valid(caller) => self
+                        .forward_claims
+                        .iter()
+                        .filter_map(|m| {
+                            let value = m.value(&caller.claims, &verdict.params)?;
+                            Some((m.header.clone(), value))
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 ctx.forward = Forward {
                     target: canonical.target_rewritten.then(|| canonical.target()),
                     authority,
                     host_rewritten: canonical.host_rewritten,
                     honoured_override: canonical.honoured_override(),
+                    claims,
                 };
                 Plan::Forward
             }
@@ -552,6 +571,8 @@ impl ProxyHttp for Tokengate {
             .map(|a| a.ip())
             .map(|ip| (ip, self.trusted_proxies.contains(ip)));
         let rewrite = forward::Rewrite {
+            claim_headers: &self.forward_claims,
+            claims: &ctx.forward.claims,
             target: ctx.forward.target.as_deref(),
             authority: ctx.forward.authority.as_ref(),
             host_rewritten: ctx.forward.host_rewritten,

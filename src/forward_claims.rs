@@ -1,0 +1,136 @@
+//! Claims the application gets as headers: a map from a JSON pointer into the verified claims
+//! (RFC 6901, `{param}` filled from the route, `/abilities/{album}/Access`) to a header name.
+//! Pure: claims and route parameters in, header values out.
+
+use serde_json::Value;
+
+use crate::routes::ParamValue;
+use crate::token::{is_identity, Claims};
+
+/// One mapping: where in the claims, and which header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    /// The pointer's segments, unescaped; `{name}` segments are route parameters.
+    segments: Vec<String>,
+    /// The header name, lower case.
+    pub header: String,
+}
+
+/// Why a mapping was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMapError(pub String);
+
+impl ClaimHeader {
+    /// Parses `pointer` (`/claim/nested/{param}`) for `header`.
+    pub fn parse(pointer: &str, header: &str) -> Result<ClaimHeader, ClaimMapError> {
+        let rest = pointer.strip_prefix('/').ok_or_else(|| {
+            ClaimMapError(format!(
+                "{pointer:?} is no JSON pointer: it must start with /"
+            ))
+        })?;
+        let segments: Vec<String> = rest
+            .split('/')
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        if segments[0].is_empty() || segments[0].starts_with('{') {
+            return Err(ClaimMapError(format!(
+                "{pointer:?} must name a claim first, like /abilities/{{album}}/Access"
+            )));
+        }
+        let header = header.trim().to_ascii_lowercase();
+        let valid = !header.is_empty()
+            && header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            return Err(ClaimMapError(format!("{header:?} is not a header name")));
+        }
+        Ok(ClaimHeader { segments, header })
+    }
+
+    /// The header value for `claims` on a route with `params`: a string claim as it is (when it
+    /// arrives unchanged as a header value), anything else as compact JSON; `None` when the
+    /// pointer finds nothing or names a parameter the route lacks.
+    pub fn value(&self, claims: &Claims, params: &[(&str, ParamValue<'_>)]) -> Option<String> {
+        let claim: Value = serde_json::from_str(claims.get(&self.segments[0])?.get()).ok()?;
+        let mut pointer = String::new();
+        for segment in &self.segments[1..] {
+            let name = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}'));
+            let part = match name {
+                Some(param) => params
+                    .iter()
+                    .find(|(n, _)| *n == param)
+                    .and_then(|(_, v)| v.value.as_deref())?
+                    .to_owned(),
+                None => segment.clone(),
+            };
+            pointer.push('/');
+            pointer.push_str(&part.replace('~', "~0").replace('/', "~1"));
+        }
+        match claim.pointer(&pointer)? {
+            Value::String(s) => is_identity(s).then(|| s.clone()),
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::verify::tests::{ring, sign_raw, SECRET};
+    use crate::token::VerifyPolicy;
+    use jsonwebtoken::Algorithm;
+    use std::borrow::Cow;
+
+    fn claims(json: &str) -> Claims {
+        let token = sign_raw(r#"{"alg":"HS256"}"#, json, Algorithm::HS256, SECRET);
+        crate::token::verify::verify(
+            &token,
+            &ring(&[Algorithm::HS256]),
+            &VerifyPolicy::default(),
+            1,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn pointers_fill_route_parameters_and_serialize_compactly() {
+        let c = claims(
+            r#"{"exp":9,"user_id":"u","Id":"a/1","abilities":{"a/1":{"Access":{"see":true, "image_list":false}}},"n":7}"#,
+        );
+        let album = [(
+            "album",
+            ParamValue {
+                value: Some(Cow::Borrowed("a/1")),
+                last: false,
+            },
+        )];
+        let value = |p: &str| ClaimHeader::parse(p, "X-H").unwrap().value(&c, &album);
+        assert_eq!(value("/Id").as_deref(), Some("a/1"));
+        assert_eq!(
+            value("/abilities/{album}/Access").as_deref(),
+            Some(r#"{"see":true,"image_list":false}"#)
+        );
+        assert_eq!(value("/n").as_deref(), Some("7"));
+        assert_eq!(value("/abilities/{other}/Access"), None);
+        assert_eq!(value("/missing"), None);
+        assert_eq!(value("/abilities/b/Access"), None);
+        let odd = claims(r#"{"exp":9,"user_id":"u","s":"line\nbreak"}"#);
+        assert_eq!(
+            ClaimHeader::parse("/s", "X-S").unwrap().value(&odd, &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_mappings_are_refused() {
+        assert!(ClaimHeader::parse("Id", "X-Id").is_err());
+        assert!(ClaimHeader::parse("/", "X-Id").is_err());
+        assert!(ClaimHeader::parse("/{album}", "X-Id").is_err());
+        assert!(ClaimHeader::parse("/Id", "X Id").is_err());
+        assert_eq!(
+            ClaimHeader::parse("/Id", "X-Album-Id").unwrap().header,
+            "x-album-id"
+        );
+    }
+}
