@@ -41,6 +41,13 @@ pub enum Command {
         #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Sign a subject out everywhere: every token of it issued until now is refused by every
+    /// replica sharing the configured Redis.
+    Revoke {
+        /// The subject (the subject claim's value).
+        #[arg(long)]
+        subject: String,
+    },
     /// Manage the ES256 / EdDSA keys minted tokens can be signed with.
     Keys {
         /// What to do with keys.

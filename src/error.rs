@@ -33,13 +33,15 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     /// 504: the upstream did not answer in time.
     UpstreamTimeout,
+    /// 503: shared state (Redis) a check needs cannot be reached, and the check fails closed.
+    Unavailable,
     /// 500: a fault of tokengate itself, never of client input.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for metrics that want a zero series per reason.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidRequest,
         ErrorCode::MissingToken,
         ErrorCode::InvalidToken,
@@ -54,6 +56,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::UpstreamUnavailable,
         ErrorCode::UpstreamTimeout,
+        ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
 
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
+            ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
     }
@@ -94,6 +98,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal_error",
         }
     }

@@ -7,11 +7,18 @@ use serde_json::Value;
 use crate::routes::ParamValue;
 use crate::token::{is_identity, Claims};
 
+/// Where in the claims: `/claim/nested/{param}` (RFC 6901, `{param}` from the route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPointer {
+    /// The pointer's segments, unescaped; `{name}` segments are route parameters.
+    segments: Vec<String>,
+}
+
 /// One mapping: where in the claims, and which header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimHeader {
-    /// The pointer's segments, unescaped; `{name}` segments are route parameters.
-    segments: Vec<String>,
+    /// Where in the claims.
+    pub pointer: ClaimPointer,
     /// The header name, lower case.
     pub header: String,
 }
@@ -20,9 +27,9 @@ pub struct ClaimHeader {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimMapError(pub String);
 
-impl ClaimHeader {
-    /// Parses `pointer` (`/claim/nested/{param}`) for `header`.
-    pub fn parse(pointer: &str, header: &str) -> Result<ClaimHeader, ClaimMapError> {
+impl ClaimPointer {
+    /// Parses `/claim/nested/{param}`.
+    pub fn parse(pointer: &str) -> Result<ClaimPointer, ClaimMapError> {
         let rest = pointer.strip_prefix('/').ok_or_else(|| {
             ClaimMapError(format!(
                 "{pointer:?} is no JSON pointer: it must start with /"
@@ -37,20 +44,12 @@ impl ClaimHeader {
                 "{pointer:?} must name a claim first, like /abilities/{{album}}/Access"
             )));
         }
-        let header = header.trim().to_ascii_lowercase();
-        let valid = !header.is_empty()
-            && header
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !valid {
-            return Err(ClaimMapError(format!("{header:?} is not a header name")));
-        }
-        Ok(ClaimHeader { segments, header })
+        Ok(ClaimPointer { segments })
     }
 
-    /// The header value for `claims` on a route with `params`: a string claim as it is (when it
-    /// arrives unchanged as a header value), anything else as compact JSON; `None` when the
-    /// pointer finds nothing or names a parameter the route lacks.
+    /// The value in `claims` on a route with `params`: a string as it is (when it would arrive
+    /// unchanged as a header value), anything else as compact JSON; `None` when the pointer finds
+    /// nothing or names a parameter the route lacks.
     pub fn value(&self, claims: &Claims, params: &[(&str, ParamValue<'_>)]) -> Option<String> {
         let claim: Value = serde_json::from_str(claims.get(&self.segments[0])?.get()).ok()?;
         let mut pointer = String::new();
@@ -71,6 +70,27 @@ impl ClaimHeader {
             Value::String(s) => is_identity(s).then(|| s.clone()),
             other => Some(other.to_string()),
         }
+    }
+}
+
+impl ClaimHeader {
+    /// Parses `pointer` for `header`.
+    pub fn parse(pointer: &str, header: &str) -> Result<ClaimHeader, ClaimMapError> {
+        let pointer = ClaimPointer::parse(pointer)?;
+        let header = header.trim().to_ascii_lowercase();
+        let valid = !header.is_empty()
+            && header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            return Err(ClaimMapError(format!("{header:?} is not a header name")));
+        }
+        Ok(ClaimHeader { pointer, header })
+    }
+
+    /// The header value for `claims` on a route with `params` (see [`ClaimPointer::value`]).
+    pub fn value(&self, claims: &Claims, params: &[(&str, ParamValue<'_>)]) -> Option<String> {
+        self.pointer.value(claims, params)
     }
 }
 

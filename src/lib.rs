@@ -28,6 +28,8 @@ pub mod respond;
 pub mod routes;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod shared;
 pub mod token;
 #[cfg(feature = "server")]
 pub mod upstreams;

@@ -1,7 +1,7 @@
 //! The `tokengate` binary: parse the command line, load the configuration, run.
 
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::io::Write;
 
@@ -35,6 +35,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Sign { user_id, ttl }) => sign(&config, &user_id, ttl.as_secs()),
         Some(Command::Keys { .. }) => ExitCode::SUCCESS,
+        Some(Command::Revoke { subject }) => revoke(&config, &subject),
         None if cli.test => {
             if cli.verbose {
                 print!("{}", config.routes.describe(&config.group_names()));
@@ -115,6 +116,32 @@ fn sign(config: &Config, user_id: &str, ttl_secs: u64) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+fn revoke(config: &Config, subject: &str) -> ExitCode {
+    let Some(settings) = &config.redis else {
+        return fail("revoke needs the shared Redis: configure tokengate.redis");
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(e),
+    };
+    let outcome = runtime.block_on(async {
+        let shared = tokengate::shared::Shared::new(settings.clone())?;
+        tokio::time::timeout(Duration::from_secs(5), shared.revoke(subject))
+            .await
+            .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))))
+    });
+    match outcome {
+        Ok(()) => {
+            println!("signed out {subject}: its tokens issued until now are refused everywhere");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("cannot reach redis at {}: {e}", settings.url)),
     }
 }
 

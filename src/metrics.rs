@@ -80,6 +80,10 @@ pub struct Metrics {
     pub secret_reloads: IntCounterVec,
     /// `tokengate_enforcement_decisions_total{route,decision}`: ability checks on routes.
     pub enforcement: IntCounterVec,
+    /// `tokengate_redis_errors_total{feature}`: Redis calls that failed or timed out.
+    pub redis_errors: IntCounterVec,
+    /// `tokengate_redis_up`: 1 while Redis is connected (when configured).
+    pub redis_up: IntGauge,
     /// Resolved `requests{route,code}` series, so a request skips the label lookup: one slot
     /// per route kind and status 100–599, filled on first use.
     request_series: [[OnceLock<IntCounter>; 500]; 2],
@@ -156,6 +160,15 @@ fn register() -> Result<Metrics, prometheus::Error> {
             "Ability checks of forwarded requests, by configured route name and decision (allow, deny, shadow_deny).",
             &["route", "decision"]
         )?,
+        redis_errors: register_int_counter_vec!(
+            "tokengate_redis_errors_total",
+            "Redis calls that failed or timed out, by feature (limits, revocation).",
+            &["feature"]
+        )?,
+        redis_up: register_int_gauge!(
+            "tokengate_redis_up",
+            "1 while the shared Redis is connected and sign-outs are current; 0 otherwise."
+        )?,
         build_info: register_gauge_vec!(
             "tokengate_build_info",
             "Always 1; the version label says which build runs.",
@@ -172,6 +185,9 @@ fn register() -> Result<Metrics, prometheus::Error> {
     }
     for result in ["ok", "error"] {
         metrics.secret_reloads.with_label_values(&[result]);
+    }
+    for feature in ["limits", "revocation"] {
+        metrics.redis_errors.with_label_values(&[feature]);
     }
     for kind in [
         UpstreamErrorKind::Connect,

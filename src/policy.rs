@@ -120,6 +120,7 @@ mod tests {
             auth,
             require: None,
             shadow: false,
+            limit: None,
         }
     }
 

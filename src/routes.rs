@@ -14,6 +14,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::forward_claims::ClaimPointer;
+use crate::limits::RateLimit;
 use crate::request::path::{decode_segment, segments};
 
 /// Whether forwarded requests must carry a valid token.
@@ -244,6 +246,25 @@ pub struct Requirement {
     pub access: String,
 }
 
+/// What a route's request limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The verified subject.
+    Subject,
+    /// A claim of the verified token (`claim:/Id`).
+    Claim(ClaimPointer),
+}
+
+/// A limit on a route's requests per key; requests without a valid token count by client
+/// address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLimit {
+    /// What the limit counts by.
+    pub key: LimitKey,
+    /// How many, how often.
+    pub rate: RateLimit,
+}
+
 /// One route of the table.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -263,6 +284,8 @@ pub struct Route {
     pub require: Option<Requirement>,
     /// Log and count refusals without refusing.
     pub shadow: bool,
+    /// Requests allowed per key.
+    pub limit: Option<RouteLimit>,
 }
 
 impl Route {
@@ -342,6 +365,14 @@ impl RouteTable {
     /// The routes in the order they are tried.
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// Where `route` (one of this table's) ranks.
+    pub fn rank_of(&self, route: &Route) -> usize {
+        self.routes
+            .iter()
+            .position(|r| std::ptr::eq(r, route))
+            .unwrap_or(self.routes.len())
     }
 
     /// The highest-ranked route that matches `host`, the canonical `path` and `method`.
@@ -453,6 +484,7 @@ mod tests {
             auth: AuthMode::Passthrough,
             require: None,
             shadow: false,
+            limit: None,
         }
     }
 

@@ -23,6 +23,7 @@ use crate::limits::Limiter;
 use crate::metrics;
 use crate::proxy::{watch_listener, AppState, Settings, Tokengate};
 use crate::routes::PathTemplate;
+use crate::shared::{Shared, SharedSync};
 use crate::token::SharedKeyring;
 use crate::upstreams::UpstreamGroup;
 
@@ -80,6 +81,15 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
         discovery.push(service);
     }
     let tokens = config.token_service()?;
+    let shared = match &config.redis {
+        Some(settings) => Some(Arc::new(Shared::new(settings.clone()).map_err(|e| {
+            StartError::Config(ConfigError::Invalid {
+                key: "tokengate.redis.url".into(),
+                problem: e.to_string(),
+            })
+        })?)),
+        None => None,
+    };
     let token_path = PathTemplate::parse(&config.token_path).map_err(|e| {
         StartError::Config(ConfigError::Invalid {
             key: "tokengate.token_path".into(),
@@ -98,6 +108,18 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
         trusted_proxies: config.trusted_proxies.clone(),
         access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
         limiter: config.rate_limit.map(Limiter::new),
+        mint_rate: config.rate_limit,
+        route_limiters: config
+            .routes
+            .routes()
+            .iter()
+            .filter_map(|r| {
+                r.limit
+                    .as_ref()
+                    .map(|l| (r.name.clone(), Limiter::new(l.rate)))
+            })
+            .collect(),
+        shared: shared.clone(),
         jwks: config.signing.as_ref().map(|s| {
             (
                 bytes::Bytes::from(s.jwks.clone()),
@@ -150,6 +172,9 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
         server.add_service(service);
     }
     server.add_service(background_service("secret reloader", reloader));
+    if let Some(shared) = shared {
+        server.add_service(background_service("redis", SharedSync(shared)));
+    }
     Ok(Built { server, state })
 }
 

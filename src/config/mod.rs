@@ -26,6 +26,7 @@ use crate::forwarded::TrustedProxies;
 use crate::limits::RateLimit;
 use crate::request;
 use crate::routes::{AuthMode, RouteTable};
+use crate::shared::RedisSettings;
 use crate::token::mint::Minting;
 use crate::token::{
     KeyError, Keyring, PermissionPolicy, Secret, SharedKeyring, TokenService, VerifyPolicy,
@@ -130,6 +131,8 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// Longest a client may take to send a request head.
     pub header_timeout: Duration,
+    /// Shared limits and sign-outs across replicas, when configured.
+    pub redis: Option<RedisSettings>,
     /// How long `SIGTERM` waits for in-flight requests.
     pub grace_period: Duration,
     /// Worker threads of the proxy service.
@@ -193,6 +196,66 @@ struct RawConfig {
     upstreams: BTreeMap<String, routes::RawGroup>,
     routes: Vec<routes::RawRoute>,
     signing: Option<secrets::RawSigning>,
+    redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: String,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    key_prefix: Option<String>,
+    #[serde(default)]
+    on_error: RawOnError,
+    #[serde(default)]
+    revocation_ttl: Option<String>,
+}
+
+/// Per feature, what a Redis failure means: `open` (serve) or `closed` (503).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawOnError {
+    limits: Option<FailMode>,
+    revocation: Option<FailMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FailMode {
+    Open,
+    Closed,
+}
+
+fn resolve_redis(raw: RawRedis) -> Result<RedisSettings, ConfigError> {
+    if !(raw.url.starts_with("redis://")
+        || raw.url.starts_with("rediss://")
+        || raw.url.starts_with("unix://"))
+    {
+        return Err(invalid(
+            "tokengate.redis.url",
+            format!("{:?} is not a redis:// URL", raw.url),
+        ));
+    }
+    Ok(RedisSettings {
+        url: raw.url,
+        timeout: parse_duration(
+            "tokengate.redis.timeout",
+            raw.timeout.as_deref().unwrap_or(defaults::REDIS_TIMEOUT),
+        )?,
+        key_prefix: raw
+            .key_prefix
+            .unwrap_or_else(|| defaults::REDIS_PREFIX.to_owned()),
+        limits_fail_open: raw.on_error.limits.unwrap_or(FailMode::Open) == FailMode::Open,
+        revocation_fail_open: raw.on_error.revocation.unwrap_or(FailMode::Closed) == FailMode::Open,
+        revocation_ttl: parse_duration(
+            "tokengate.redis.revocation_ttl",
+            raw.revocation_ttl
+                .as_deref()
+                .unwrap_or(defaults::REVOCATION_TTL),
+        )?,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +287,10 @@ mod defaults {
     pub const READ_TIMEOUT: &str = "60s";
     pub const WRITE_TIMEOUT: &str = "60s";
     pub const IDLE_TIMEOUT: &str = "60s";
+    pub const REDIS_TIMEOUT: &str = "200ms";
+    pub const REDIS_PREFIX: &str = "tokengate:";
+    /// The longest a session token lives: a sign-out must outlast every token it covers.
+    pub const REVOCATION_TTL: &str = "24h";
 }
 
 /// Where environment variables come from; tests pass a map instead of the process environment.
@@ -724,6 +791,7 @@ fn resolve(
         abilities: raw.abilities.take(),
         request,
         trusted_proxies,
+        redis: raw.redis.take().map(resolve_redis).transpose()?,
         header_timeout: parse_duration(
             "tokengate.header_timeout",
             raw.header_timeout

@@ -7,8 +7,12 @@ use serde::Deserialize;
 
 use super::values::{invalid, parse_duration, upstream_address};
 use super::ConfigError;
+use crate::forward_claims::ClaimPointer;
+use crate::limits::RateLimit;
 use crate::request::host::canonical_authority;
-use crate::routes::{AuthMode, PathTemplate, Requirement, Resource, Route, RouteTable};
+use crate::routes::{
+    AuthMode, LimitKey, PathTemplate, Requirement, Resource, Route, RouteLimit, RouteTable,
+};
 use crate::upstreams::{GroupConfig, UpstreamTimeouts};
 
 /// Name of the group the top-level `upstream` setting makes.
@@ -61,6 +65,19 @@ pub(super) struct RawRoute {
     require: Option<RawRequire>,
     #[serde(default)]
     shadow: bool,
+    #[serde(default)]
+    limit: Option<RawLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    /// `subject`, or `claim:/pointer`.
+    key: String,
+    requests: u32,
+    per: String,
+    #[serde(default)]
+    burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +197,7 @@ pub(super) fn resolve_routes(
         auth: context.default_auth,
         require: None,
         shadow: false,
+        limit: None,
     };
     RouteTable::new(routes, catch_all, context.allow_semicolon)
         .map_err(|e| invalid("tokengate.routes", e))
@@ -239,6 +257,35 @@ fn resolve_route(
         auth: raw.auth.unwrap_or(context.default_auth),
         require,
         shadow: raw.shadow,
+        limit: raw.limit.map(|l| resolve_limit(l, key)).transpose()?,
+    })
+}
+
+fn resolve_limit(raw: RawLimit, key: &str) -> Result<RouteLimit, ConfigError> {
+    let key = format!("{key}.limit");
+    let limit_key = match raw.key.strip_prefix("claim:") {
+        _ if raw.key == "subject" => LimitKey::Subject,
+        Some(pointer) => LimitKey::Claim(
+            ClaimPointer::parse(pointer).map_err(|e| invalid(&format!("{key}.key"), e.0))?,
+        ),
+        None => {
+            return Err(invalid(
+                &format!("{key}.key"),
+                format!("{:?} is not `subject` or `claim:/pointer`", raw.key),
+            ))
+        }
+    };
+    let per = parse_duration(&format!("{key}.per"), &raw.per)?;
+    if raw.requests == 0 || per.is_zero() {
+        return Err(invalid(&key, "requests and per must be above zero"));
+    }
+    Ok(RouteLimit {
+        key: limit_key,
+        rate: RateLimit {
+            mints: raw.requests,
+            per,
+            burst: raw.burst.unwrap_or(raw.requests).max(1),
+        },
     })
 }
 

@@ -8,7 +8,8 @@ mod state;
 mod token_route;
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,13 +25,14 @@ use crate::access_log::{self, AccessLog, Entry};
 use crate::error::{ApiError, ErrorCode};
 use crate::forward_claims::ClaimHeader;
 use crate::forwarded::TrustedProxies;
-use crate::limits::Limiter;
+use crate::limits::{retry_after_secs, Limiter, RateLimit};
 use crate::metrics::{self, RouteKind, UpstreamErrorKind};
 use crate::policy::{self, Action, Authentication};
 use crate::request::method::{body_is_form, OVERRIDE_HEADERS};
 use crate::request::{self, canonicalize, Canonical, FormScan, Head, Refusal};
 use crate::respond::{self, Response};
-use crate::routes::{Decision, PathTemplate, RouteTable};
+use crate::routes::{Decision, LimitKey, PathTemplate, RouteTable};
+use crate::shared::{Admission, Shared, Standing};
 use crate::token::TokenService;
 use crate::upstreams::UpstreamGroup;
 pub use forward::same_header;
@@ -67,6 +69,12 @@ pub struct Settings {
     pub access_log: AccessLog,
     /// The per-subject mint limit.
     pub limiter: Option<Limiter>,
+    /// The per-subject mint limit's rate, for the shared (Redis) limiter.
+    pub mint_rate: Option<RateLimit>,
+    /// Local limiters of routes with a `limit`, by route name (without Redis).
+    pub route_limiters: HashMap<String, Limiter>,
+    /// Limits and sign-outs shared across replicas, when Redis is configured.
+    pub shared: Option<Arc<Shared>>,
     /// The JWKS body and its `Cache-Control`, when minted tokens are signed asymmetrically.
     pub jwks: Option<(Bytes, String)>,
     /// Readiness and in-flight state.
@@ -87,6 +95,9 @@ pub struct Tokengate {
     trusted_proxies: TrustedProxies,
     access_log: AccessLog,
     limiter: Option<Limiter>,
+    mint_rate: Option<RateLimit>,
+    route_limiters: HashMap<String, Limiter>,
+    shared: Option<Arc<Shared>>,
     jwks: Option<(Bytes, String)>,
     state: Arc<AppState>,
 }
@@ -136,6 +147,8 @@ pub struct RequestCtx {
     upstream_error: Option<UpstreamErrorKind>,
     /// Index of the upstream group the route chose.
     group: usize,
+    /// The route's request limit to apply: its rank in the table and the key counted.
+    limit: Option<(usize, String)>,
     /// Addresses tried so far, so a retry goes elsewhere.
     tried: Vec<SocketAddr>,
     /// Held for the request's lifetime.
@@ -172,6 +185,9 @@ impl Tokengate {
             trusted_proxies: settings.trusted_proxies,
             access_log: settings.access_log,
             limiter: settings.limiter,
+            mint_rate: settings.mint_rate,
+            route_limiters: settings.route_limiters,
+            shared: settings.shared,
             jwks: settings.jwks,
             state: settings.state,
         }
@@ -187,6 +203,7 @@ impl Tokengate {
     fn plan(
         &self,
         header: &RequestHeader,
+        peer: Option<IpAddr>,
         body: Option<&request::method::Found>,
         ctx: &mut RequestCtx,
     ) -> Plan {
@@ -240,7 +257,7 @@ impl Tokengate {
             None if form_post && has_body(header) => ctx.body_scan = Some(FormScan::default()),
             None => {}
         }
-        self.decide(header, &canonical, ctx)
+        self.decide(header, &canonical, peer, ctx)
     }
 
     /// Authenticates, asks the policy, and records the verdict on `ctx`.
@@ -248,13 +265,20 @@ impl Tokengate {
         &self,
         header: &RequestHeader,
         canonical: &Canonical<'_>,
+        peer: Option<IpAddr>,
         ctx: &mut RequestCtx,
     ) -> Plan {
         let authorization = authorization_values(header);
         let auth = match authorization.is_empty() {
             true => Authentication::Missing,
             false => match self.tokens.authenticate(&authorization, unix_now()) {
-                Ok(caller) => Authentication::Valid(caller),
+                Ok(caller) => {
+                    match self.standing(caller.claims.subject(), caller.claims.issued_at()) {
+                        Standing::Valid => Authentication::Valid(caller),
+                        Standing::Revoked => Authentication::Invalid(REVOKED),
+                        Standing::Unavailable => return Plan::Refuse(SIGN_OUTS_UNAVAILABLE),
+                    }
+                }
                 Err(error) => Authentication::Invalid(error),
             },
         };
@@ -262,6 +286,19 @@ impl Tokengate {
             return Plan::Refuse(ApiError::new(ErrorCode::Internal, "No route matched."));
         };
         ctx.group = verdict.route.upstream;
+        if let Some(limit) = &verdict.route.limit {
+            let key = match (&limit.key, &auth) {
+                (LimitKey::Subject, Authentication::Valid(caller)) => {
+                    Some(format!("sub:{}", caller.claims.subject()))
+                }
+                (LimitKey::Claim(pointer), Authentication::Valid(caller)) => pointer
+                    .value(&caller.claims, &verdict.params)
+                    .map(|v| format!("claim:{v}")),
+                _ => None,
+            };
+            let key = key.or_else(|| peer.map(|ip| format!("ip:{ip}")));
+            ctx.limit = key.map(|k| (self.routes.rank_of(verdict.route), k));
+        }
         if let Some(decision) = verdict.enforcement {
             metrics::get()
                 .enforcement
@@ -340,6 +377,7 @@ impl Tokengate {
         session: &mut Session,
         ctx: &mut RequestCtx,
         error: &ApiError,
+        extra: &[(&'static str, &str)],
     ) -> pingora::Result<()> {
         let expects_continue = session
             .req_header()
@@ -351,7 +389,38 @@ impl Tokengate {
         {
             session.set_keepalive(None);
         }
-        self.refuse(session, ctx, error, &[]).await
+        self.refuse(session, ctx, error, extra).await
+    }
+
+    /// Whether a token of `subject` issued at `issued_at` was signed out since.
+    pub(super) fn standing(&self, subject: &str, issued_at: Option<f64>) -> Standing {
+        self.shared.as_ref().map_or(Standing::Valid, |shared| {
+            shared.standing(subject, issued_at)
+        })
+    }
+
+    /// The route's request limit for this request: `None` to go ahead, else the refusal and
+    /// its `Retry-After` seconds.
+    async fn route_limit(&self, ctx: &RequestCtx) -> Option<(ApiError, Option<u64>)> {
+        let (rank, key) = ctx.limit.as_ref()?;
+        let route = self.routes.routes().get(*rank)?;
+        let limit = route.limit.as_ref()?;
+        let admission = match &self.shared {
+            Some(shared) => shared.admit(&route.name, key, limit.rate).await,
+            None => match self
+                .route_limiters
+                .get(&route.name)?
+                .admit(key, Instant::now())
+            {
+                Ok(()) => Admission::Admit,
+                Err(wait) => Admission::Wait(wait),
+            },
+        };
+        match admission {
+            Admission::Admit => None,
+            Admission::Wait(wait) => Some((ROUTE_RATE_LIMITED, Some(retry_after_secs(wait)))),
+            Admission::Unavailable => Some((LIMITS_UNAVAILABLE, None)),
+        }
     }
 
     /// Reads a small form body (replayed upstream by Pingora's retry buffer) and plans again
@@ -369,8 +438,38 @@ impl Tokengate {
         scan.feed(&body);
         scan.finish();
         let found = scan.found.unwrap_or_default();
-        self.plan(session.req_header(), Some(&found), ctx)
+        let peer = client_ip(session);
+        self.plan(session.req_header(), peer, Some(&found), ctx)
     }
+}
+
+/// A token whose subject signed out after it was issued.
+pub(super) const REVOKED: ApiError = ApiError::new(
+    ErrorCode::InvalidToken,
+    "The token's subject signed out after it was issued.",
+);
+/// Sign-outs cannot be checked and the check fails closed.
+pub(super) const SIGN_OUTS_UNAVAILABLE: ApiError = ApiError::new(
+    ErrorCode::Unavailable,
+    "Sign-outs cannot be checked right now; retry shortly.",
+);
+/// A route's request limit is exhausted for this key.
+const ROUTE_RATE_LIMITED: ApiError = ApiError::new(
+    ErrorCode::RateLimited,
+    "Too many requests on this route; retry later.",
+);
+/// Limits cannot be checked and they fail closed.
+pub(super) const LIMITS_UNAVAILABLE: ApiError = ApiError::new(
+    ErrorCode::Unavailable,
+    "The rate limit cannot be checked right now; retry shortly.",
+);
+
+/// The client's address.
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// Whether the request announces a body.
@@ -465,6 +564,7 @@ impl ProxyHttp for Tokengate {
             upstream_duration: None,
             upstream_error: None,
             group: 0,
+            limit: None,
             tried: Vec::new(),
             _in_flight: InFlight::new(self.state.clone()),
         }
@@ -489,7 +589,8 @@ impl ProxyHttp for Tokengate {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.request_id = request_id(session.req_header());
-        let mut plan = self.plan(session.req_header(), None, ctx);
+        let peer = client_ip(session);
+        let mut plan = self.plan(session.req_header(), peer, None, ctx);
         if let Plan::PreRead = plan {
             plan = self.plan_after_body(session, ctx).await;
         }
@@ -502,8 +603,16 @@ impl ProxyHttp for Tokengate {
                 ctx.route = RouteKind::Token;
                 self.jwks_route(session, ctx).await?;
             }
-            Plan::Refuse(error) => self.refuse_request(session, ctx, &error).await?,
-            Plan::Forward => return Ok(false),
+            Plan::Refuse(error) => self.refuse_request(session, ctx, &error, &[]).await?,
+            Plan::Forward => match self.route_limit(ctx).await {
+                None => return Ok(false),
+                Some((error, retry_after)) => {
+                    let retry = retry_after.map(|s| s.to_string());
+                    let extra: Vec<(&'static str, &str)> =
+                        retry.iter().map(|r| ("Retry-After", r.as_str())).collect();
+                    self.refuse_request(session, ctx, &error, &extra).await?;
+                }
+            },
             Plan::PreRead => {
                 let error = ApiError::new(ErrorCode::Internal, "The body was read twice.");
                 self.refuse(session, ctx, &error, &[]).await?;
@@ -565,11 +674,7 @@ impl ProxyHttp for Tokengate {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-            .map(|ip| (ip, self.trusted_proxies.contains(ip)));
+        let peer = client_ip(session).map(|ip| (ip, self.trusted_proxies.contains(ip)));
         let rewrite = forward::Rewrite {
             claim_headers: &self.forward_claims,
             claims: &ctx.forward.claims,

@@ -4,12 +4,18 @@ use bytes::BytesMut;
 use http::Method;
 use pingora::proxy::Session;
 
-use super::{authorization_values, unix_now, RequestCtx, Tokengate};
+use std::time::Instant;
+
+use super::{
+    authorization_values, unix_now, RequestCtx, Tokengate, LIMITS_UNAVAILABLE, REVOKED,
+    SIGN_OUTS_UNAVAILABLE,
+};
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::retry_after_secs;
 use crate::metrics;
 use crate::respond::{self, Response};
-use crate::token::TokenRequest;
+use crate::shared::{Admission, Standing};
+use crate::token::{TokenRequest, RATE_LIMITED};
 
 impl Tokengate {
     /// Serves the JWKS; always ends the request.
@@ -72,16 +78,43 @@ impl Tokengate {
                 .map(|v| v.as_bytes()),
             body: &body,
         };
-        let now = std::time::Instant::now();
-        let mut wait = None;
-        let admit = |subject: &str| match &self.limiter {
-            None => true,
-            Some(limiter) => limiter
-                .admit(subject, now)
-                .map_err(|w| wait = Some(w))
-                .is_ok(),
+        let prepared = match self.tokens.prepare(&request, unix_now()) {
+            Ok(prepared) => prepared,
+            Err(error) => return self.refuse(session, ctx, &error, &[]).await,
         };
-        match self.tokens.handle_admitted(&request, unix_now(), admit) {
+        match self.standing(prepared.subject(), prepared.issued_at()) {
+            Standing::Valid => {}
+            Standing::Revoked => return self.refuse(session, ctx, &REVOKED, &[]).await,
+            Standing::Unavailable => {
+                return self.refuse(session, ctx, &SIGN_OUTS_UNAVAILABLE, &[]).await
+            }
+        }
+        let admission = match (&self.shared, &self.limiter, self.mint_rate) {
+            (Some(shared), _, Some(rate)) => shared.admit("mint", prepared.subject(), rate).await,
+            (_, Some(limiter), _) => match limiter.admit(prepared.subject(), Instant::now()) {
+                Ok(()) => Admission::Admit,
+                Err(wait) => Admission::Wait(wait),
+            },
+            _ => Admission::Admit,
+        };
+        match admission {
+            Admission::Admit => {}
+            Admission::Wait(wait) => {
+                let retry_after = retry_after_secs(wait).to_string();
+                return self
+                    .refuse(
+                        session,
+                        ctx,
+                        &RATE_LIMITED,
+                        &[("Retry-After", &retry_after)],
+                    )
+                    .await;
+            }
+            Admission::Unavailable => {
+                return self.refuse(session, ctx, &LIMITS_UNAVAILABLE, &[]).await
+            }
+        }
+        match prepared.mint() {
             Ok(minted) => {
                 metrics::get().minted.inc();
                 ctx.subject = Some(minted.subject);
@@ -92,11 +125,6 @@ impl Tokengate {
                     ctx.start.elapsed(),
                 );
                 respond::send(session, response).await
-            }
-            Err(error) if error.code == ErrorCode::RateLimited => {
-                let retry_after = retry_after_secs(wait.unwrap_or_default()).to_string();
-                self.refuse(session, ctx, &error, &[("Retry-After", &retry_after)])
-                    .await
             }
             Err(error) => self.refuse(session, ctx, &error, &[]).await,
         }

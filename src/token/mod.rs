@@ -165,10 +165,20 @@ impl TokenService {
         now: u64,
         admit: impl FnOnce(&str) -> bool,
     ) -> Result<Minted, ApiError> {
-        const RATE_LIMITED: ApiError = ApiError::new(
-            ErrorCode::RateLimited,
-            "Too many tokens minted for this subject; retry later.",
-        );
+        let prepared = self.prepare(request, now)?;
+        if !admit(prepared.subject()) {
+            return Err(RATE_LIMITED);
+        }
+        prepared.mint()
+    }
+
+    /// Everything before signing: the caller verified, the permission parsed and checked. The
+    /// caller decides, even asynchronously, whether [`Prepared::mint`] may run.
+    pub fn prepare<'a>(
+        &'a self,
+        request: &TokenRequest<'a>,
+        now: u64,
+    ) -> Result<Prepared<'a>, ApiError> {
         // One snapshot for the whole request: a rotation mid-way cannot mix two keyrings.
         let keys = self.keys.current();
         let caller = self.authenticate_with(&*keys, request.authorization, now, true)?;
@@ -182,28 +192,68 @@ impl TokenService {
                 .map(|(k, v)| (k.as_str(), v.as_ref()));
             permission::check_attenuation(permission, held)?;
         }
-        if !admit(caller.claims.subject()) {
-            return Err(RATE_LIMITED);
-        }
-        let token = match &self.signer {
-            Some(signer) => mint::payload(&caller.claims, permission.as_ref(), &self.minting, now)
-                .and_then(|payload| match &self.minting.typ {
-                    Some(typ) => signer.sign_typed(typ, &payload),
-                    None => signer.sign(&payload),
-                }),
+        Ok(Prepared {
+            service: self,
+            keys,
+            caller,
+            permission,
+            now,
+        })
+    }
+}
+
+/// The refusal when a subject minted more than its rate.
+pub const RATE_LIMITED: ApiError = ApiError::new(
+    ErrorCode::RateLimited,
+    "Too many tokens minted for this subject; retry later.",
+);
+
+/// A token request that passed every check but the rate limit, ready to be signed.
+pub struct Prepared<'a> {
+    service: &'a TokenService,
+    keys: std::sync::Arc<Keyring>,
+    caller: Caller<'a>,
+    permission: Option<permission::Permission>,
+    now: u64,
+}
+
+impl Prepared<'_> {
+    /// The verified subject, which the rate limit counts.
+    pub fn subject(&self) -> &str {
+        self.caller.claims.subject()
+    }
+
+    /// When the verified token was issued (`iat`), for revocation checks.
+    pub fn issued_at(&self) -> Option<f64> {
+        self.caller.claims.issued_at()
+    }
+
+    /// Signs the merged claims.
+    pub fn mint(self) -> Result<Minted, ApiError> {
+        let service = self.service;
+        let (claims, permission, now) = (&self.caller.claims, self.permission.as_ref(), self.now);
+        let token = match &service.signer {
+            Some(signer) => {
+                mint::payload(claims, permission, &service.minting, now).and_then(|payload| {
+                    match &service.minting.typ {
+                        Some(typ) => signer.sign_typed(typ, &payload),
+                        None => signer.sign(&payload),
+                    }
+                })
+            }
             None => mint::mint(
-                &caller.claims,
-                permission.as_ref(),
-                keys.signing(),
-                &self.minting,
+                claims,
+                permission,
+                self.keys.signing(),
+                &service.minting,
                 now,
             ),
         }
         .map_err(|_| ApiError::new(ErrorCode::Internal, "The token could not be signed."))?;
         Ok(Minted {
-            body: response_body(&token, &self.endpoint),
-            session_token: caller.token.to_owned(),
-            subject: caller.claims.into_subject(),
+            body: response_body(&token, &service.endpoint),
+            session_token: self.caller.token.to_owned(),
+            subject: self.caller.claims.into_subject(),
         })
     }
 }

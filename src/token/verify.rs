@@ -124,6 +124,12 @@ impl Claims {
     pub fn exp(&self) -> f64 {
         self.exp
     }
+
+    /// The `iat` claim, when the token has a numeric one.
+    pub fn issued_at(&self) -> Option<f64> {
+        self.get("iat")
+            .and_then(|raw| serde_json::from_str::<f64>(raw.get()).ok())
+    }
 }
 
 /// The parts of a JOSE header that matter; `jwk`, `jku`, `x5u`, `x5c` are never even read.

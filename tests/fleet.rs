@@ -1,0 +1,276 @@
+//! Fleet scale: two tokengate replicas sharing one real Redis on loopback. Mint limits and
+//! route limits count across both, a sign-out on one is enforced by the other within a second,
+//! and Redis going away and coming back follows the configured failure modes.
+
+mod common;
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A real `redis-server` on a loopback port, without persistence; killed when dropped.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (bash .ci/setup installs it)");
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < DEADLINE, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { port, child }
+    }
+
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn conf(redis_port: u16) -> String {
+    let yaml = format!(
+        "tokengate:
+  redis: {{url: 'redis://127.0.0.1:{redis_port}', timeout: 200ms, key_prefix: 'test-{redis_port}:'}}
+  rate_limit: {{mints: 1, per: 60s, burst: 5}}
+  routes:
+    - name: private
+      path: /private
+      auth: required
+    - name: limited
+      path: /limited
+      limit: {{key: 'claim:/Id', requests: 1, per: 60s, burst: 3}}
+"
+    );
+    let path = std::env::temp_dir().join(format!("tokengate-fleet-{}.yaml", free_port()));
+    std::fs::write(&path, yaml).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn replicas(up: &Upstream, conf: &str) -> (Tokengate, Tokengate) {
+    let start = || Tokengate::start_with_args(up.addr, &[], &["-c", conf]);
+    (start(), start())
+}
+
+fn mint_status(tg: &Tokengate, session: &str, id: &str) -> (u16, Option<String>) {
+    let body = format!(r#"{{"permission":{{"Id":"{id}"}}}}"#);
+    let r = tg.request(&token_request(
+        &[&format!("Bearer {session}")],
+        Some("application/json"),
+        &body,
+    ));
+    let token = (r.status == 200).then(|| r.json()["token"].as_str().unwrap().to_owned());
+    (r.status, token)
+}
+
+fn get(tg: &Tokengate, path: &str, token: Option<&str>) -> Resp {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    tg.request(format!("GET {path} HTTP/1.1\r\nHost: h\r\n{auth}\r\n").as_bytes())
+}
+
+/// Polls `check` until it is true or `within` passed; returns how long it took.
+fn within(within: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn wait_connected(tg: &Tokengate) {
+    assert!(
+        within(DEADLINE, || tg.metric("tokengate_redis_up") == 1.0).is_some(),
+        "never connected to redis"
+    );
+}
+
+#[test]
+fn the_mint_limit_holds_across_replicas() {
+    let redis = Redis::start_on(free_port());
+    let up = Upstream::start();
+    let conf = conf(redis.port);
+    let (a, b) = replicas(&up, &conf);
+    wait_connected(&a);
+    wait_connected(&b);
+    let greedy = session("burst");
+    let statuses: Vec<u16> = (0..10)
+        .map(|i| mint_status(if i % 2 == 0 { &a } else { &b }, &greedy, "x").0)
+        .collect();
+    // A burst of 5 in all, not 5 per replica.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        5,
+        "{statuses:?}"
+    );
+    // Someone else still mints.
+    assert_eq!(mint_status(&b, &session("other"), "x").0, 200);
+}
+
+#[test]
+fn a_route_limit_keyed_by_a_claim_holds_across_replicas() {
+    let redis = Redis::start_on(free_port());
+    let up = Upstream::start();
+    let conf = conf(redis.port);
+    let (a, b) = replicas(&up, &conf);
+    wait_connected(&a);
+    wait_connected(&b);
+    let (_, album_a) = mint_status(&a, &session("lim"), "A");
+    let (_, album_b) = mint_status(&a, &session("lim2"), "B");
+    let (album_a, album_b) = (album_a.unwrap(), album_b.unwrap());
+    let statuses: Vec<u16> = (0..6)
+        .map(|i| get(if i % 2 == 0 { &a } else { &b }, "/limited", Some(&album_a)).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    let refused = get(&b, "/limited", Some(&album_a));
+    assert_eq!(refused.json()["error"], "rate_limited");
+    let retry: u64 = refused.header("Retry-After").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Another claim value counts on its own.
+    assert_eq!(get(&b, "/limited", Some(&album_b)).status, 200);
+}
+
+#[test]
+fn a_sign_out_on_one_replica_is_enforced_by_the_other_within_a_second() {
+    let redis = Redis::start_on(free_port());
+    let up = Upstream::start();
+    let conf = conf(redis.port);
+    let (a, b) = replicas(&up, &conf);
+    wait_connected(&a);
+    wait_connected(&b);
+    let old = session("leaver");
+    let (_, minted) = mint_status(&a, &old, "x");
+    let minted = minted.unwrap();
+    for tg in [&a, &b] {
+        assert_eq!(get(tg, "/private", Some(&old)).status, 200);
+        assert_eq!(get(tg, "/private", Some(&minted)).status, 200);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["-c", &conf, "revoke", "--subject", "leaver"])
+        .env("TOKENGATE_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for tg in [&b, &a] {
+        let took = within(Duration::from_secs(1), || {
+            get(tg, "/private", Some(&old)).status == 401
+        });
+        assert!(
+            took.is_some(),
+            "a replica still accepts a signed-out session after a second"
+        );
+        let r = get(tg, "/private", Some(&minted));
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (401, Some("invalid_token"))
+        );
+        // Minting from the old session is refused too.
+        assert_eq!(mint_status(tg, &old, "x").0, 401);
+    }
+    // A session issued after the sign-out works (iat in the next second).
+    let now = now() + 2;
+    let fresh = sign_raw(
+        r#"{"typ":"JWT","alg":"HS256"}"#,
+        &format!(r#"{{"exp":{},"iat":{now},"user_id":"leaver"}}"#, now + 3600),
+        SECRET,
+    );
+    assert_eq!(get(&a, "/private", Some(&fresh)).status, 200);
+    // Other subjects were never affected.
+    assert_eq!(get(&b, "/private", Some(&session("stayer"))).status, 200);
+}
+
+#[test]
+fn redis_going_away_follows_the_failure_modes_and_its_return_is_picked_up() {
+    let redis = Redis::start_on(free_port());
+    let up = Upstream::start();
+    let conf = conf(redis.port);
+    let (mut a, mut b) = replicas(&up, &conf);
+    wait_connected(&a);
+    wait_connected(&b);
+    let (_, token) = mint_status(&a, &session("steady"), "R");
+    let token = token.unwrap();
+    let port = redis.stop();
+    // Sign-out checks fail closed: token-bearing requests get 503 (no 5xx beyond that).
+    for tg in [&a, &b] {
+        let closed = within(DEADLINE, || get(tg, "/private", Some(&token)).status == 503);
+        assert!(closed.is_some(), "sign-out checks did not fail closed");
+        let r = get(tg, "/private", Some(&token));
+        assert_eq!(r.json()["error"], "unavailable");
+        // Requests without a token are served as before.
+        assert_eq!(get(tg, "/public", None).status, 200);
+        assert_eq!(tg.metric("tokengate_redis_up"), 0.0);
+        assert!(tg.metric(r#"tokengate_redis_errors_total{feature="revocation"}"#) >= 1.0);
+    }
+    assert!(a.alive() && b.alive());
+    // Limits fail open: counted locally by nobody, every anonymous limited request is served.
+    let served = (0..5)
+        .filter(|_| get(&a, "/limited", None).status == 200)
+        .count();
+    assert_eq!(served, 5);
+    assert!(a.metric(r#"tokengate_redis_errors_total{feature="limits"}"#) >= 1.0);
+    // Redis comes back (empty): both replicas pick it up without a restart.
+    let _redis = Redis::start_on(port);
+    for tg in [&a, &b] {
+        let back = within(DEADLINE, || get(tg, "/private", Some(&token)).status == 200);
+        assert!(back.is_some(), "redis's return was not picked up");
+        assert_eq!(tg.metric("tokengate_redis_up"), 1.0);
+    }
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| get(&b, "/limited", Some(&token)).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let errors: Vec<String> = a
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("redis"))
+        .cloned()
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("sign-out checks fail closed")),
+        "{errors:?}"
+    );
+}
