@@ -32,4 +32,6 @@ pub mod server;
 pub mod shared;
 pub mod token;
 #[cfg(feature = "server")]
+pub mod trace;
+#[cfg(feature = "server")]
 pub mod upstreams;

@@ -84,6 +84,10 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// `tokengate_redis_up`: 1 while Redis is connected (when configured).
     pub redis_up: IntGauge,
+    /// `tokengate_spans_dropped_total`: spans not exported because the queue was full.
+    pub spans_dropped: IntCounter,
+    /// `tokengate_span_exports_total{result}`: batches sent to the collector (`ok`, `error`).
+    pub span_exports: IntCounterVec,
     /// Resolved `requests{route,code}` series, so a request skips the label lookup: one slot
     /// per route kind and status 100–599, filled on first use.
     request_series: [[OnceLock<IntCounter>; 500]; 2],
@@ -165,6 +169,15 @@ fn register() -> Result<Metrics, prometheus::Error> {
             "Redis calls that failed or timed out, by feature (limits, revocation).",
             &["feature"]
         )?,
+        spans_dropped: register_int_counter!(
+            "tokengate_spans_dropped_total",
+            "Spans dropped because the export queue was full."
+        )?,
+        span_exports: register_int_counter_vec!(
+            "tokengate_span_exports_total",
+            "Span batches sent to the OTLP collector, by result (ok, error).",
+            &["result"]
+        )?,
         redis_up: register_int_gauge!(
             "tokengate_redis_up",
             "1 while the shared Redis is connected and sign-outs are current; 0 otherwise."
@@ -185,6 +198,9 @@ fn register() -> Result<Metrics, prometheus::Error> {
     }
     for result in ["ok", "error"] {
         metrics.secret_reloads.with_label_values(&[result]);
+    }
+    for result in ["ok", "error"] {
+        metrics.span_exports.with_label_values(&[result]);
     }
     for feature in ["limits", "revocation"] {
         metrics.redis_errors.with_label_values(&[feature]);

@@ -25,6 +25,7 @@ use crate::proxy::{watch_listener, AppState, Settings, Tokengate};
 use crate::routes::PathTemplate;
 use crate::shared::{Shared, SharedSync};
 use crate::token::SharedKeyring;
+use crate::trace::Exporter;
 use crate::upstreams::UpstreamGroup;
 
 /// Why the server could not be built.
@@ -120,6 +121,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
             })
             .collect(),
         shared: shared.clone(),
+        tracer: config.tracing.clone().map(Exporter::new),
         jwks: config.signing.as_ref().map(|s| {
             (
                 bytes::Bytes::from(s.jwks.clone()),

@@ -32,6 +32,7 @@ use crate::token::{
     KeyError, Keyring, PermissionPolicy, Secret, SharedKeyring, TokenService, VerifyPolicy,
     DEFAULT_MAX_TOKEN_BYTES,
 };
+use crate::trace::TraceSettings;
 use crate::upstreams::{GroupConfig, UpstreamTimeouts};
 pub use routes::DEFAULT_GROUP;
 pub use secrets::{SecretSource, Signing, DEVELOPMENT_SECRET};
@@ -133,6 +134,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Shared limits and sign-outs across replicas, when configured.
     pub redis: Option<RedisSettings>,
+    /// Span export, when configured.
+    pub tracing: Option<TraceSettings>,
     /// How long `SIGTERM` waits for in-flight requests.
     pub grace_period: Duration,
     /// Worker threads of the proxy service.
@@ -197,6 +200,51 @@ struct RawConfig {
     routes: Vec<routes::RawRoute>,
     signing: Option<secrets::RawSigning>,
     redis: Option<RawRedis>,
+    tracing: Option<RawTracing>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTracing {
+    endpoint: String,
+    #[serde(default)]
+    service_name: Option<String>,
+    #[serde(default)]
+    queue: Option<usize>,
+    #[serde(default)]
+    batch: Option<usize>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+fn resolve_tracing(raw: RawTracing) -> Result<TraceSettings, ConfigError> {
+    if !(raw.endpoint.starts_with("http://") || raw.endpoint.starts_with("https://")) {
+        return Err(invalid(
+            "tokengate.tracing.endpoint",
+            format!("{:?} is not an http(s) URL", raw.endpoint),
+        ));
+    }
+    let positive = |key: &str, value: Option<usize>, default: usize| match value.unwrap_or(default)
+    {
+        0 => Err(invalid(key, "must be above zero")),
+        n => Ok(n),
+    };
+    Ok(TraceSettings {
+        endpoint: raw.endpoint,
+        service_name: raw.service_name.unwrap_or_else(|| "tokengate".to_owned()),
+        queue: positive("tokengate.tracing.queue", raw.queue, 2048)?,
+        batch: positive("tokengate.tracing.batch", raw.batch, 512)?,
+        interval: parse_duration(
+            "tokengate.tracing.interval",
+            raw.interval.as_deref().unwrap_or("1s"),
+        )?,
+        timeout: parse_duration(
+            "tokengate.tracing.timeout",
+            raw.timeout.as_deref().unwrap_or("2s"),
+        )?,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -792,6 +840,7 @@ fn resolve(
         request,
         trusted_proxies,
         redis: raw.redis.take().map(resolve_redis).transpose()?,
+        tracing: raw.tracing.take().map(resolve_tracing).transpose()?,
         header_timeout: parse_duration(
             "tokengate.header_timeout",
             raw.header_timeout

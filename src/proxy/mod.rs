@@ -34,6 +34,7 @@ use crate::respond::{self, Response};
 use crate::routes::{Decision, LimitKey, PathTemplate, RouteTable};
 use crate::shared::{Admission, Shared, Standing};
 use crate::token::TokenService;
+use crate::trace::{self, Exporter, SpanRecord, TraceContext};
 use crate::upstreams::UpstreamGroup;
 pub use forward::same_header;
 pub use state::{watch_listener, AppState, InFlight};
@@ -75,6 +76,8 @@ pub struct Settings {
     pub route_limiters: HashMap<String, Limiter>,
     /// Limits and sign-outs shared across replicas, when Redis is configured.
     pub shared: Option<Arc<Shared>>,
+    /// Span export, when tracing is configured.
+    pub tracer: Option<Exporter>,
     /// The JWKS body and its `Cache-Control`, when minted tokens are signed asymmetrically.
     pub jwks: Option<(Bytes, String)>,
     /// Readiness and in-flight state.
@@ -98,6 +101,7 @@ pub struct Tokengate {
     mint_rate: Option<RateLimit>,
     route_limiters: HashMap<String, Limiter>,
     shared: Option<Arc<Shared>>,
+    tracer: Option<Exporter>,
     jwks: Option<(Bytes, String)>,
     state: Arc<AppState>,
 }
@@ -151,6 +155,11 @@ pub struct RequestCtx {
     limit: Option<(usize, String)>,
     /// Addresses tried so far, so a retry goes elsewhere.
     tried: Vec<SocketAddr>,
+    /// This request's span, when tracing: its context, start (Unix ns) and the caller's
+    /// `tracestate`.
+    trace: Option<(TraceContext, u64, String)>,
+    /// The matched route's name, for the span.
+    route_name: Option<String>,
     /// Held for the request's lifetime.
     _in_flight: InFlight,
 }
@@ -188,6 +197,7 @@ impl Tokengate {
             mint_rate: settings.mint_rate,
             route_limiters: settings.route_limiters,
             shared: settings.shared,
+            tracer: settings.tracer,
             jwks: settings.jwks,
             state: settings.state,
         }
@@ -286,6 +296,9 @@ impl Tokengate {
             return Plan::Refuse(ApiError::new(ErrorCode::Internal, "No route matched."));
         };
         ctx.group = verdict.route.upstream;
+        if self.tracer.is_some() {
+            ctx.route_name = Some(verdict.route.name.clone());
+        }
         if let Some(limit) = &verdict.route.limit {
             let key = match (&limit.key, &auth) {
                 (LimitKey::Subject, Authentication::Valid(caller)) => {
@@ -566,6 +579,8 @@ impl ProxyHttp for Tokengate {
             group: 0,
             limit: None,
             tried: Vec::new(),
+            trace: None,
+            route_name: None,
             _in_flight: InFlight::new(self.state.clone()),
         }
     }
@@ -575,9 +590,20 @@ impl ProxyHttp for Tokengate {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         session.as_downstream_mut().set_pipelining_enabled(true);
+        if self.tracer.is_some() {
+            let headers = &session.req_header().headers;
+            let context =
+                TraceContext::continue_or_start(headers.get("traceparent").map(|v| v.as_bytes()));
+            let state = headers
+                .get("tracestate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            ctx.trace = Some((context, trace::unix_nanos(), state));
+        }
         Ok(())
     }
 
@@ -687,6 +713,10 @@ impl ProxyHttp for Tokengate {
             request_id: &ctx.request_id,
         };
         forward::rewrite(upstream, &self.identity_header, &rewrite)?;
+        if let Some((context, _, _)) = &ctx.trace {
+            // The upstream's parent is this request's span; `tracestate` passes as received.
+            upstream.insert_header("traceparent", context.traceparent())?;
+        }
         ctx.upstream_start = Some(Instant::now());
         Ok(())
     }
@@ -793,6 +823,23 @@ impl ProxyHttp for Tokengate {
         let status = written.map_or(0, |r| r.status.as_u16());
         metrics::get().record_request(ctx.route, status, duration);
         let route = ctx.route.as_str();
+        if let (Some(tracer), Some((context, start, state))) = (&self.tracer, ctx.trace.take()) {
+            if context.sampled() {
+                let name = match &ctx.route_name {
+                    Some(name) => format!("{route} {name}"),
+                    None => route.to_owned(),
+                };
+                tracer.record(SpanRecord {
+                    context,
+                    trace_state: state,
+                    name,
+                    start_unix_nano: start,
+                    end_unix_nano: trace::unix_nanos(),
+                    method: session.req_header().method.as_str().to_owned(),
+                    status,
+                });
+            }
+        }
         if !self.access_log.enabled() {
             return;
         }
