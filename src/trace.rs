@@ -234,8 +234,8 @@ impl Exporter {
                 }
             }
         });
-        let sent = queue.as_ref().map(|q| q.try_send(span));
-        if !matches!(sent, Some(Ok(()))) {
+        let sent = queue.as_ref().is_some_and(|q| q.try_send(span).is_ok());
+        if !sent {
             metrics::get().spans_dropped.inc();
         }
     }
