@@ -291,8 +291,17 @@ fn run_pod(overlay: &str) -> Outcome {
         .filter_map(|(_, v)| v.rsplit_once(':'))
         .map(|(h, p)| (h.to_owned(), p.parse().unwrap()))
         .collect();
+    // The shared Redis the env names, started on loopback like an upstream.
+    let redis: Option<(String, u16)> = env
+        .iter()
+        .find(|(name, _)| name == "TOKENGATE_REDIS_URL")
+        .and_then(|(_, url)| url.strip_prefix("redis://"))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|hp| hp.rsplit_once(':'))
+        .map(|(h, p)| (h.to_owned(), p.parse().unwrap()));
     let names: Vec<&str> = upstreams
         .iter()
+        .chain(redis.iter())
         .map(|(h, _)| h.as_str())
         .filter(|h| h.parse::<std::net::IpAddr>().is_err())
         .collect();
@@ -366,6 +375,21 @@ http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_foreve
             )
         })
         .collect();
+    let start_redis = match &redis {
+        Some((_, port)) => format!(
+            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &\n\
+             for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.1; done\n"
+        ),
+        None => String::new(),
+    };
+    // With Redis, sign-out checks fail closed until it is connected: wait for it before minting.
+    let wait_redis = match redis {
+        Some(_) => format!(
+            "for i in $(seq 100); do curl -s http://127.0.0.1:{ready_port}/metrics | grep -q '^tokengate_redis_up 1' && break; sleep 0.1; done\n\
+             check redis \"$(curl -s http://127.0.0.1:{ready_port}/metrics | grep -q '^tokengate_redis_up 1' && echo ok || echo fail)\"\n"
+        ),
+        None => String::new(),
+    };
     let resolve_names: String = names.iter().map(|n| format!("127.0.0.1 {n}\n")).collect();
     let copy_upstream = format!(
         "printf %s {} > \"$S/upstream.py\"",
@@ -385,6 +409,7 @@ mount --bind "$S/hosts" /etc/hosts
 {mount_script}
 {remount_root}
 {start_upstreams}
+{start_redis}
 {run_as} {binary}{quoted_args} > "$S/stdout" 2> "$S/stderr" &
 pid=$!
 # Up before DNS: /healthz answers, /readyz says 503 while an upstream name does not resolve.
@@ -401,6 +426,7 @@ r=$(status http://127.0.0.1:{ready_port}{ready_path})
 check readyz "$( [ "$r" = 200 ] && echo ok || echo fail)" "status $r"
 body=$(curl -s -m 5 http://127.0.0.1:{proxy_port}/anything)
 check proxy "$( [ "$body" = "upstream ok" ] && echo ok || echo fail)" "$body"
+{wait_redis}
 session=$({run_as} {binary}{quoted_args} sign --user-id pod 2>"$S/sign.err")
 echo "SESSION $session"
 minted=$(curl -s -m 5 -X POST -H "Authorization: Bearer $session" http://127.0.0.1:{proxy_port}/api/v1/token)

@@ -276,6 +276,25 @@ enum FailMode {
     Closed,
 }
 
+/// `redis:` from the file, its URL from `TOKENGATE_REDIS_URL` when set (which alone turns it on).
+fn resolve_redis_source(
+    raw: Option<RawRedis>,
+    env: &impl Env,
+) -> Result<Option<RedisSettings>, ConfigError> {
+    let raw = match (raw, env.var("TOKENGATE_REDIS_URL")) {
+        (Some(raw), Some(url)) => Some(RawRedis { url, ..raw }),
+        (None, Some(url)) => Some(RawRedis {
+            url,
+            timeout: None,
+            key_prefix: None,
+            on_error: RawOnError::default(),
+            revocation_ttl: None,
+        }),
+        (raw, None) => raw,
+    };
+    raw.map(resolve_redis).transpose()
+}
+
 fn resolve_redis(raw: RawRedis) -> Result<RedisSettings, ConfigError> {
     if !(raw.url.starts_with("redis://")
         || raw.url.starts_with("rediss://")
@@ -839,7 +858,7 @@ fn resolve(
         abilities: raw.abilities.take(),
         request,
         trusted_proxies,
-        redis: raw.redis.take().map(resolve_redis).transpose()?,
+        redis: resolve_redis_source(raw.redis.take(), env)?,
         tracing: raw.tracing.take().map(resolve_tracing).transpose()?,
         header_timeout: parse_duration(
             "tokengate.header_timeout",
@@ -1045,6 +1064,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.forward_claims[0].header, "x-album-id");
+    }
+
+    #[test]
+    fn redis_is_opt_in_from_the_file_or_the_environment() {
+        assert_eq!(Config::from_yaml("", &[SECRET]).unwrap().redis, None);
+        let env = [
+            SECRET,
+            ("TOKENGATE_REDIS_URL", "redis://redis.default.svc:6379"),
+        ];
+        let r = Config::from_yaml("", &env).unwrap().redis.unwrap();
+        assert_eq!(r.url, "redis://redis.default.svc:6379");
+        assert!(r.limits_fail_open && !r.revocation_fail_open);
+        assert_eq!(r.timeout, Duration::from_millis(200));
+        let file = "tokengate:\n  redis: {url: 'redis://a:1', on_error: {limits: closed, revocation: open}}\n";
+        let r = Config::from_yaml(file, &env).unwrap().redis.unwrap();
+        assert_eq!(r.url, "redis://redis.default.svc:6379");
+        assert!(!r.limits_fail_open && r.revocation_fail_open);
+        assert!(err("tokengate:\n  redis: {url: 'http://a'}\n", &[SECRET])
+            .starts_with("invalid tokengate.redis.url"));
     }
 
     #[test]
