@@ -103,6 +103,25 @@ impl ErrorCode {
         }
     }
 
+    /// The gRPC status code a gRPC client gets instead (grpc/doc/statuscodes.md).
+    pub fn grpc_status(self) -> u8 {
+        match self {
+            ErrorCode::InvalidRequest
+            | ErrorCode::UnsupportedMediaType
+            | ErrorCode::InvalidPermission => 3, // INVALID_ARGUMENT
+            ErrorCode::MissingToken
+            | ErrorCode::InvalidToken
+            | ErrorCode::TokenExpired
+            | ErrorCode::TokenNotYetValid => 16, // UNAUTHENTICATED
+            ErrorCode::Escalation | ErrorCode::Forbidden => 7, // PERMISSION_DENIED
+            ErrorCode::MethodNotAllowed => 12,                 // UNIMPLEMENTED
+            ErrorCode::PayloadTooLarge | ErrorCode::RateLimited => 8, // RESOURCE_EXHAUSTED
+            ErrorCode::UpstreamTimeout => 4,                   // DEADLINE_EXCEEDED
+            ErrorCode::UpstreamUnavailable | ErrorCode::Unavailable => 14, // UNAVAILABLE
+            ErrorCode::Internal => 13,                         // INTERNAL
+        }
+    }
+
     /// The `WWW-Authenticate` value a 401 carries, `None` for other statuses.
     pub fn www_authenticate(self) -> Option<&'static str> {
         match self {

@@ -30,6 +30,8 @@ pub mod routes;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod shared;
+#[cfg(feature = "server")]
+pub mod tls;
 pub mod token;
 #[cfg(feature = "server")]
 pub mod trace;

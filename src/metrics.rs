@@ -43,6 +43,8 @@ pub enum UpstreamErrorKind {
     Connect,
     /// A connect, read or write timeout.
     Timeout,
+    /// The TLS handshake failed: an untrusted or wrong certificate, or no common protocol.
+    Tls,
     /// Anything else after the connection was made.
     Other,
 }
@@ -53,6 +55,7 @@ impl UpstreamErrorKind {
         match self {
             UpstreamErrorKind::Connect => "connect",
             UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Tls => "tls",
             UpstreamErrorKind::Other => "other",
         }
     }
@@ -78,6 +81,8 @@ pub struct Metrics {
     pub build_info: GaugeVec,
     /// `tokengate_secret_reloads_total{result}`: rotations taken (`ok`) or refused (`error`).
     pub secret_reloads: IntCounterVec,
+    /// `tokengate_certificate_reloads_total{result}`: TLS certificate files re-read.
+    pub certificate_reloads: IntCounterVec,
     /// `tokengate_enforcement_decisions_total{route,decision}`: ability checks on routes.
     pub enforcement: IntCounterVec,
     /// `tokengate_redis_errors_total{feature}`: Redis calls that failed or timed out.
@@ -159,6 +164,11 @@ fn register() -> Result<Metrics, prometheus::Error> {
             "Secret file re-reads that changed the keyring (ok) or were refused (error).",
             &["result"]
         )?,
+        certificate_reloads: register_int_counter_vec!(
+            "tokengate_certificate_reloads_total",
+            "TLS certificate file changes taken (ok) or refused, the old certificates kept (error).",
+            &["result"]
+        )?,
         enforcement: register_int_counter_vec!(
             "tokengate_enforcement_decisions_total",
             "Ability checks of forwarded requests, by configured route name and decision (allow, deny, shadow_deny).",
@@ -198,6 +208,7 @@ fn register() -> Result<Metrics, prometheus::Error> {
     }
     for result in ["ok", "error"] {
         metrics.secret_reloads.with_label_values(&[result]);
+        metrics.certificate_reloads.with_label_values(&[result]);
     }
     for result in ["ok", "error"] {
         metrics.span_exports.with_label_values(&[result]);
@@ -208,6 +219,7 @@ fn register() -> Result<Metrics, prometheus::Error> {
     for kind in [
         UpstreamErrorKind::Connect,
         UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Tls,
         UpstreamErrorKind::Other,
     ] {
         metrics.upstream_errors.with_label_values(&[kind.as_str()]);

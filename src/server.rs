@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jsonwebtoken::Algorithm;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::Opt;
 use pingora::server::ShutdownWatch;
 use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch};
@@ -24,6 +25,7 @@ use crate::metrics;
 use crate::proxy::{watch_listener, AppState, Settings, Tokengate};
 use crate::routes::PathTemplate;
 use crate::shared::{Shared, SharedSync};
+use crate::tls::{self, CertStore};
 use crate::token::SharedKeyring;
 use crate::trace::Exporter;
 use crate::upstreams::UpstreamGroup;
@@ -67,7 +69,8 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
     let upgrading = opt.as_ref().is_some_and(|o| o.upgrade);
     if !upgrading {
         // Pingora panics inside its runtime on a bind failure; find out here, with a clear line.
-        for addr in [config.listen, config.admin_listen] {
+        let tls = config.tls.as_ref().map(|t| t.listen);
+        for addr in [config.listen, config.admin_listen].into_iter().chain(tls) {
             TcpListener::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
         }
     }
@@ -148,9 +151,27 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
     if let Some(app) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
         options.read_header_timeout = Some(config.header_timeout);
+        options.h2c = config.h2c;
         app.server_options = Some(options);
     }
     proxy.add_tcp(&config.listen.to_string());
+    let certificates = match &config.tls {
+        Some(tls) => {
+            let store = Arc::new(
+                CertStore::load(tls.certificates.clone())
+                    .map_err(|e| StartError::Config(invalid_tls(e)))?,
+            );
+            let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
+                .map_err(|e| StartError::Config(invalid_tls(e.to_string())))?;
+            settings.set_cert_resolver(store.clone());
+            if tls.h2 {
+                settings.enable_h2();
+            }
+            proxy.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+            Some(store)
+        }
+        None => None,
+    };
     proxy.threads = Some(config.threads);
 
     let mut admin = Service::new("tokengate admin".to_owned(), AdminApp::new(state.clone()));
@@ -174,6 +195,12 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
         server.add_service(service);
     }
     server.add_service(background_service("secret reloader", reloader));
+    if let Some(store) = certificates {
+        server.add_service(background_service(
+            "certificate reloader",
+            CertReloader { store },
+        ));
+    }
     if let Some(shared) = shared {
         server.add_service(background_service("redis", SharedSync(shared)));
     }
@@ -275,6 +302,57 @@ impl BackgroundService for KeyReloader {
                 loaded = current;
                 self.reload();
             }
+        }
+    }
+}
+
+fn invalid_tls(problem: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: "tokengate.tls.certificates".into(),
+        problem,
+    }
+}
+
+/// Pingora's TLS settings take a resolver only alongside callbacks; tokengate needs none.
+struct NoCallbacks;
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for NoCallbacks {}
+
+/// Reads the listener's certificate files again when they change: the next handshake gets the
+/// new certificate, connections already open keep theirs.
+struct CertReloader {
+    store: Arc<CertStore>,
+}
+
+#[async_trait]
+impl BackgroundService for CertReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut loaded = tls::snapshot(&self.store);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(tls::CERT_POLL) => {}
+            }
+            let current = tls::snapshot(&self.store);
+            if current == loaded {
+                continue;
+            }
+            loaded = current;
+            let result = match self.store.reload() {
+                Ok(count) => {
+                    log::info!("TLS certificates reloaded: {count}");
+                    "ok"
+                }
+                Err(e) => {
+                    log::error!("TLS certificates refused, the current ones stay: {e}");
+                    "error"
+                }
+            };
+            metrics::get()
+                .certificate_reloads
+                .with_label_values(&[result])
+                .inc();
         }
     }
 }

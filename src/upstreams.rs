@@ -14,7 +14,10 @@ use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::tls::CaType;
+use pingora::protocols::ALPN;
 use pingora::services::background::{background_service, GenBackgroundService};
+use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 
 /// Timeouts towards an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +47,35 @@ pub struct GroupConfig {
     pub ejection: Duration,
     /// How often host names are resolved again.
     pub resolve_interval: Duration,
+    /// The HTTP version spoken to these addresses.
+    pub protocol: Protocol,
+    /// TLS towards these addresses, if any.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// The HTTP version a group speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    #[default]
+    H1,
+    /// HTTP/2 (negotiated by ALPN, so only with TLS).
+    H2,
+    /// HTTP/2 in plaintext with prior knowledge (gRPC servers without TLS).
+    H2c,
+}
+
+/// TLS towards a group's addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and verified against the certificate.
+    pub sni: String,
+    /// DER trust anchors from a CA bundle; `None`: the system's roots.
+    pub ca: Option<Vec<Vec<u8>>>,
+    /// A client certificate chain (DER, leaf first) and its DER private key, for mTLS.
+    pub client: Option<(Vec<Vec<u8>>, Vec<u8>)>,
+    /// Accept any server certificate: for tests and emergencies only.
+    pub insecure_skip_verify: bool,
 }
 
 impl GroupConfig {
@@ -103,6 +135,8 @@ impl ServiceDiscovery for Resolver {
 /// A group ready to serve: its balancer (kept current by a background service) and ejections.
 pub struct UpstreamGroup {
     config: GroupConfig,
+    /// What every peer of the group carries (TLS, ALPN), built once.
+    template: PeerTemplate,
     balancer: Arc<LoadBalancer<RoundRobin>>,
     ejected: Mutex<HashMap<SocketAddr, Instant>>,
 }
@@ -134,6 +168,7 @@ impl UpstreamGroup {
         let service = background_service(&format!("upstream {}", config.name), balancer);
         let group = UpstreamGroup {
             balancer: service.task(),
+            template: PeerTemplate::new(&config),
             config,
             ejected: Mutex::new(HashMap::new()),
         };
@@ -209,14 +244,75 @@ impl UpstreamGroup {
         self.addresses().iter().any(|a| !tried.contains(a))
     }
 
-    /// A peer for `addr` with the group's timeouts.
+    /// A peer for `addr` with the group's timeouts, protocol and TLS.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let template = &self.template;
+        let mut peer = HttpPeer::new(addr, template.tls, template.sni.clone());
         let t = &self.config.timeouts;
         peer.options.connection_timeout = Some(t.connect);
         peer.options.read_timeout = Some(t.read);
         peer.options.write_timeout = Some(t.write);
         peer.options.idle_timeout = Some(t.idle);
+        peer.options.alpn = template.alpn.clone();
+        if template.alpn != ALPN::H1 {
+            peer.options.max_h2_streams = H2_STREAMS;
+        }
+        peer.options.ca = template.ca.clone();
+        peer.client_cert_key = template.client.clone();
+        peer.options.verify_cert = template.verify;
+        peer.options.verify_hostname = template.verify;
+        // Pooled connections are keyed by peer; groups with different trust must not share.
+        peer.group_key = template.group_key;
         peer
+    }
+}
+
+/// Concurrent streams on one upstream HTTP/2 connection.
+const H2_STREAMS: usize = 100;
+
+/// The parts of a group's peers that do not depend on the address.
+struct PeerTemplate {
+    tls: bool,
+    sni: String,
+    alpn: ALPN,
+    ca: Option<Arc<CaType>>,
+    client: Option<Arc<CertKey>>,
+    verify: bool,
+    group_key: u64,
+}
+
+impl PeerTemplate {
+    /// Certificates were parsed when the configuration was read, so Pingora's parsers, which
+    /// panic on malformed input, only ever see well-formed ones.
+    fn new(config: &GroupConfig) -> PeerTemplate {
+        let tls = config.tls.as_ref();
+        let alpn = match config.protocol {
+            Protocol::H1 => ALPN::H1,
+            Protocol::H2 | Protocol::H2c => ALPN::H2,
+        };
+        let ca = tls.and_then(|t| t.ca.as_ref()).map(|ders| {
+            ders.iter()
+                .map(|der| WrappedX509::new(der.clone(), parse_x509))
+                .collect::<Vec<_>>()
+                .into()
+        });
+        let client = tls
+            .and_then(|t| t.client.as_ref())
+            .map(|(chain, key)| Arc::new(CertKey::new(chain.clone(), key.clone())));
+        let group_key = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            config.name.hash(&mut hasher);
+            hasher.finish()
+        };
+        PeerTemplate {
+            tls: tls.is_some(),
+            sni: tls.map(|t| t.sni.clone()).unwrap_or_default(),
+            alpn,
+            ca,
+            client,
+            verify: tls.is_none_or(|t| !t.insecure_skip_verify),
+            group_key,
+        }
     }
 }

@@ -6,6 +6,7 @@
 
 mod routes;
 mod secrets;
+mod tls;
 mod values;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +37,7 @@ use crate::trace::TraceSettings;
 use crate::upstreams::{GroupConfig, UpstreamTimeouts};
 pub use routes::DEFAULT_GROUP;
 pub use secrets::{SecretSource, Signing, DEVELOPMENT_SECRET};
+pub use tls::ListenerTls;
 use values::{boolean, duration, invalid, listen_address, parse_duration, pick, upstream_address};
 
 /// Why the configuration was refused; `Display` is the one line printed at start-up.
@@ -84,6 +86,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin_listen: SocketAddr,
+    /// The TLS listener, if any.
+    pub tls: Option<ListenerTls>,
+    /// Whether the plaintext listener also takes HTTP/2 with prior knowledge.
+    pub h2c: bool,
     /// The `endpoint` returned with minted tokens.
     pub endpoint: String,
     /// Verification secrets; the first signs.
@@ -201,6 +207,8 @@ struct RawConfig {
     signing: Option<secrets::RawSigning>,
     redis: Option<RawRedis>,
     tracing: Option<RawTracing>,
+    tls: Option<tls::RawListenerTls>,
+    h2c: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -783,8 +791,16 @@ fn resolve(
             .or(raw.secret_file.take()),
     };
     let secrets = secret_source.secrets()?;
-    let development_secret =
-        secrets::check_development_secret(&secrets, &[network.listen, network.admin_listen])?;
+    let listener_tls = tls::resolve_listener(raw.tls.take(), env)?;
+    let mut listeners = vec![network.listen, network.admin_listen];
+    listeners.extend(listener_tls.as_ref().map(|t| t.listen));
+    if listeners[2..].iter().any(|a| listeners[..2].contains(a)) {
+        return Err(invalid(
+            "tokengate.tls.listen",
+            "must differ from the other listeners",
+        ));
+    }
+    let development_secret = secrets::check_development_secret(&secrets, &listeners)?;
     let process = resolve_process(&mut raw, env)?;
     let request = request::Options {
         allow_semicolon: raw.allow_semicolon.unwrap_or(false),
@@ -815,6 +831,8 @@ fn resolve(
     let config = Config {
         listen: network.listen,
         admin_listen: network.admin_listen,
+        tls: listener_tls,
+        h2c: boolean(env, "TOKENGATE_H2C", "h2c", raw.h2c, false)?,
         endpoint: network.endpoint,
         secrets,
         secret_source,

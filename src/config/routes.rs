@@ -13,7 +13,7 @@ use crate::request::host::canonical_authority;
 use crate::routes::{
     AuthMode, LimitKey, PathTemplate, Requirement, Resource, Route, RouteLimit, RouteTable,
 };
-use crate::upstreams::{GroupConfig, UpstreamTimeouts};
+use crate::upstreams::{GroupConfig, Protocol, UpstreamTimeouts};
 
 /// Name of the group the top-level `upstream` setting makes.
 pub const DEFAULT_GROUP: &str = "default";
@@ -36,6 +36,10 @@ pub(super) struct RawGroup {
     resolve_interval: Option<String>,
     #[serde(default)]
     timeouts: RawTimeouts,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    tls: Option<super::tls::RawUpstreamTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +114,8 @@ pub(super) fn resolve_groups(
         health_check_interval: defaults("", None, HEALTH_CHECK_INTERVAL, "")?,
         ejection: defaults("", None, EJECTION, "")?,
         resolve_interval: defaults("", None, RESOLVE_INTERVAL, "")?,
+        protocol: Protocol::H1,
+        tls: None,
     }];
     for (name, raw) in raw_groups {
         let key = format!("tokengate.upstreams.{name}");
@@ -126,8 +132,16 @@ pub(super) fn resolve_groups(
             .addresses
             .iter()
             .map(|a| upstream_address(&format!("{key}.addresses"), a))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let protocol =
+            super::tls::resolve_protocol(&key, raw.protocol.as_deref(), raw.tls.is_some())?;
+        let tls = raw
+            .tls
+            .map(|t| super::tls::resolve_upstream_tls(&key, t, &addresses))
+            .transpose()?;
         groups.push(GroupConfig {
+            protocol,
+            tls,
             timeouts: group_timeouts(&key, &raw.timeouts, timeouts)?,
             health_check_interval: defaults(
                 "health_check_interval",

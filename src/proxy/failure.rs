@@ -15,8 +15,30 @@ pub fn upstream_error_code(error: &Error) -> (UpstreamErrorKind, ErrorCode) {
         | ErrorType::ConnectNoRoute
         | ErrorType::ConnectError
         | ErrorType::SocketError => (UpstreamErrorKind::Connect, ErrorCode::UpstreamUnavailable),
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => (UpstreamErrorKind::Tls, ErrorCode::UpstreamUnavailable),
+        _ if tls_alert(error) => (UpstreamErrorKind::Tls, ErrorCode::UpstreamUnavailable),
         _ => (UpstreamErrorKind::Other, ErrorCode::UpstreamUnavailable),
     }
+}
+
+/// Whether a TLS error lies under `error`: a TLS 1.3 server refuses a client certificate only
+/// after the handshake, so Pingora meets the alert as a read error.
+fn tls_alert(error: &Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.root_cause());
+    while let Some(e) = cause {
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if e.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>()) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// The answer to a request that failed with `error`: `None` when the client itself went away
@@ -85,6 +107,17 @@ mod tests {
                 ErrorCode::UpstreamUnavailable,
                 Some(UpstreamErrorKind::Other)
             ))
+        );
+        assert_eq!(
+            code(err(ErrorType::InvalidCert, ErrorSource::Upstream)),
+            Some((ErrorCode::UpstreamUnavailable, Some(UpstreamErrorKind::Tls)))
+        );
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let mut read = err(ErrorType::ReadError, ErrorSource::Upstream);
+        read.set_cause(std::io::Error::other(alert));
+        assert_eq!(
+            code(read),
+            Some((ErrorCode::UpstreamUnavailable, Some(UpstreamErrorKind::Tls)))
         );
         assert_eq!(
             code(err(ErrorType::ConnectionClosed, ErrorSource::Downstream)),

@@ -41,6 +41,8 @@ pub struct Rewrite<'a> {
     pub subject: Option<&'a str>,
     /// The client's address and whether it is a trusted proxy.
     pub peer: Option<(IpAddr, bool)>,
+    /// The scheme the client used: `https` on the TLS listener.
+    pub proto: &'static str,
     /// The request id tokengate answers with.
     pub request_id: &'a HeaderValue,
 }
@@ -108,7 +110,7 @@ pub fn rewrite(
             })
             .unwrap_or_default();
         let host = rewrite.authority.and_then(|a| a.to_str().ok());
-        let f = forwarded::forwarding(ip, "http", host, &values);
+        let f = forwarded::forwarding(ip, rewrite.proto, host, &values);
         // A trusted peer's values were read above; every copy is replaced.
         let set = |upstream: &mut RequestHeader, name: &'static str, value: String| match trusted {
             true => upstream.insert_header(name, value),
@@ -231,6 +233,7 @@ mod tests {
             subject: Some("alice"),
             peer: Some(("127.0.0.1".parse().unwrap(), false)),
             request_id: &rid,
+            proto: "http",
         };
         rewrite(&mut r, &HeaderName::from_static("x-user-id"), &rw).unwrap();
         assert_eq!(r.raw_path(), b"/b");
@@ -271,6 +274,7 @@ mod tests {
             subject: None,
             peer: Some(("127.0.0.2".parse().unwrap(), true)),
             request_id: &rid,
+            proto: "http",
         };
         rewrite(&mut r, &HeaderName::from_static("x-user-id"), &rw).unwrap();
         assert_eq!(

@@ -218,11 +218,15 @@ impl Tokengate {
         ctx: &mut RequestCtx,
     ) -> Plan {
         let overrides = override_values(header);
+        let host = match host_of(header) {
+            Ok(host) => host,
+            Err(refusal) => return Plan::Refuse(refusal.api_error()),
+        };
         let head = Head {
             method: header.method.as_str(),
             target: header.raw_path(),
             http11: header.version != Version::HTTP_10 && header.version != Version::HTTP_09,
-            host: header.headers.get(http::header::HOST).map(|v| v.as_bytes()),
+            host: host.as_ref().map(|v| v.as_bytes()),
             override_headers: &overrides,
         };
         let mut canonical = match canonicalize(&head, self.options) {
@@ -333,7 +337,7 @@ impl Tokengate {
             Action::Refuse(error) => Plan::Refuse(error),
             Action::Forward => {
                 let authority = match canonical.host_rewritten {
-                    false => header.headers.get(http::header::HOST).cloned(),
+                    false => host_of(header).ok().flatten(),
                     true => canonical
                         .authority
                         .as_ref()
@@ -375,7 +379,7 @@ impl Tokengate {
             .with_label_values(&[error.code.as_str()])
             .inc();
         ctx.reason = Some(error.code);
-        let mut response = Response::error(error, ctx.request_id());
+        let mut response = Response::error_for(error, ctx.request_id(), grpc_call(session));
         for (name, value) in extra {
             response = response.with_header(name, *value);
         }
@@ -503,6 +507,35 @@ fn preread_fits(header: &RequestHeader) -> bool {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<usize>().ok())
             .is_some_and(|len| len > 0 && len <= PREREAD_LIMIT)
+}
+
+/// Whether the client is a gRPC library, which reads `grpc-status` rather than HTTP statuses.
+fn grpc_call(session: &Session) -> bool {
+    crate::respond::is_grpc(
+        session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+    )
+}
+
+/// The request's authority: its Host header or, in HTTP/2, its `:authority`; both, differing,
+/// name two hosts and are refused (RFC 9113 §8.3.1).
+fn host_of(header: &RequestHeader) -> Result<Option<HeaderValue>, Refusal> {
+    let host = header.headers.get(http::header::HOST);
+    if header.version != Version::HTTP_2 {
+        return Ok(host.cloned());
+    }
+    let authority = header
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    match (host, authority) {
+        (Some(host), Some(authority)) if host != authority => Err(Refusal::BadHost),
+        (Some(host), _) => Ok(Some(host.clone())),
+        (None, authority) => Ok(authority),
+    }
 }
 
 /// Every method-override header value, in any spelling.
@@ -710,6 +743,10 @@ impl ProxyHttp for Tokengate {
             honoured_override: ctx.forward.honoured_override,
             subject: ctx.subject.as_deref(),
             peer,
+            proto: match session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+                true => "https",
+                false => "http",
+            },
             request_id: &ctx.request_id,
         };
         forward::rewrite(upstream, &self.identity_header, &rewrite)?;
@@ -805,7 +842,7 @@ impl ProxyHttp for Tokengate {
         ctx.reason = Some(error.code);
         if session.response_written().is_none() {
             session.set_keepalive(None);
-            let response = Response::error(&error, ctx.request_id());
+            let response = Response::error_for(&error, ctx.request_id(), grpc_call(session));
             if let Err(write_error) = respond::send(session, response).await {
                 log::debug!("could not send error response: {write_error}");
             }
