@@ -348,7 +348,8 @@ fn http2_requests_are_canonicalized_and_checked_like_http1() {
     let token: serde_json::Value = serde_json::from_str(&body).unwrap();
     let auth = format!("Authorization: Bearer {}", token["token"].as_str().unwrap());
     // (extra curl arguments, path, status, what the upstream saw: method and target)
-    let cases: [(&[&str], &str, u16, Option<(&str, &str)>); 9] = [
+    type Case<'a> = (&'a [&'a str], &'a str, u16, Option<(&'a str, &'a str)>);
+    let cases: [Case; 9] = [
         (
             &["-X", "POST"],
             "/albums/a/images",
