@@ -742,4 +742,17 @@ fn tls_settings_that_cannot_work_stop_start_up_with_their_name() {
         assert!(err.contains(want), "{yaml}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
+    // The environment's one pair (a mounted kubernetes.io/tls Secret) needs both halves.
+    let cert_only = [("TOKENGATE_TLS_CERT", p(&cert))];
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("-t")
+        .env_clear()
+        .env("TOKENGATE_SECRET", SECRET)
+        .envs(cert_only)
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stderr).trim_end(),
+        "tokengate: invalid TOKENGATE_TLS_KEY: TOKENGATE_TLS_CERT needs its key"
+    );
 }

@@ -183,8 +183,11 @@ fn mounts(spec: &PodSpec, work: &Path) -> (String, Vec<String>) {
                 .find(|c| str_of(c, &["metadata", "name"]) == Some(wanted))
                 .unwrap_or_else(|| panic!("ConfigMap {wanted} is not rendered"));
             serde_yaml::from_value(object.get("data").cloned().unwrap()).unwrap()
-        } else if volume.get("secret").is_some() {
-            BTreeMap::from([("secrets".to_owned(), format!("{SECRET}\n"))])
+        } else if let Some(secret) = volume.get("secret") {
+            match str_of(secret, &["secretName"]) {
+                Some("tokengate-tls") => tls_secret(&work.join("tls")),
+                _ => BTreeMap::from([("secrets".to_owned(), format!("{SECRET}\n"))]),
+            }
         } else {
             panic!("volume {name}: only configMap, secret and emptyDir are emulated");
         };
@@ -200,6 +203,43 @@ fn mounts(spec: &PodSpec, work: &Path) -> (String, Vec<String>) {
         }
     }
     (script, created)
+}
+
+/// What `kubectl create secret tls tokengate-tls --cert=… --key=…` holds: a self-signed pair.
+fn tls_secret(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "tls.key",
+            "-out",
+            "tls.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tokengate",
+            "-addext",
+            "subjectAltName=DNS:tokengate",
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ["tls.crt", "tls.key"]
+        .into_iter()
+        .map(|f| (f.to_owned(), std::fs::read_to_string(dir.join(f)).unwrap()))
+        .collect()
 }
 
 fn env_of(container: &Value) -> Vec<(String, String)> {
@@ -307,15 +347,25 @@ fn run_pod(overlay: &str) -> Outcome {
         .collect();
     let (health_path, health_port) = probe_port(&spec.container, "livenessProbe");
     let (ready_path, ready_port) = probe_port(&spec.container, "readinessProbe");
-    let proxy_port = spec
-        .container
-        .get("ports")
-        .and_then(Value::as_sequence)
-        .into_iter()
-        .flatten()
-        .find(|p| str_of(p, &["name"]) == Some("http"))
-        .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
-        .expect("an http port") as u16;
+    let port_named = |name: &str| {
+        spec.container
+            .get("ports")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .find(|p| str_of(p, &["name"]) == Some(name))
+            .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
+            .map(|p| p as u16)
+    };
+    let proxy_port = port_named("http").expect("an http port");
+    // A TLS port serves with the certificate from the mounted Secret.
+    let check_tls = match port_named("https") {
+        Some(port) => format!(
+            "body=$(curl -sk -m 5 https://127.0.0.1:{port}/anything)\n\
+             check tls \"$( [ \"$body\" = \"upstream ok\" ] && echo ok || echo fail)\" \"$body\"\n"
+        ),
+        None => String::new(),
+    };
     let read_only_root = at(
         &spec.container,
         &["securityContext", "readOnlyRootFilesystem"],
@@ -426,7 +476,7 @@ r=$(status http://127.0.0.1:{ready_port}{ready_path})
 check readyz "$( [ "$r" = 200 ] && echo ok || echo fail)" "status $r"
 body=$(curl -s -m 5 http://127.0.0.1:{proxy_port}/anything)
 check proxy "$( [ "$body" = "upstream ok" ] && echo ok || echo fail)" "$body"
-{wait_redis}
+{check_tls}{wait_redis}
 session=$({run_as} {binary}{quoted_args} sign --user-id pod 2>"$S/sign.err")
 echo "SESSION $session"
 minted=$(curl -s -m 5 -X POST -H "Authorization: Bearer $session" http://127.0.0.1:{proxy_port}/api/v1/token)

@@ -47,30 +47,59 @@ pub(super) fn resolve_listener(
     raw: Option<RawListenerTls>,
     env: &impl Env,
 ) -> Result<Option<ListenerTls>, ConfigError> {
-    let Some(raw) = raw else {
-        return Ok(None);
+    let from_env = env_certificate(env)?;
+    let (listen, written, h2) = match raw {
+        Some(raw) => (raw.listen, raw.certificates, raw.h2),
+        None if from_env.is_some() => (None, Vec::new(), None),
+        None => return Ok(None),
     };
     let listen = listen_address(
         env,
         "TOKENGATE_TLS_LISTEN",
         "tls.listen",
-        raw.listen,
+        listen,
         TLS_LISTEN,
     )?;
-    let certificates: Vec<CertificateFiles> = raw
-        .certificates
-        .into_iter()
-        .map(|c| CertificateFiles {
-            cert: c.cert,
-            key: c.key,
-        })
-        .collect();
-    CertStore::load(certificates.clone()).map_err(|e| invalid("tokengate.tls.certificates", e))?;
+    let source = match from_env {
+        Some(_) => "TOKENGATE_TLS_CERT",
+        None => "tokengate.tls.certificates",
+    };
+    // One pair from the environment (a mounted `kubernetes.io/tls` Secret) replaces the list.
+    let certificates: Vec<CertificateFiles> = match from_env {
+        Some(pair) => vec![pair],
+        None => written
+            .into_iter()
+            .map(|c| CertificateFiles {
+                cert: c.cert,
+                key: c.key,
+            })
+            .collect(),
+    };
+    CertStore::load(certificates.clone()).map_err(|e| invalid(source, e))?;
     Ok(Some(ListenerTls {
         listen,
         certificates,
-        h2: raw.h2.unwrap_or(true),
+        h2: h2.unwrap_or(true),
     }))
+}
+
+/// `TOKENGATE_TLS_CERT` and `TOKENGATE_TLS_KEY`, which go together.
+fn env_certificate(env: &impl Env) -> Result<Option<CertificateFiles>, ConfigError> {
+    match (env.var("TOKENGATE_TLS_CERT"), env.var("TOKENGATE_TLS_KEY")) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(CertificateFiles {
+            cert: cert.into(),
+            key: key.into(),
+        })),
+        (Some(_), None) => Err(invalid(
+            "TOKENGATE_TLS_KEY",
+            "TOKENGATE_TLS_CERT needs its key",
+        )),
+        (None, Some(_)) => Err(invalid(
+            "TOKENGATE_TLS_CERT",
+            "TOKENGATE_TLS_KEY needs its certificate",
+        )),
+    }
 }
 
 /// A group's `tls:` as written.
