@@ -22,6 +22,8 @@ pub mod metrics;
 pub mod policy;
 #[cfg(feature = "server")]
 pub mod proxy;
+#[cfg(feature = "server")]
+pub mod reload;
 pub mod request;
 #[cfg(feature = "server")]
 pub mod respond;

@@ -83,7 +83,7 @@ fn serve(config: Config, cli: &Cli) -> ExitCode {
              accepted because every listener is on loopback"
         );
     }
-    let built = match server::build(config, Some(opt)) {
+    let built = match server::build(config, cli.conf.clone(), Some(opt)) {
         Ok(built) => built,
         Err(e) => return fail(e),
     };

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub secret_reloads: IntCounterVec,
     /// `tokengate_certificate_reloads_total{result}`: TLS certificate files re-read.
     pub certificate_reloads: IntCounterVec,
+    /// `tokengate_config_reloads_total{result}`: whole configurations swapped in or refused.
+    pub config_reloads: IntCounterVec,
     /// `tokengate_enforcement_decisions_total{route,decision}`: ability checks on routes.
     pub enforcement: IntCounterVec,
     /// `tokengate_redis_errors_total{feature}`: Redis calls that failed or timed out.
@@ -169,6 +171,11 @@ fn register() -> Result<Metrics, prometheus::Error> {
             "TLS certificate file changes taken (ok) or refused, the old certificates kept (error).",
             &["result"]
         )?,
+        config_reloads: register_int_counter_vec!(
+            "tokengate_config_reloads_total",
+            "Configuration reloads (SIGHUP or a changed file) swapped in (ok) or refused, the running one kept (error).",
+            &["result"]
+        )?,
         enforcement: register_int_counter_vec!(
             "tokengate_enforcement_decisions_total",
             "Ability checks of forwarded requests, by configured route name and decision (allow, deny, shadow_deny).",
@@ -209,6 +216,7 @@ fn register() -> Result<Metrics, prometheus::Error> {
     for result in ["ok", "error"] {
         metrics.secret_reloads.with_label_values(&[result]);
         metrics.certificate_reloads.with_label_values(&[result]);
+        metrics.config_reloads.with_label_values(&[result]);
     }
     for result in ["ok", "error"] {
         metrics.span_exports.with_label_values(&[result]);

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use jsonwebtoken::Algorithm;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::Opt;
@@ -17,18 +16,16 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
-use crate::config::{Config, ConfigError, SecretSource};
-use crate::limits::Limiter;
+use crate::config::{Config, ConfigError};
 use crate::metrics;
-use crate::proxy::{watch_listener, AppState, Settings, Tokengate};
-use crate::routes::PathTemplate;
+use crate::proxy::{watch_listener, AppState, Proxy, Tokengate};
+use crate::reload::{self, Lasting, Reloader};
 use crate::shared::{Shared, SharedSync};
 use crate::tls::{self, CertStore};
-use crate::token::SharedKeyring;
 use crate::trace::Exporter;
 use crate::upstreams::UpstreamGroup;
+use arc_swap::ArcSwap;
 
 /// Why the server could not be built.
 #[derive(Debug)]
@@ -65,7 +62,7 @@ pub struct Built {
 }
 
 /// Builds the whole server from `config`; `opt` carries Pingora's `-u`, `-d`, `-t`.
-pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
+pub fn build(config: Config, path: Option<PathBuf>, opt: Option<Opt>) -> Result<Built, StartError> {
     let upgrading = opt.as_ref().is_some_and(|o| o.upgrade);
     if !upgrading {
         // Pingora panics inside its runtime on a bind failure; find out here, with a clear line.
@@ -77,14 +74,6 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
     // Register every metric now, so the first scrape already shows them all at zero.
     metrics::get();
     let state = Arc::new(AppState::default());
-    let mut groups: Vec<UpstreamGroup> = Vec::with_capacity(config.upstream_groups.len());
-    let mut discovery = Vec::with_capacity(config.upstream_groups.len());
-    for group in &config.upstream_groups {
-        let (group, service) = UpstreamGroup::new(group.clone());
-        groups.push(group);
-        discovery.push(service);
-    }
-    let tokens = config.token_service()?;
     let shared = match &config.redis {
         Some(settings) => Some(Arc::new(Shared::new(settings.clone()).map_err(|e| {
             StartError::Config(ConfigError::Invalid {
@@ -94,58 +83,25 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
         })?)),
         None => None,
     };
-    let token_path = PathTemplate::parse(&config.token_path).map_err(|e| {
-        StartError::Config(ConfigError::Invalid {
-            key: "tokengate.token_path".into(),
-            problem: e.to_string(),
-        })
-    })?;
-    let settings = Settings {
-        tokens,
-        token_path,
-        body_limit: config.body_limit,
-        groups: groups.into(),
-        routes: config.routes.clone(),
-        identity_header: config.identity_header.clone(),
-        forward_claims: config.forward_claims.clone(),
-        request: config.request,
-        trusted_proxies: config.trusted_proxies.clone(),
-        access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
-        limiter: config.rate_limit.map(Limiter::new),
-        mint_rate: config.rate_limit,
-        route_limiters: config
-            .routes
-            .routes()
-            .iter()
-            .filter_map(|r| {
-                r.limit
-                    .as_ref()
-                    .map(|l| (r.name.clone(), Limiter::new(l.rate)))
-            })
-            .collect(),
-        shared: shared.clone(),
-        tracer: config.tracing.clone().map(Exporter::new),
-        jwks: config.signing.as_ref().map(|s| {
-            (
-                bytes::Bytes::from(s.jwks.clone()),
-                format!("public, max-age={}", s.jwks_max_age.as_secs()),
-            )
-        }),
+    let lasting = Lasting {
         state: state.clone(),
+        shared: shared.clone(),
+        tracer: config.tracing.clone().map(|t| Arc::new(Exporter::new(t))),
     };
-    let groups = settings.groups.clone();
-    let tokengate = Tokengate::new(settings);
-    let reloader = KeyReloader {
-        source: config.secret_source.clone(),
-        algorithms: config.algorithms.clone(),
-        keys: tokengate.keyring(),
-    };
+    let groups: Vec<Arc<UpstreamGroup>> = config
+        .upstream_groups
+        .iter()
+        .map(|g| Arc::new(UpstreamGroup::new(g.clone())))
+        .collect();
+    let proxy_app = Proxy::new(reload::gate(&config, groups.clone(), &lasting)?);
+    let current = proxy_app.current();
+    let reloader = Reloader::new(path, &config, current.clone(), lasting, groups);
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        tokengate,
+        proxy_app,
         "tokengate proxy",
     );
     if let Some(app) = proxy.app_logic_mut() {
@@ -183,7 +139,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
         ReadinessProbe {
             addr: config.listen,
             state: state.clone(),
-            groups,
+            current: current.clone(),
         },
     );
     probe.threads = Some(1);
@@ -191,10 +147,11 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(probe);
-    for service in discovery {
-        server.add_service(service);
-    }
-    server.add_service(background_service("secret reloader", reloader));
+    server.add_service(background_service("configuration reloader", reloader));
+    server.add_service(background_service(
+        "secret reloader",
+        KeyReloader { current },
+    ));
     if let Some(store) = certificates {
         server.add_service(background_service(
             "certificate reloader",
@@ -212,7 +169,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Built, StartError> {
 struct ReadinessProbe {
     addr: SocketAddr,
     state: Arc<AppState>,
-    groups: Arc<[UpstreamGroup]>,
+    current: Arc<ArcSwap<Tokengate>>,
 }
 
 /// How often the upstream groups are looked at for readiness.
@@ -223,13 +180,14 @@ impl BackgroundService for ReadinessProbe {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         watch_listener(self.addr, self.state.clone()).await;
         loop {
-            let known = self.groups.iter().all(UpstreamGroup::is_ready);
+            let gate = self.current.load();
+            let known = gate.groups().iter().all(|g| g.is_ready());
             if self.state.upstreams_known.swap(known, Ordering::AcqRel) != known {
-                let names: Vec<&str> = self
-                    .groups
+                let names: Vec<&str> = gate
+                    .groups()
                     .iter()
                     .filter(|g| !g.is_ready())
-                    .map(UpstreamGroup::name)
+                    .map(|g| g.name())
                     .collect();
                 match known {
                     true => log::info!("every upstream group has an address: ready"),
@@ -248,20 +206,21 @@ impl BackgroundService for ReadinessProbe {
 /// to update a mounted Secret, so this is never the slow part.
 const SECRET_POLL: Duration = Duration::from_secs(2);
 
-/// Re-reads the secret file when it changes, or on `SIGHUP`, and swaps the keyring; a file that
-/// does not make a valid keyring is refused and the current keys stay.
+/// Re-reads the secret file when it changes, or on `SIGHUP`, and swaps the keyring of the
+/// configuration in force; a file that does not make a valid keyring is refused and the current
+/// keys stay.
 struct KeyReloader {
-    source: SecretSource,
-    algorithms: Vec<Algorithm>,
-    keys: SharedKeyring,
+    current: Arc<ArcSwap<Tokengate>>,
 }
 
 impl KeyReloader {
     fn reload(&self) {
-        match self.source.keyring(&self.algorithms) {
+        let gate = self.current.load();
+        let (source, algorithms) = gate.secret_source();
+        match source.keyring(algorithms) {
             Ok(keyring) => {
                 log::info!("secrets reloaded: {} verification keys", keyring.len());
-                self.keys.replace(keyring);
+                gate.keyring().replace(keyring);
                 metrics::get()
                     .secret_reloads
                     .with_label_values(&["ok"])
@@ -276,28 +235,30 @@ impl KeyReloader {
             }
         }
     }
+
+    /// The secret file of the configuration in force, if it has one.
+    fn file(&self) -> Option<PathBuf> {
+        self.current.load().secret_source().0.file.clone()
+    }
 }
 
 #[async_trait]
 impl BackgroundService for KeyReloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Handling SIGHUP at all matters: its default action would end the process.
         let mut hangup = signal(SignalKind::hangup()).ok();
         let read = |path: &Option<PathBuf>| path.as_ref().and_then(|p| std::fs::read(p).ok());
-        let mut loaded = read(&self.source.file);
+        let mut loaded = read(&self.file());
         loop {
             let forced = tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(SECRET_POLL) => false,
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
             };
-            if self.source.file.is_none() {
-                if forced {
-                    log::info!("SIGHUP: no secret file is configured, nothing to reload");
-                }
+            let file = self.file();
+            if file.is_none() {
                 continue;
             }
-            let current = read(&self.source.file);
+            let current = read(&file);
             if forced || current != loaded {
                 loaded = current;
                 self.reload();

@@ -16,7 +16,8 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::tls::CaType;
 use pingora::protocols::ALPN;
-use pingora::services::background::{background_service, GenBackgroundService};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 
 /// Timeouts towards an upstream.
@@ -54,7 +55,7 @@ pub struct GroupConfig {
 }
 
 /// The HTTP version a group speaks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// HTTP/1.1.
     #[default]
@@ -66,7 +67,7 @@ pub enum Protocol {
 }
 
 /// TLS towards a group's addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UpstreamTls {
     /// The name sent as SNI and verified against the certificate.
     pub sni: String,
@@ -132,7 +133,7 @@ impl ServiceDiscovery for Resolver {
     }
 }
 
-/// A group ready to serve: its balancer (kept current by a background service) and ejections.
+/// A group ready to serve: its balancer (kept current by [`UpstreamGroup::run`]) and ejections.
 pub struct UpstreamGroup {
     config: GroupConfig,
     /// What every peer of the group carries (TLS, ALPN), built once.
@@ -142,13 +143,8 @@ pub struct UpstreamGroup {
 }
 
 impl UpstreamGroup {
-    /// The group and the background service that resolves and health-checks it.
-    pub fn new(
-        config: GroupConfig,
-    ) -> (
-        UpstreamGroup,
-        GenBackgroundService<LoadBalancer<RoundRobin>>,
-    ) {
+    /// The group; it knows no address until [`UpstreamGroup::refresh`] or `run` resolves them.
+    pub fn new(config: GroupConfig) -> UpstreamGroup {
         let resolver = Resolver {
             group: config.name.clone(),
             entries: config.addresses.clone(),
@@ -165,14 +161,29 @@ impl UpstreamGroup {
         }
         balancer.update_frequency = config.has_names().then_some(config.resolve_interval);
         balancer.parallel_health_check = true;
-        let service = background_service(&format!("upstream {}", config.name), balancer);
-        let group = UpstreamGroup {
-            balancer: service.task(),
+        UpstreamGroup {
+            balancer: Arc::new(balancer),
             template: PeerTemplate::new(&config),
             config,
             ejected: Mutex::new(HashMap::new()),
-        };
-        (group, service)
+        }
+    }
+
+    /// Resolves and health-checks the group on its intervals until `shutdown` says stop.
+    pub async fn run(&self, shutdown: ShutdownWatch) {
+        BackgroundService::start(&*self.balancer, shutdown).await;
+    }
+
+    /// Resolves the group's addresses once, so a group swapped in by a reload serves at once.
+    pub async fn refresh(&self) {
+        if let Err(e) = self.balancer.update().await {
+            log::warn!("upstream {}: {e}", self.config.name);
+        }
+    }
+
+    /// How the group is configured.
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
     }
 
     /// The group's name.
@@ -302,7 +313,8 @@ impl PeerTemplate {
         let group_key = {
             use std::hash::{Hash, Hasher};
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            config.name.hash(&mut hasher);
+            // A reload that changes a group's trust must not reuse its pooled connections.
+            (&config.name, config.protocol, &config.tls).hash(&mut hasher);
             hasher.finish()
         };
         PeerTemplate {

@@ -13,15 +13,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Version};
+use jsonwebtoken::Algorithm;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
 use crate::access_log::{self, AccessLog, Entry};
+use crate::config::SecretSource;
 use crate::error::{ApiError, ErrorCode};
 use crate::forward_claims::ClaimHeader;
 use crate::forwarded::TrustedProxies;
@@ -54,8 +57,8 @@ pub struct Settings {
     pub token_path: PathTemplate,
     /// Largest body tokengate reads itself.
     pub body_limit: usize,
-    /// Upstream groups, by index (shared with the readiness probe).
-    pub groups: Arc<[UpstreamGroup]>,
+    /// Upstream groups, by index (a reload keeps the unchanged ones).
+    pub groups: Arc<[Arc<UpstreamGroup>]>,
     /// The ranked route table.
     pub routes: RouteTable,
     /// Header carrying the verified subject upstream.
@@ -77,9 +80,13 @@ pub struct Settings {
     /// Limits and sign-outs shared across replicas, when Redis is configured.
     pub shared: Option<Arc<Shared>>,
     /// Span export, when tracing is configured.
-    pub tracer: Option<Exporter>,
+    pub tracer: Option<Arc<Exporter>>,
     /// The JWKS body and its `Cache-Control`, when minted tokens are signed asymmetrically.
     pub jwks: Option<(Bytes, String)>,
+    /// Where the secrets are read from again when their file changes.
+    pub secret_source: SecretSource,
+    /// Algorithms session tokens may use, for a keyring read again.
+    pub algorithms: Vec<Algorithm>,
     /// Readiness and in-flight state.
     pub state: Arc<AppState>,
 }
@@ -90,7 +97,7 @@ pub struct Tokengate {
     token_path: PathTemplate,
     jwks_path: PathTemplate,
     body_limit: usize,
-    groups: Arc<[UpstreamGroup]>,
+    groups: Arc<[Arc<UpstreamGroup>]>,
     routes: RouteTable,
     identity_header: HeaderName,
     forward_claims: Vec<ClaimHeader>,
@@ -101,8 +108,10 @@ pub struct Tokengate {
     mint_rate: Option<RateLimit>,
     route_limiters: HashMap<String, Limiter>,
     shared: Option<Arc<Shared>>,
-    tracer: Option<Exporter>,
+    tracer: Option<Arc<Exporter>>,
     jwks: Option<(Bytes, String)>,
+    secret_source: SecretSource,
+    algorithms: Vec<Algorithm>,
     state: Arc<AppState>,
 }
 
@@ -123,6 +132,8 @@ struct Forward {
 
 /// Per-request state, passed through every phase.
 pub struct RequestCtx {
+    /// The configuration in force when the request began; it finishes on it.
+    gate: Arc<Tokengate>,
     /// When the request's first filter ran.
     start: Instant,
     /// Answered in-process or forwarded: drives metric labels.
@@ -199,6 +210,8 @@ impl Tokengate {
             shared: settings.shared,
             tracer: settings.tracer,
             jwks: settings.jwks,
+            secret_source: settings.secret_source,
+            algorithms: settings.algorithms,
             state: settings.state,
         }
     }
@@ -206,6 +219,16 @@ impl Tokengate {
     /// The keyring the token route verifies and signs with, for rotation.
     pub fn keyring(&self) -> crate::token::SharedKeyring {
         self.tokens.keys.clone()
+    }
+
+    /// Where the keyring is read from again, and the algorithms it allows.
+    pub fn secret_source(&self) -> (&SecretSource, &[Algorithm]) {
+        (&self.secret_source, &self.algorithms)
+    }
+
+    /// The upstream groups, for readiness.
+    pub fn groups(&self) -> &[Arc<UpstreamGroup>] {
+        &self.groups
     }
 
     /// Canonicalizes the request and decides what to do with it; `body` holds `_method` fields
@@ -589,13 +612,13 @@ impl RequestCtx {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Tokengate {
-    type CTX = RequestCtx;
-
+/// The phases, run by [`Proxy`] on the configuration a request started with.
+impl Tokengate {
     /// Runs first for every request: starts its clock and counts it in flight.
-    fn new_ctx(&self) -> RequestCtx {
+    fn new_ctx(self: Arc<Self>) -> RequestCtx {
+        let in_flight = InFlight::new(self.state.clone());
         RequestCtx {
+            gate: self,
             start: Instant::now(),
             route: RouteKind::Proxy,
             request_id: HeaderValue::from_static(""),
@@ -614,7 +637,7 @@ impl ProxyHttp for Tokengate {
             tried: Vec::new(),
             trace: None,
             route_name: None,
-            _in_flight: InFlight::new(self.state.clone()),
+            _in_flight: in_flight,
         }
     }
 
@@ -898,5 +921,130 @@ impl ProxyHttp for Tokengate {
             subject: ctx.subject.as_deref(),
             reason: ctx.reason.map(ErrorCode::as_str),
         });
+    }
+}
+
+/// The Pingora proxy: the configuration in force, swapped whole by a reload while requests
+/// already begun finish on the one they started with.
+pub struct Proxy {
+    current: Arc<ArcSwap<Tokengate>>,
+}
+
+impl Proxy {
+    /// The proxy serving `gate`.
+    pub fn new(gate: Tokengate) -> Proxy {
+        Proxy {
+            current: Arc::new(ArcSwap::from_pointee(gate)),
+        }
+    }
+
+    /// The slot a reload swaps a new configuration into.
+    pub fn current(&self) -> Arc<ArcSwap<Tokengate>> {
+        self.current.clone()
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        self.current.load_full().new_ctx()
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let gate = ctx.gate.clone();
+        gate.early_request_filter(session, ctx).await
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let gate = ctx.gate.clone();
+        gate.request_filter(session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let gate = ctx.gate.clone();
+        gate.request_body_filter(session, body, end_of_stream, ctx)
+            .await
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let gate = ctx.gate.clone();
+        gate.upstream_peer(session, ctx).await
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let gate = ctx.gate.clone();
+        gate.upstream_request_filter(session, upstream, ctx).await
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let gate = ctx.gate.clone();
+        gate.upstream_response_filter(session, upstream_response, ctx)
+            .await
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let gate = ctx.gate.clone();
+        gate.response_filter(session, response, ctx).await
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        let gate = ctx.gate.clone();
+        gate.fail_to_connect(session, peer, ctx, e)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let gate = ctx.gate.clone();
+        gate.fail_to_proxy(session, e, ctx).await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let gate = ctx.gate.clone();
+        gate.logging(session, e, ctx).await
     }
 }
