@@ -4,6 +4,7 @@
 //! [`routes`] the upstream groups and the route table. Nothing in the runtime imports from here;
 //! `server` hands each component the part it needs.
 
+mod layout;
 mod routes;
 mod secrets;
 mod tls;
@@ -407,8 +408,8 @@ impl Config {
 
     /// Parses YAML text: a `tokengate:` section beside Pingora's own server keys.
     pub fn from_yaml(text: &str, env: &impl Env) -> Result<Config, ConfigError> {
-        let (raw, server) = split_sections(text)?;
-        resolve(raw, server, env)
+        let (raw, server, spellings) = split_sections(text)?;
+        resolve(raw, server, env).map_err(|e| layout::as_written(e, &spellings))
     }
 
     /// The keyring the configured secrets make.
@@ -461,7 +462,7 @@ impl Config {
 /// Splits the file into tokengate's settings and Pingora's. tokengate's may sit under
 /// `tokengate:` or, flat, at the top level beside Pingora's keys; every key must be one or the
 /// other, and none may be given in both places.
-fn split_sections(text: &str) -> Result<(RawConfig, ServerConf), ConfigError> {
+fn split_sections(text: &str) -> Result<(RawConfig, ServerConf, layout::Spellings), ConfigError> {
     let parse_err = |e: serde_yaml::Error| ConfigError::Parse(e.to_string());
     let mut doc: serde_yaml::Mapping = if text.trim().is_empty() {
         serde_yaml::Mapping::new()
@@ -497,6 +498,7 @@ fn split_sections(text: &str) -> Result<(RawConfig, ServerConf), ConfigError> {
             section.insert(key, value);
         }
     }
+    let spellings = layout::flatten(&mut section)?;
     // `threads` is Pingora's key too; flat, it sets tokengate's worker threads.
     if let Some(threads) = doc.get("threads") {
         section
@@ -513,7 +515,7 @@ fn split_sections(text: &str) -> Result<(RawConfig, ServerConf), ConfigError> {
     if !stealing_set {
         server.work_stealing = false;
     }
-    Ok((raw, server))
+    Ok((raw, server, spellings))
 }
 
 fn pingora_keys() -> BTreeSet<String> {
@@ -937,6 +939,50 @@ mod tests {
         assert_eq!(c.routes.routes()[0].auth, AuthMode::Passthrough);
         assert_eq!(c.server.grace_period_seconds, Some(10));
         assert!(!c.development_secret);
+    }
+
+    #[test]
+    fn the_nested_layout_means_what_the_flat_one_does() {
+        let nested = "tokengate:
+  listeners: {proxy: 127.0.0.1:1111, admin: 127.0.0.1:1112, h2c: true, header_timeout: 3s}
+  token: {path: /api/v2/token, endpoint: img:1, subject_claim: sub, leeway: 5s, max_token_bytes: 4096, rate_limit: {mints: 3}}
+  proxy: {auth: required, identity_header: X-Who, routes: [{name: a, path: /a, upstream: g}]}
+  upstream: {address: 'up:80', timeouts: {read: 2s}, groups: {g: {addresses: ['127.0.0.1:5']}}}
+  observability: {log: warn, log_format: text, access_log: false}
+  process: {threads: 3, grace_period: 4s}
+";
+        let flat = "tokengate:
+  listen: 127.0.0.1:1111
+  admin_listen: 127.0.0.1:1112
+  h2c: true
+  header_timeout: 3s
+  token_path: /api/v2/token
+  endpoint: img:1
+  subject_claim: sub
+  leeway: 5s
+  max_token_bytes: 4096
+  rate_limit: {mints: 3}
+  auth: required
+  identity_header: X-Who
+  routes: [{name: a, path: /a, upstream: g}]
+  upstream: 'up:80'
+  upstream_timeouts: {read: 2s}
+  upstreams: {g: {addresses: ['127.0.0.1:5']}}
+  log: warn
+  log_format: text
+  access_log: false
+  threads: 3
+  grace_period: 4s
+";
+        let debug = |yaml| format!("{:?}", Config::from_yaml(yaml, &[SECRET]).unwrap());
+        assert_eq!(debug(nested), debug(flat));
+        assert_eq!(
+            err(
+                "tokengate:\n  upstream: {groups: {g: {addresses: []}}}\n",
+                &[SECRET]
+            ),
+            "invalid tokengate.upstream.groups.g: needs at least one address"
+        );
     }
 
     #[test]
