@@ -785,47 +785,13 @@ fn resolve(
         ));
     }
     let network = resolve_network(&mut raw, env)?;
-    let secret_source = SecretSource {
-        inline: env.var("TOKENGATE_SECRET").or(raw.secret.take()),
-        file: env
-            .var("TOKENGATE_SECRET_FILE")
-            .map(PathBuf::from)
-            .or(raw.secret_file.take()),
-    };
-    let secrets = secret_source.secrets()?;
-    let listener_tls = tls::resolve_listener(raw.tls.take(), env)?;
+    let tls = resolve_tls_listener(&mut raw, env, &network)?;
     let mut listeners = vec![network.listen, network.admin_listen];
-    listeners.extend(listener_tls.as_ref().map(|t| t.listen));
-    if listeners[2..].iter().any(|a| listeners[..2].contains(a)) {
-        return Err(invalid(
-            "tokengate.tls.listen",
-            "must differ from the other listeners",
-        ));
-    }
-    let development_secret = secrets::check_development_secret(&secrets, &listeners)?;
+    listeners.extend(tls.as_ref().map(|t| t.listen));
+    let (secret_source, secrets, development_secret) = resolve_secrets(&mut raw, env, &listeners)?;
     let process = resolve_process(&mut raw, env)?;
-    let request = request::Options {
-        allow_semicolon: raw.allow_semicolon.unwrap_or(false),
-        honor_method_override: raw.honor_method_override.unwrap_or(false),
-    };
-    let default_auth = raw.auth.unwrap_or(AuthMode::Passthrough);
-    let upstream_timeouts = resolve_timeouts(std::mem::take(&mut raw.upstream_timeouts), env)?;
-    let upstream_groups = routes::resolve_groups(
-        network.upstream,
-        upstream_timeouts,
-        std::mem::take(&mut raw.upstreams),
-    )?;
-    let route_table = routes::resolve_routes(
-        std::mem::take(&mut raw.routes),
-        &routes::RouteContext {
-            groups: &upstream_groups,
-            default_auth,
-            abilities: raw.abilities.as_deref(),
-            allow_semicolon: request.allow_semicolon,
-        },
-    )?;
-    let trusted_proxies = TrustedProxies::parse(&raw.trusted_proxies)
-        .map_err(|e| invalid("tokengate.trusted_proxies", e))?;
+    let token = resolve_token_section(&mut raw, env)?;
+    let proxy = resolve_proxy_section(&mut raw, env, network.upstream)?;
     server.threads = process.threads;
     // Pingora's grace sleep is fixed; the drain watcher exits as soon as in-flight work is done.
     server.grace_period_seconds = Some(process.grace_period.as_secs());
@@ -833,12 +799,111 @@ fn resolve(
     let config = Config {
         listen: network.listen,
         admin_listen: network.admin_listen,
-        tls: listener_tls,
+        tls,
         h2c: boolean(env, "TOKENGATE_H2C", "h2c", raw.h2c, false)?,
         endpoint: network.endpoint,
         secrets,
         secret_source,
         development_secret,
+        rate_limit: token.rate_limit,
+        algorithms: token.algorithms,
+        subject_claim: token.subject_claim,
+        leeway: token.leeway,
+        max_ttl: token.max_ttl,
+        issuer: token.issuer,
+        audience: token.audience,
+        minted_typ: token.minted_typ,
+        token_path: token.token_path,
+        body_limit: token.body_limit,
+        max_depth: token.max_depth,
+        max_keys: token.max_keys,
+        max_token_bytes: token.max_token_bytes,
+        reserved_claims: token.reserved_claims,
+        abilities: token.abilities,
+        signing: token.signing,
+        identity_header: proxy.identity_header,
+        forward_claims: proxy.forward_claims,
+        request: proxy.request,
+        trusted_proxies: proxy.trusted_proxies,
+        header_timeout: proxy.header_timeout,
+        upstream_groups: proxy.upstream_groups,
+        routes: proxy.routes,
+        redis: resolve_redis_source(raw.redis.take(), env)?,
+        tracing: raw.tracing.take().map(resolve_tracing).transpose()?,
+        grace_period: process.grace_period,
+        threads: process.threads,
+        log: process.log,
+        log_format: process.log_format,
+        access_log: process.access_log,
+        server,
+    };
+    // Building the keyring once here refuses short or missing secrets before anything listens.
+    config.token_service()?;
+    Ok(config)
+}
+
+/// The TLS listener, on an address of its own.
+fn resolve_tls_listener(
+    raw: &mut RawConfig,
+    env: &impl Env,
+    network: &Network,
+) -> Result<Option<ListenerTls>, ConfigError> {
+    let tls = tls::resolve_listener(raw.tls.take(), env)?;
+    if tls
+        .as_ref()
+        .is_some_and(|t| t.listen == network.listen || t.listen == network.admin_listen)
+    {
+        return Err(invalid(
+            "tokengate.tls.listen",
+            "must differ from the other listeners",
+        ));
+    }
+    Ok(tls)
+}
+
+/// Where the secrets come from, the secrets, and whether the public development one is used
+/// (refused unless every listener is on loopback).
+fn resolve_secrets(
+    raw: &mut RawConfig,
+    env: &impl Env,
+    listeners: &[SocketAddr],
+) -> Result<(SecretSource, Vec<Secret>, bool), ConfigError> {
+    let source = SecretSource {
+        inline: env.var("TOKENGATE_SECRET").or(raw.secret.take()),
+        file: env
+            .var("TOKENGATE_SECRET_FILE")
+            .map(PathBuf::from)
+            .or(raw.secret_file.take()),
+    };
+    let secrets = source.secrets()?;
+    let development = secrets::check_development_secret(&secrets, listeners)?;
+    Ok((source, secrets, development))
+}
+
+/// What minting and verifying tokens take, besides the keys.
+struct TokenSection {
+    rate_limit: Option<RateLimit>,
+    algorithms: Vec<Algorithm>,
+    subject_claim: String,
+    leeway: Duration,
+    max_ttl: Option<Duration>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    minted_typ: Option<String>,
+    token_path: String,
+    body_limit: usize,
+    max_depth: usize,
+    max_keys: usize,
+    max_token_bytes: usize,
+    reserved_claims: Vec<String>,
+    abilities: Option<Vec<String>>,
+    signing: Option<Signing>,
+}
+
+fn resolve_token_section(raw: &mut RawConfig, env: &impl Env) -> Result<TokenSection, ConfigError> {
+    use crate::token::permission::{DEFAULT_MAX_DEPTH, DEFAULT_MAX_KEYS};
+    let max_ttl = raw.max_ttl.take();
+    Ok(TokenSection {
         rate_limit: resolve_rate_limit(std::mem::take(&mut raw.rate_limit))?,
         algorithms: resolve_algorithms(raw.algorithms.take())?,
         subject_claim: raw
@@ -852,9 +917,7 @@ fn resolve(
             raw.leeway.take(),
             defaults::LEEWAY,
         )?,
-        max_ttl: raw
-            .max_ttl
-            .take()
+        max_ttl: max_ttl
             .map(|text| parse_duration("tokengate.max_ttl", &text))
             .transpose()?,
         issuer: raw.issuer.take(),
@@ -862,47 +925,71 @@ fn resolve(
         minted_typ: resolve_minted_typ(raw.minted_typ.take())?,
         token_path: resolve_token_path(raw.token_path.take())?,
         body_limit: raw.body_limit.unwrap_or(defaults::BODY_LIMIT),
-        max_depth: raw
-            .max_depth
-            .unwrap_or(crate::token::permission::DEFAULT_MAX_DEPTH),
-        max_keys: raw
-            .max_keys
-            .unwrap_or(crate::token::permission::DEFAULT_MAX_KEYS),
+        max_depth: raw.max_depth.unwrap_or(DEFAULT_MAX_DEPTH),
+        max_keys: raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
         max_token_bytes: raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES),
         reserved_claims: std::mem::take(&mut raw.reserved_claims),
-        forward_claims: resolve_forward_claims(
-            std::mem::take(&mut raw.forward_claims),
-            raw.identity_header.as_deref(),
-        )?,
-        identity_header: resolve_identity_header(raw.identity_header.take())?,
-        abilities: raw.abilities.take(),
-        request,
-        trusted_proxies,
-        redis: resolve_redis_source(raw.redis.take(), env)?,
-        tracing: raw.tracing.take().map(resolve_tracing).transpose()?,
-        header_timeout: parse_duration(
-            "tokengate.header_timeout",
-            raw.header_timeout
-                .as_deref()
-                .unwrap_or(defaults::HEADER_TIMEOUT),
-        )?,
-        grace_period: process.grace_period,
-        threads: process.threads,
-        log: process.log,
-        log_format: process.log_format,
-        access_log: process.access_log,
+        abilities: raw.abilities.clone(),
         signing: raw
             .signing
             .take()
             .map(secrets::resolve_signing)
             .transpose()?,
-        upstream_groups,
-        routes: route_table,
-        server,
+    })
+}
+
+/// How forwarded requests are read, checked, routed and rewritten.
+struct ProxySection {
+    request: request::Options,
+    trusted_proxies: TrustedProxies,
+    identity_header: HeaderName,
+    forward_claims: Vec<ClaimHeader>,
+    header_timeout: Duration,
+    upstream_groups: Vec<GroupConfig>,
+    routes: RouteTable,
+}
+
+fn resolve_proxy_section(
+    raw: &mut RawConfig,
+    env: &impl Env,
+    upstream: String,
+) -> Result<ProxySection, ConfigError> {
+    let request = request::Options {
+        allow_semicolon: raw.allow_semicolon.unwrap_or(false),
+        honor_method_override: raw.honor_method_override.unwrap_or(false),
     };
-    // Building the keyring once here refuses short or missing secrets before anything listens.
-    config.token_service()?;
-    Ok(config)
+    let upstream_timeouts = resolve_timeouts(std::mem::take(&mut raw.upstream_timeouts), env)?;
+    let upstream_groups = routes::resolve_groups(
+        upstream,
+        upstream_timeouts,
+        std::mem::take(&mut raw.upstreams),
+    )?;
+    let routes = routes::resolve_routes(
+        std::mem::take(&mut raw.routes),
+        &routes::RouteContext {
+            groups: &upstream_groups,
+            default_auth: raw.auth.unwrap_or(AuthMode::Passthrough),
+            abilities: raw.abilities.as_deref(),
+            allow_semicolon: request.allow_semicolon,
+        },
+    )?;
+    let header_timeout = raw.header_timeout.as_deref();
+    Ok(ProxySection {
+        request,
+        trusted_proxies: TrustedProxies::parse(&raw.trusted_proxies)
+            .map_err(|e| invalid("tokengate.trusted_proxies", e))?,
+        forward_claims: resolve_forward_claims(
+            std::mem::take(&mut raw.forward_claims),
+            raw.identity_header.as_deref(),
+        )?,
+        identity_header: resolve_identity_header(raw.identity_header.take())?,
+        header_timeout: parse_duration(
+            "tokengate.header_timeout",
+            header_timeout.unwrap_or(defaults::HEADER_TIMEOUT),
+        )?,
+        upstream_groups,
+        routes,
+    })
 }
 
 #[cfg(test)]

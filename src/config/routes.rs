@@ -101,66 +101,72 @@ pub(super) fn resolve_groups(
     timeouts: UpstreamTimeouts,
     raw_groups: BTreeMap<String, RawGroup>,
 ) -> Result<Vec<GroupConfig>, ConfigError> {
-    let defaults = |field, value: Option<String>, default: &str, key: &str| {
-        parse_duration(
-            &format!("{key}.{field}"),
-            value.as_deref().unwrap_or(default),
-        )
-    };
     let mut groups = vec![GroupConfig {
         name: DEFAULT_GROUP.to_owned(),
         addresses: vec![upstream],
         timeouts,
-        health_check_interval: defaults("", None, HEALTH_CHECK_INTERVAL, "")?,
-        ejection: defaults("", None, EJECTION, "")?,
-        resolve_interval: defaults("", None, RESOLVE_INTERVAL, "")?,
+        health_check_interval: interval("", None, HEALTH_CHECK_INTERVAL)?,
+        ejection: interval("", None, EJECTION)?,
+        resolve_interval: interval("", None, RESOLVE_INTERVAL)?,
         protocol: Protocol::H1,
         tls: None,
     }];
     for (name, raw) in raw_groups {
-        let key = format!("tokengate.upstreams.{name}");
-        if name == DEFAULT_GROUP {
-            return Err(invalid(
-                &key,
-                "`default` is the group of the top-level `upstream` setting",
-            ));
-        }
-        if raw.addresses.is_empty() {
-            return Err(invalid(&key, "needs at least one address"));
-        }
-        let addresses = raw
-            .addresses
-            .iter()
-            .map(|a| upstream_address(&format!("{key}.addresses"), a))
-            .collect::<Result<Vec<_>, _>>()?;
-        let protocol =
-            super::tls::resolve_protocol(&key, raw.protocol.as_deref(), raw.tls.is_some())?;
-        let tls = raw
-            .tls
-            .map(|t| super::tls::resolve_upstream_tls(&key, t, &addresses))
-            .transpose()?;
-        groups.push(GroupConfig {
-            protocol,
-            tls,
-            timeouts: group_timeouts(&key, &raw.timeouts, timeouts)?,
-            health_check_interval: defaults(
-                "health_check_interval",
-                raw.health_check_interval,
-                HEALTH_CHECK_INTERVAL,
-                &key,
-            )?,
-            ejection: defaults("ejection", raw.ejection, EJECTION, &key)?,
-            resolve_interval: defaults(
-                "resolve_interval",
-                raw.resolve_interval,
-                RESOLVE_INTERVAL,
-                &key,
-            )?,
-            name,
-            addresses,
-        });
+        groups.push(resolve_group(name, raw, timeouts)?);
     }
     Ok(groups)
+}
+
+/// A duration setting of a group, or its default.
+fn interval(key: &str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    parse_duration(key, value.as_deref().unwrap_or(default))
+}
+
+/// One named group.
+fn resolve_group(
+    name: String,
+    raw: RawGroup,
+    timeouts: UpstreamTimeouts,
+) -> Result<GroupConfig, ConfigError> {
+    let key = format!("tokengate.upstreams.{name}");
+    if name == DEFAULT_GROUP {
+        return Err(invalid(
+            &key,
+            "`default` is the group of the top-level `upstream` setting",
+        ));
+    }
+    if raw.addresses.is_empty() {
+        return Err(invalid(&key, "needs at least one address"));
+    }
+    let addresses = raw
+        .addresses
+        .iter()
+        .map(|a| upstream_address(&format!("{key}.addresses"), a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let protocol = super::tls::resolve_protocol(&key, raw.protocol.as_deref(), raw.tls.is_some())?;
+    let tls = raw
+        .tls
+        .map(|t| super::tls::resolve_upstream_tls(&key, t, &addresses))
+        .transpose()?;
+    let field = |name: &str| format!("{key}.{name}");
+    Ok(GroupConfig {
+        protocol,
+        tls,
+        timeouts: group_timeouts(&key, &raw.timeouts, timeouts)?,
+        health_check_interval: interval(
+            &field("health_check_interval"),
+            raw.health_check_interval,
+            HEALTH_CHECK_INTERVAL,
+        )?,
+        ejection: interval(&field("ejection"), raw.ejection, EJECTION)?,
+        resolve_interval: interval(
+            &field("resolve_interval"),
+            raw.resolve_interval,
+            RESOLVE_INTERVAL,
+        )?,
+        name,
+        addresses,
+    })
 }
 
 /// A group's timeouts: its own where set, the global ones otherwise.
