@@ -241,7 +241,17 @@ impl TransportConnector {
             .await
             .or_err(InternalError, "offload runtime failure")??
         } else {
-            do_connect(peer, bind_to, alpn_override, &self.tls_ctx.ctx, None).await?
+            // Boxed: the connect future (with TLS, a handshake state of several KiB) would
+            // otherwise sit inline in every request's future, which the proxy moves into a box
+            // per request, although only requests that open a new connection ever run it.
+            Box::pin(do_connect(
+                peer,
+                bind_to,
+                alpn_override,
+                &self.tls_ctx.ctx,
+                None,
+            ))
+            .await?
         };
 
         Ok(stream)
