@@ -61,7 +61,8 @@ pub struct Built {
     pub state: Arc<AppState>,
 }
 
-/// Builds the whole server from `config`; `opt` carries Pingora's `-u`, `-d`, `-t`.
+/// Builds the whole server from `config`, read from `path` (which a live reload reads again);
+/// `opt` carries Pingora's `-u`, `-d`, `-t`.
 pub fn build(config: Config, path: Option<PathBuf>, opt: Option<Opt>) -> Result<Built, StartError> {
     let upgrading = opt.as_ref().is_some_and(|o| o.upgrade);
     if !upgrading {
