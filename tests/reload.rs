@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -132,7 +133,27 @@ fn a_live_reload_swaps_routes_groups_and_keys_without_a_failed_request() {
     poll("the new route applies", || admin() == 401);
     assert_eq!(reloads("ok"), 1.0);
 
-    // 2. The group moves to other addresses; a restart-only setting changes beside it.
+    // 2. The group moves to other addresses; a restart-only setting changes beside it. A
+    // download begun before the reload finishes from the old address, on the old configuration.
+    // (The test upstream answers one request at a time: while the download sits unread, the
+    // stream's requests to the old address wait for it, and still none fails.)
+    const DOWNLOAD: usize = 2 << 20;
+    let mut download = connect(tg.addr);
+    write!(
+        download,
+        "GET /pics/bytes/{DOWNLOAD} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\n\r\n",
+        session("downloader")
+    )
+    .unwrap();
+    let downloads = |up: &Upstream| {
+        up.seen()
+            .iter()
+            .filter(|s| s.url.starts_with("/pics/bytes"))
+            .count()
+    };
+    poll("the download reaches the old address", || {
+        downloads(&old_pics) == 1
+    });
     let moved = config(
         &secrets,
         new_pics.addr,
@@ -150,6 +171,9 @@ fn a_live_reload_swaps_routes_groups_and_keys_without_a_failed_request() {
         settled,
         "requests still reach the old address"
     );
+    let downloaded = read_response(&mut download).unwrap();
+    assert_eq!((downloaded.status, downloaded.body.len()), (200, DOWNLOAD));
+    assert_eq!((downloads(&old_pics), downloads(&new_pics)), (1, 0));
     poll("the restart-only change is logged", || {
         tg.stderr
             .lock()

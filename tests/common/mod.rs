@@ -530,11 +530,11 @@ impl Upstream {
                     body_len,
                     peer: req.remote_addr().copied(),
                 });
-                // `/bytes/N` streams N bytes back; anything else gets a short greeting.
+                // `…/bytes/N` streams N bytes back; anything else gets a short greeting.
                 let size = req
                     .url()
-                    .strip_prefix("/bytes/")
-                    .and_then(|n| n.parse::<u64>().ok());
+                    .rsplit_once("/bytes/")
+                    .and_then(|(_, n)| n.parse::<u64>().ok());
                 let _ = match size {
                     Some(n) => req.respond(tiny_http::Response::new(
                         200.into(),
