@@ -121,6 +121,8 @@ pub fn build(config: Config, path: Option<PathBuf>, opt: Option<Opt>) -> Result<
             let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
                 .map_err(|e| StartError::Config(invalid_tls(e.to_string())))?;
             settings.set_cert_resolver(store.clone());
+            // The head of a request has `header_timeout`; the handshake before it gets as long.
+            settings.set_handshake_timeout(config.header_timeout);
             if tls.h2 {
                 settings.enable_h2();
             }

@@ -291,6 +291,30 @@ fn tls_listener_picks_the_certificate_by_sni_and_speaks_h2_and_http1() {
 }
 
 #[test]
+fn a_client_that_never_finishes_the_tls_handshake_is_disconnected() {
+    let (pki, conf) = two_names("handshake");
+    let yaml = std::fs::read_to_string(&conf).unwrap() + "  header_timeout: 1s\n";
+    let conf = pki.config(&yaml);
+    let up = Upstream::start();
+    let (_tg, tls) = start_tls(up.addr, &conf, &[]);
+    // Connects and sends nothing; then one that sends half a ClientHello.
+    let mut silent = connect(tls);
+    let mut partial = connect(tls);
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    for (name, conn) in [("silent", &mut silent), ("partial", &mut partial)] {
+        let mut buf = [0u8; 64];
+        let closed =
+            matches!(conn.read(&mut buf), Ok(0)) || conn.read(&mut buf).is_ok_and(|n| n == 0);
+        assert!(closed, "{name}: still open after {DEADLINE:?}");
+    }
+    // Meanwhile and afterwards, real clients are served.
+    let mut client = rustls_connect(tls, &pki.path("ca.pem"), "a.test");
+    assert_eq!(get_over(&mut client, "/after"), "HTTP/1.1 200 OK");
+}
+
+#[test]
 fn h2c_with_prior_knowledge_is_a_setting() {
     let up = Upstream::start();
     let url = |tg: &Tokengate| format!("http://{}/h2c", tg.addr);

@@ -13,13 +13,14 @@
 // limitations under the License.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::listeners::{SharedTlsAcceptCallbacks, TlsAcceptCallbacks};
 use crate::offload::OffloadRuntime;
 use crate::protocols::tls::{server::handshake, server::handshake_with_callback, TlsStream};
 use crate::server::configuration::ServerConf;
 use log::debug;
-use pingora_error::ErrorType::{InternalError, InvalidCert};
+use pingora_error::ErrorType::{InternalError, InvalidCert, TLSHandshakeTimedout};
 use pingora_error::{Error, OrErr, Result};
 use pingora_rustls::load_certs_and_key_files;
 use pingora_rustls::ClientCertVerifier;
@@ -38,12 +39,14 @@ pub struct TlsSettings {
     client_cert_verifier: Option<Arc<dyn ClientCertVerifier>>,
     callbacks: Option<TlsAcceptCallbacks>,
     offload_threadpool: Option<(usize, usize)>,
+    handshake_timeout: Option<Duration>,
 }
 
 pub struct Acceptor {
     pub acceptor: RusTlsAcceptor,
     callbacks: Option<SharedTlsAcceptCallbacks>,
     offload: Option<OffloadRuntime>,
+    handshake_timeout: Option<Duration>,
 }
 
 impl TlsSettings {
@@ -101,6 +104,7 @@ impl TlsSettings {
             offload: self.offload_threadpool.map(|(shards, threads_per_shard)| {
                 OffloadRuntime::new("downstream TLS offload", shards, threads_per_shard)
             }),
+            handshake_timeout: self.handshake_timeout,
         }
     }
 
@@ -108,6 +112,15 @@ impl TlsSettings {
     /// This effectively sets the ALPN to prefer HTTP/2 with HTTP/1.1 allowed
     pub fn enable_h2(&mut self) {
         self.set_alpn(ALPN::H2H1);
+    }
+
+    /// Bound the whole TLS handshake of each accepted connection: a client that has not
+    /// completed it by then is disconnected (`TLSHandshakeTimedout`). Without it, a client
+    /// that connects and sends nothing holds its connection and task indefinitely.
+    ///
+    /// Default: `None` (no deadline)
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_timeout = Some(timeout);
     }
 
     pub fn set_alpn(&mut self, alpn: ALPN) {
@@ -200,6 +213,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: None,
             offload_threadpool: None,
+            handshake_timeout: None,
         })
     }
 
@@ -220,6 +234,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: Some(callbacks),
             offload_threadpool: None,
+            handshake_timeout: None,
         })
     }
 }
@@ -238,10 +253,20 @@ impl Acceptor {
             acceptor: RusTlsAcceptor::from(config),
             callbacks: None,
             offload: None,
+            handshake_timeout: None,
         }
     }
 
     pub async fn tls_handshake<S: IO + 'static>(&self, stream: S) -> Result<TlsStream<S>> {
+        match self.handshake_timeout {
+            Some(limit) => pingora_timeout::timeout(limit, self.tls_handshake_inner(stream))
+                .await
+                .or_err(TLSHandshakeTimedout, "TLS handshake not completed in time")?,
+            None => self.tls_handshake_inner(stream).await,
+        }
+    }
+
+    async fn tls_handshake_inner<S: IO + 'static>(&self, stream: S) -> Result<TlsStream<S>> {
         debug!("new tls session");
         if let Some(offload) = self.offload.as_ref() {
             // Clone without offload to prevent recursive offloading on the worker runtime.
@@ -249,6 +274,7 @@ impl Acceptor {
                 acceptor: self.acceptor.clone(),
                 callbacks: None,
                 offload: None,
+                handshake_timeout: None,
             };
             let callbacks = self.callbacks.clone();
             let rt = offload.get_runtime(stream.id() as u64);
