@@ -109,6 +109,9 @@ pub fn build(config: Config, path: Option<PathBuf>, opt: Option<Opt>) -> Result<
         let mut options = HttpServerOptions::default();
         options.read_header_timeout = Some(config.header_timeout);
         options.h2c = config.h2c;
+        // An HTTP/2 connection without streams closes like an idle HTTP/1.1 keep-alive one;
+        // Pingora's default keeps it forever.
+        options.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
         app.server_options = Some(options);
     }
     proxy.add_tcp(&config.listen.to_string());
@@ -174,6 +177,10 @@ struct ReadinessProbe {
     state: Arc<AppState>,
     current: Arc<ArcSwap<Tokengate>>,
 }
+
+/// How long an HTTP/2 connection may stay open without a stream (Pingora closes idle HTTP/1.1
+/// keep-alive connections after 60 s).
+const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How often the upstream groups are looked at for readiness.
 const READINESS_POLL: Duration = Duration::from_millis(100);

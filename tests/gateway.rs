@@ -430,6 +430,70 @@ fn http2_requests_are_canonicalized_and_checked_like_http1() {
     }
 }
 
+#[test]
+fn h2c_detection_answers_short_http1_requests_at_once_and_splits_no_preface() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[("TOKENGATE_H2C", "true")]);
+    // Shorter than the 24-byte preface: answered, not waited on.
+    let r = tg.request(b"GET /a HTTP/1.0\r\n\r\n");
+    assert_eq!((r.status, r.text().as_str()), (200, "upstream says hi"));
+    // The preface in two writes is still HTTP/2: the server's first frame is SETTINGS (type 4).
+    let mut conn = tg.connect();
+    conn.set_nodelay(true).unwrap();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    conn.write_all(&preface[..10]).unwrap();
+    conn.flush().unwrap();
+    conn.write_all(&preface[10..]).unwrap();
+    conn.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    let mut frame = [0u8; 9];
+    conn.read_exact(&mut frame).unwrap();
+    assert_eq!(frame[3], 4, "{frame:?}");
+}
+
+/// Slow: Pingora's own one-minute limits, which tokengate does not shorten.
+#[test]
+fn idle_and_silent_http2_connections_are_closed_within_a_minute() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[("TOKENGATE_H2C", "true")]);
+    let open = |bytes: &[u8]| {
+        let mut conn = tg.connect();
+        conn.set_read_timeout(Some(Duration::from_secs(90)))
+            .unwrap();
+        conn.write_all(bytes).unwrap();
+        conn
+    };
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    let conns = [
+        ("silent", open(b"")),
+        ("part of the preface", open(&preface[..16])),
+        ("HTTP/2 without a stream", open(preface)),
+    ];
+    let handles: Vec<_> = conns
+        .into_iter()
+        .map(|(name, mut conn)| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) => return (name, true),
+                        Ok(_) => continue,
+                        Err(e) => return (name, e.kind() == std::io::ErrorKind::ConnectionReset),
+                    }
+                }
+            })
+        })
+        .collect();
+    // Served meanwhile.
+    assert_eq!(
+        tg.request(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n").status,
+        200
+    );
+    for handle in handles {
+        let (name, closed) = handle.join().unwrap();
+        assert!(closed, "{name}: still open after 90 s");
+    }
+}
+
 /// A rustls client connection to `addr` for `sni`, trusting `ca`.
 fn rustls_connect(
     addr: SocketAddr,

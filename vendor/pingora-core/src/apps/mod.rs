@@ -33,6 +33,10 @@ use crate::protocols::ALPN;
 // https://datatracker.ietf.org/doc/html/rfc9113#section-3.4
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How long a plaintext connection may take to show whether it speaks h2c: as long as an
+/// HTTP/1 connection may wait for its first request.
+const H2C_PREFACE_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[async_trait]
 /// This trait defines the interface of a transport layer (TCP or TLS) application.
 pub trait ServerApp {
@@ -287,20 +291,26 @@ where
         }
         // try to read h2 preface
         else if h2c && !custom {
-            let mut buf = [0u8; H2_PREFACE.len()];
-            let peeked = stream
-                .try_peek(&mut buf)
-                .await
-                .map_err(|e| {
-                    // this error is normal when h1 reuse and close the connection
-                    debug!("Read error while peeking h2c preface {e}");
-                    e
-                })
-                .ok()?;
+            // Only as many bytes as it takes to tell (an HTTP/1 request shorter than the preface
+            // is not waited on), and bounded like an HTTP/1 connection's first read: a client
+            // sending nothing, or part of the preface, cannot hold the connection forever.
+            let matched = pingora_timeout::timeout(
+                H2C_PREFACE_TIMEOUT,
+                stream.peek_matches(H2_PREFACE),
+            )
+            .await
+            .map_err(|_| debug!("No h2c preface or request within {H2C_PREFACE_TIMEOUT:?}"))
+            .ok()?
+            .map_err(|e| {
+                // this error is normal when h1 reuse and close the connection
+                debug!("Read error while peeking h2c preface {e}");
+                e
+            })
+            .ok()?;
             // not all streams support peeking
-            if peeked {
+            if let Some(matched) = matched {
                 // turn off h2c (use h1) if h2 preface doesn't exist
-                h2c = buf == H2_PREFACE;
+                h2c = matched;
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {

@@ -79,6 +79,13 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// Peek only as much data as it takes to tell whether it starts with `prefix`: unlike
+    /// [`Peek::try_peek`], a shorter message that differs from `prefix` is answered at once
+    /// rather than waited on. `Ok(None)` if peeking is not supported/allowed.
+    async fn peek_matches(&mut self, _prefix: &[u8]) -> std::io::Result<Option<bool>> {
+        Ok(None)
+    }
 }
 
 use std::any::Any;

@@ -750,6 +750,28 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    async fn peek_matches(&mut self, prefix: &[u8]) -> std::io::Result<Option<bool>> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; prefix.len()];
+        let mut filled = 0;
+        let read = loop {
+            match self.read(&mut buf[filled..]).await {
+                Ok(0) => break Ok(false),
+                Ok(n) => filled += n,
+                Err(e) => break Err(e),
+            }
+            if buf[..filled] != prefix[..filled] {
+                break Ok(false);
+            }
+            if filled == prefix.len() {
+                break Ok(true);
+            }
+        };
+        // rewind regardless of what is read
+        self.rewind(&buf[..filled]);
+        read.map(Some)
+    }
 }
 
 #[async_trait]
