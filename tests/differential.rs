@@ -550,12 +550,7 @@ fn run_against(app: &App) -> Outcome {
             }
         }
     }
-    assert!(tg
-        .stderr
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|l| !l.contains("panicked")));
+    tg.assert_no_panic();
     std::fs::remove_file(conf).unwrap();
     Outcome {
         corpus: cases.len(),

@@ -24,6 +24,8 @@ use std::process::Command;
 
 use serde_yaml::Value;
 
+use common::pki::Pki;
+
 /// The secret the README's `kubectl create secret generic tokengate-secrets
 /// --from-file=secrets=./secrets` would hold.
 const SECRET: &str = "pod-test-secret-pod-test-secret-pod-test-0000";
@@ -185,7 +187,7 @@ fn mounts(spec: &PodSpec, work: &Path) -> (String, Vec<String>) {
             serde_yaml::from_value(object.get("data").cloned().unwrap()).unwrap()
         } else if let Some(secret) = volume.get("secret") {
             match str_of(secret, &["secretName"]) {
-                Some("tokengate-tls") => tls_secret(&work.join("tls")),
+                Some("tokengate-tls") => tls_secret(),
                 _ => BTreeMap::from([("secrets".to_owned(), format!("{SECRET}\n"))]),
             }
         } else {
@@ -205,40 +207,14 @@ fn mounts(spec: &PodSpec, work: &Path) -> (String, Vec<String>) {
     (script, created)
 }
 
-/// What `kubectl create secret tls tokengate-tls --cert=… --key=…` holds: a self-signed pair.
-fn tls_secret(dir: &Path) -> BTreeMap<String, String> {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "tls.key",
-            "-out",
-            "tls.crt",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=tokengate",
-            "-addext",
-            "subjectAltName=DNS:tokengate",
-        ])
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ["tls.crt", "tls.key"]
+/// What `kubectl create secret tls tokengate-tls --cert=… --key=…` holds.
+fn tls_secret() -> BTreeMap<String, String> {
+    let pki = Pki::new("pod");
+    pki.ca("ca");
+    let (cert, key) = pki.leaf("ca", "tokengate", "DNS:tokengate", "serverAuth");
+    [("tls.crt", cert), ("tls.key", key)]
         .into_iter()
-        .map(|f| (f.to_owned(), std::fs::read_to_string(dir.join(f)).unwrap()))
+        .map(|(name, path)| (name.to_owned(), std::fs::read_to_string(path).unwrap()))
         .collect()
 }
 

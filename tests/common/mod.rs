@@ -2,6 +2,8 @@
 //! HTTP/1.1 client that can show keep-alive and duplicate headers.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -174,6 +176,13 @@ impl Tokengate {
             assert!(start.elapsed() < DEADLINE, "tokengate did not become ready");
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Fails the test if the process logged a panic.
+    pub fn assert_no_panic(&self) {
+        let lines = self.stderr.lock().unwrap();
+        let panics: Vec<&String> = lines.iter().filter(|l| l.contains("panicked")).collect();
+        assert!(panics.is_empty(), "tokengate panicked: {panics:?}");
     }
 
     /// A new connection to the proxy listener.
