@@ -132,8 +132,6 @@ struct Forward {
 
 /// Per-request state, passed through every phase.
 pub struct RequestCtx {
-    /// The configuration in force when the request began; it finishes on it.
-    gate: Arc<Tokengate>,
     /// When the request's first filter ran.
     start: Instant,
     /// Answered in-process or forwarded: drives metric labels.
@@ -615,10 +613,8 @@ impl RequestCtx {
 /// The phases, run by [`Proxy`] on the configuration a request started with.
 impl Tokengate {
     /// Runs first for every request: starts its clock and counts it in flight.
-    fn new_ctx(self: Arc<Self>) -> RequestCtx {
-        let in_flight = InFlight::new(self.state.clone());
+    fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            gate: self,
             start: Instant::now(),
             route: RouteKind::Proxy,
             request_id: HeaderValue::from_static(""),
@@ -637,7 +633,7 @@ impl Tokengate {
             tried: Vec::new(),
             trace: None,
             route_name: None,
-            _in_flight: in_flight,
+            _in_flight: InFlight::new(self.state.clone()),
         }
     }
 
@@ -944,30 +940,38 @@ impl Proxy {
     }
 }
 
+/// A request's state and the configuration it began with, which it finishes on.
+pub struct ProxyCtx {
+    gate: Arc<Tokengate>,
+    request: RequestCtx,
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
-    type CTX = RequestCtx;
+    type CTX = ProxyCtx;
 
-    fn new_ctx(&self) -> RequestCtx {
-        self.current.load_full().new_ctx()
+    fn new_ctx(&self) -> ProxyCtx {
+        let gate = self.current.load_full();
+        let request = gate.new_ctx();
+        ProxyCtx { gate, request }
     }
 
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut ProxyCtx,
     ) -> pingora::Result<()> {
-        let gate = ctx.gate.clone();
-        gate.early_request_filter(session, ctx).await
+        let ProxyCtx { gate, request } = ctx;
+        gate.early_request_filter(session, request).await
     }
 
     async fn request_filter(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut ProxyCtx,
     ) -> pingora::Result<bool> {
-        let gate = ctx.gate.clone();
-        gate.request_filter(session, ctx).await
+        let ProxyCtx { gate, request } = ctx;
+        gate.request_filter(session, request).await
     }
 
     async fn request_body_filter(
@@ -975,40 +979,41 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut ProxyCtx,
     ) -> pingora::Result<()> {
-        let gate = ctx.gate.clone();
-        gate.request_body_filter(session, body, end_of_stream, ctx)
+        let ProxyCtx { gate, request } = ctx;
+        gate.request_body_filter(session, body, end_of_stream, request)
             .await
     }
 
     async fn upstream_peer(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut ProxyCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let gate = ctx.gate.clone();
-        gate.upstream_peer(session, ctx).await
+        let ProxyCtx { gate, request } = ctx;
+        gate.upstream_peer(session, request).await
     }
 
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut ProxyCtx,
     ) -> pingora::Result<()> {
-        let gate = ctx.gate.clone();
-        gate.upstream_request_filter(session, upstream, ctx).await
+        let ProxyCtx { gate, request } = ctx;
+        gate.upstream_request_filter(session, upstream, request)
+            .await
     }
 
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut ProxyCtx,
     ) -> pingora::Result<()> {
-        let gate = ctx.gate.clone();
-        gate.upstream_response_filter(session, upstream_response, ctx)
+        let ProxyCtx { gate, request } = ctx;
+        gate.upstream_response_filter(session, upstream_response, request)
             .await
     }
 
@@ -1016,35 +1021,35 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut ProxyCtx,
     ) -> pingora::Result<()> {
-        let gate = ctx.gate.clone();
-        gate.response_filter(session, response, ctx).await
+        let ProxyCtx { gate, request } = ctx;
+        gate.response_filter(session, response, request).await
     }
 
     fn fail_to_connect(
         &self,
         session: &mut Session,
         peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut ProxyCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        let gate = ctx.gate.clone();
-        gate.fail_to_connect(session, peer, ctx, e)
+        let ProxyCtx { gate, request } = ctx;
+        gate.fail_to_connect(session, peer, request, e)
     }
 
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut ProxyCtx,
     ) -> FailToProxy {
-        let gate = ctx.gate.clone();
-        gate.fail_to_proxy(session, e, ctx).await
+        let ProxyCtx { gate, request } = ctx;
+        gate.fail_to_proxy(session, e, request).await
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let gate = ctx.gate.clone();
-        gate.logging(session, e, ctx).await
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut ProxyCtx) {
+        let ProxyCtx { gate, request } = ctx;
+        gate.logging(session, e, request).await
     }
 }
