@@ -74,9 +74,17 @@ fn conf(redis_port: u16) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-fn replicas(up: &Upstream, conf: &str) -> (Tokengate, Tokengate) {
-    let start = || Tokengate::start_with_args(up.addr, &[], &["-c", conf]);
-    (start(), start())
+/// One Redis, an upstream, the configuration naming them, and two replicas on it, both
+/// connected to Redis.
+fn fleet() -> (Redis, Upstream, String, Tokengate, Tokengate) {
+    let redis = Redis::start_on(free_port());
+    let up = Upstream::start();
+    let conf = conf(redis.port);
+    let start = || Tokengate::start_with_args(up.addr, &[], &["-c", &conf]);
+    let (a, b) = (start(), start());
+    wait_connected(&a);
+    wait_connected(&b);
+    (redis, up, conf, a, b)
 }
 
 fn mint_status(tg: &Tokengate, session: &str, id: &str) -> (u16, Option<String>) {
@@ -118,12 +126,7 @@ fn wait_connected(tg: &Tokengate) {
 
 #[test]
 fn the_mint_limit_holds_across_replicas() {
-    let redis = Redis::start_on(free_port());
-    let up = Upstream::start();
-    let conf = conf(redis.port);
-    let (a, b) = replicas(&up, &conf);
-    wait_connected(&a);
-    wait_connected(&b);
+    let (_redis, _up, _conf, a, b) = fleet();
     let greedy = session("burst");
     let statuses: Vec<u16> = (0..10)
         .map(|i| mint_status(if i % 2 == 0 { &a } else { &b }, &greedy, "x").0)
@@ -145,12 +148,7 @@ fn the_mint_limit_holds_across_replicas() {
 
 #[test]
 fn a_route_limit_keyed_by_a_claim_holds_across_replicas() {
-    let redis = Redis::start_on(free_port());
-    let up = Upstream::start();
-    let conf = conf(redis.port);
-    let (a, b) = replicas(&up, &conf);
-    wait_connected(&a);
-    wait_connected(&b);
+    let (_redis, _up, _conf, a, b) = fleet();
     let (_, album_a) = mint_status(&a, &session("lim"), "A");
     let (_, album_b) = mint_status(&a, &session("lim2"), "B");
     let (album_a, album_b) = (album_a.unwrap(), album_b.unwrap());
@@ -168,12 +166,7 @@ fn a_route_limit_keyed_by_a_claim_holds_across_replicas() {
 
 #[test]
 fn a_sign_out_on_one_replica_is_enforced_by_the_other_within_a_second() {
-    let redis = Redis::start_on(free_port());
-    let up = Upstream::start();
-    let conf = conf(redis.port);
-    let (a, b) = replicas(&up, &conf);
-    wait_connected(&a);
-    wait_connected(&b);
+    let (_redis, _up, conf, a, b) = fleet();
     let old = session("leaver");
     let (_, minted) = mint_status(&a, &old, "x");
     let minted = minted.unwrap();
@@ -221,12 +214,7 @@ fn a_sign_out_on_one_replica_is_enforced_by_the_other_within_a_second() {
 
 #[test]
 fn redis_going_away_follows_the_failure_modes_and_its_return_is_picked_up() {
-    let redis = Redis::start_on(free_port());
-    let up = Upstream::start();
-    let conf = conf(redis.port);
-    let (mut a, mut b) = replicas(&up, &conf);
-    wait_connected(&a);
-    wait_connected(&b);
+    let (redis, _up, _conf, mut a, mut b) = fleet();
     let (_, token) = mint_status(&a, &session("steady"), "R");
     let token = token.unwrap();
     let port = redis.stop();
