@@ -6,15 +6,6 @@ mod common;
 
 use std::process::Command;
 
-/// The interpreter itself, not a shim that may read a hidden working directory.
-fn python() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 #[test]
 fn traffic_follows_a_changed_dns_answer_without_a_failed_request() {
     let scratch = std::env::temp_dir().join(format!("tokengate-dns-{}", common::free_port()));
@@ -28,7 +19,7 @@ printf '127.0.0.1 localhost\\n' > {s}/hosts
 mount --bind {s}/resolv.conf /etc/resolv.conf
 mount --bind {s}/hosts /etc/hosts
 exec {python} -B {app} {binary} {s}",
-        python = python(),
+        python = common::python(),
         app = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/dns_follow.py"),
         binary = env!("CARGO_BIN_EXE_tokengate"),
     );

@@ -15,10 +15,6 @@ use std::time::{Duration, Instant};
 use common::pki::Pki;
 use common::*;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }

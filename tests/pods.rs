@@ -385,13 +385,7 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
 "#;
-    // The interpreter itself, not a shim (pyenv's reads the working directory, which the pod's
-    // mounts may hide).
-    let python = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .expect("python3");
+    let python = common::python();
     let start_upstreams: String = upstreams
         .iter()
         .map(|(_, port)| {

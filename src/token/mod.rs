@@ -312,6 +312,19 @@ mod tests {
         })
     }
 
+    /// A token request with `token` as Bearer and no body (no permission).
+    fn bare_request(svc: &TokenService, token: &str) -> Result<Minted, ApiError> {
+        let auth = format!("Bearer {token}");
+        svc.handle(
+            &TokenRequest {
+                authorization: &[auth.as_bytes()],
+                content_type: None,
+                body: b"",
+            },
+            SEED_IAT,
+        )
+    }
+
     #[test]
     fn seed_request_is_answered_byte_for_byte() {
         let session = sign_raw(SEED_HEADER, SEED_CLAIMS, Algorithm::HS256, SECRET);
@@ -373,17 +386,7 @@ mod tests {
     #[test]
     fn no_permission_keeps_claims_unchanged() {
         let session = sign_raw(SEED_HEADER, SEED_CLAIMS, Algorithm::HS256, SECRET);
-        let auth = format!("Bearer {session}");
-        let minted = service()
-            .handle(
-                &TokenRequest {
-                    authorization: &[auth.as_bytes()],
-                    content_type: None,
-                    body: b"",
-                },
-                SEED_IAT,
-            )
-            .unwrap();
+        let minted = bare_request(&service(), &session).unwrap();
         let body: serde_json::Value = serde_json::from_slice(&minted.body).unwrap();
         let token = body["token"].as_str().unwrap();
         assert_eq!(
@@ -436,18 +439,9 @@ mod tests {
             part(1)
         );
         // Replayed as a session token: refused. On a forwarded request: accepted.
-        let auth = format!("Bearer {token}");
-        let replay = svc
-            .handle(
-                &TokenRequest {
-                    authorization: &[auth.as_bytes()],
-                    content_type: None,
-                    body: b"",
-                },
-                SEED_IAT,
-            )
-            .unwrap_err();
+        let replay = bare_request(&svc, &token).unwrap_err();
         assert_eq!(replay.code, ErrorCode::InvalidToken);
+        let auth = format!("Bearer {token}");
         assert!(svc.authenticate(&[auth.as_bytes()], SEED_IAT).is_ok());
         // A session token from another issuer is refused.
         let foreign = sign_raw(

@@ -27,6 +27,21 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Bytes as text, for messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The Python interpreter itself, not a shim (pyenv's reads the working directory, which a
+/// test's private mounts may hide).
+pub fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    text(&out.stdout).trim().to_owned()
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
     SystemTime::now()

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::free_port;
+use super::{free_port, text};
 
 /// `openssl req` arguments for a new P-256 key without a passphrase; the key file's name
 /// follows.
@@ -15,10 +15,6 @@ const NEW_KEY: [&str; 6] = [
     "-nodes",
     "-keyout",
 ];
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// A throwaway PKI in a temporary folder, made with the `openssl` command line.
 pub struct Pki {
