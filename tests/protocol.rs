@@ -345,13 +345,7 @@ fn the_development_secret_never_serves_other_machines() {
         &[("TOKENGATE_SECRET", ""), ("TOKENGATE_LOG", "warn")],
         &["-c", shipped],
     );
-    let warned = tg
-        .stderr
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("public development secret"));
-    assert!(warned, "{:?}", tg.stderr.lock().unwrap());
+    tg.logged("public development secret");
     // The container image's default configuration holds no secret: without one it says what
     // to set, in one line.
     let image_conf = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/base/tokengate.yaml");

@@ -193,6 +193,29 @@ impl Tokengate {
         }
     }
 
+    /// The first stderr line containing `needle`, waited for: the log reaches the pipe and its
+    /// reader thread after whatever the test observed through the network.
+    pub fn logged(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "never logged {needle:?}: {:?}",
+                self.stderr.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Fails the test if the process logged a panic.
     pub fn assert_no_panic(&self) {
         let lines = self.stderr.lock().unwrap();
