@@ -61,7 +61,7 @@ fn bearer(rest: &str) -> Result<&str, ApiError> {
 /// Rails' `token_and_options`: parameters separated by `,` or `;`, the first may be the bare token.
 fn rails_token(rest: &str) -> Result<&str, ApiError> {
     let mut found: Option<&str> = None;
-    for (index, param) in rest.split([',', ';']).map(str::trim).enumerate() {
+    for (index, param) in params(rest).map(str::trim).enumerate() {
         let candidate = match param.split_once('=') {
             Some((key, value)) if key.trim() == "token" => unquote(value.trim()),
             Some(_) => continue,
@@ -77,6 +77,18 @@ fn rails_token(rest: &str) -> Result<&str, ApiError> {
         Some(token) if !token.is_empty() => Ok(token),
         _ => Err(MISSING),
     }
+}
+
+/// `rest` cut at every `,` and `;`: ASCII bytes, so every cut falls between characters.
+fn params(rest: &str) -> impl Iterator<Item = &str> {
+    let mut start = 0;
+    memchr::memchr2_iter(b',', b';', rest.as_bytes())
+        .chain(std::iter::once(rest.len()))
+        .map(move |end| {
+            let param = rest.get(start..end).unwrap_or_default();
+            start = end + 1;
+            param
+        })
 }
 
 fn unquote(value: &str) -> &str {

@@ -204,7 +204,7 @@ fn json_permission(body: &[u8]) -> Result<Option<String>, ApiError> {
 
 /// Parses permission JSON text and applies every rule that needs no caller claims.
 pub fn parse_permission(text: &str, policy: &PermissionPolicy) -> Result<Permission, ApiError> {
-    validate(text, policy)?;
+    let form = validate(text, policy)?;
     // Valid JSON now, without duplicates: only a non-object fails here.
     let top: TopLevel = serde_json::from_str(text).map_err(|_| NOT_OBJECT)?;
     let mut entries = Vec::with_capacity(top.0.len());
@@ -212,7 +212,11 @@ pub fn parse_permission(text: &str, policy: &PermissionPolicy) -> Result<Permiss
         if policy.is_reserved(&key) {
             return Err(RESERVED);
         }
-        entries.push((key.into_owned(), compact(raw)?));
+        let value = match form {
+            Form::Compact => raw.to_owned(),
+            Form::Rewritten => compact(raw)?,
+        };
+        entries.push((key.into_owned(), value));
     }
     let permission = Permission { entries };
     if let Some(allowed) = &policy.abilities {
@@ -356,17 +360,31 @@ fn grants_anything(value: &Value) -> bool {
     }
 }
 
+/// Whether re-serializing valid JSON text compactly would give back the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Already compact: serde_json would write it byte for byte as it came.
+    Compact,
+    /// Whitespace between tokens, an escape, or a number serde_json writes differently.
+    Rewritten,
+}
+
 /// Checks JSON without building it: duplicate keys at any depth (which `serde_json::Value` would
 /// silently collapse), nesting past the limit and too many keys are refused with 422, anything
-/// that is not JSON with 400.
-fn validate(text: &str, policy: &PermissionPolicy) -> Result<(), ApiError> {
+/// that is not JSON with 400. Also tells whether the text is already compact, so the usual
+/// request (a browser's `JSON.stringify`) is copied instead of re-serialized.
+fn validate(text: &str, policy: &PermissionPolicy) -> Result<Form, ApiError> {
     let violation = Cell::new(None);
     let keys = Cell::new(0usize);
+    let rewritten = Cell::new(false);
+    let spaces_in_strings = Cell::new(0usize);
     let seed = Strict {
         depth: 0,
         policy,
         keys: &keys,
         violation: &violation,
+        rewritten: &rewritten,
+        spaces_in_strings: &spaces_in_strings,
     };
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let parsed = seed
@@ -374,9 +392,25 @@ fn validate(text: &str, policy: &PermissionPolicy) -> Result<(), ApiError> {
         .and_then(|()| deserializer.end());
     match (parsed, violation.get()) {
         (_, Some(rule)) => Err(rule),
-        (Ok(()), None) => Ok(()),
         (Err(_), None) => Err(NOT_JSON),
+        (Ok(()), None) => {
+            // Strings cannot hold raw tabs or line breaks, so whitespace beyond the spaces inside
+            // strings sits between tokens.
+            let compact = !rewritten.get() && json_spaces(text) == spaces_in_strings.get();
+            Ok(if compact {
+                Form::Compact
+            } else {
+                Form::Rewritten
+            })
+        }
     }
+}
+
+/// JSON's insignificant-whitespace bytes in `text`.
+fn json_spaces(text: &str) -> usize {
+    text.bytes()
+        .filter(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .count()
 }
 
 /// Objects with more keys than this get a hash set for the duplicate check instead of a scan.
@@ -388,9 +422,18 @@ struct Strict<'a> {
     policy: &'a PermissionPolicy,
     keys: &'a Cell<usize>,
     violation: &'a Cell<Option<ApiError>>,
+    /// Set once serde_json would write some value differently than it was sent.
+    rewritten: &'a Cell<bool>,
+    /// Spaces inside strings and keys as sent, to tell them from spaces between tokens.
+    spaces_in_strings: &'a Cell<usize>,
 }
 
 impl Strict<'_> {
+    fn string_as_sent(self, text: &str) {
+        self.spaces_in_strings
+            .set(self.spaces_in_strings.get() + json_spaces(text));
+    }
+
     fn deeper<E: de::Error>(self) -> Result<Self, E> {
         if self.depth + 1 > self.policy.max_depth {
             return Err(self.refuse(TOO_DEEP));
@@ -435,10 +478,19 @@ impl<'de> Visitor<'de> for Strict<'_> {
     }
 
     fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        // Fractions, exponents, `-0` and integers beyond 64 bits: written back another way.
+        self.rewritten.set(true);
+        Ok(())
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
+        self.string_as_sent(v);
         Ok(())
     }
 
     fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        // serde_json copies a string only to resolve escapes, which it writes back decoded.
+        self.rewritten.set(true);
         Ok(())
     }
 
@@ -458,6 +510,10 @@ impl<'de> Visitor<'de> for Strict<'_> {
         let mut seen: Vec<Key<'de>> = Vec::new();
         let mut index: Option<HashSet<Key<'de>>> = None;
         while let Some(key) = map.next_key::<Key<'de>>()? {
+            match &key.0 {
+                Cow::Borrowed(text) => self.string_as_sent(text),
+                Cow::Owned(_) => self.rewritten.set(true),
+            }
             self.keys.set(self.keys.get() + 1);
             if self.keys.get() > self.policy.max_keys {
                 return Err(self.refuse(TOO_MANY_KEYS));
@@ -523,6 +579,51 @@ mod tests {
             ),
             want
         );
+    }
+
+    #[test]
+    fn only_text_serde_json_writes_back_unchanged_is_copied() {
+        let cases: &[(&str, Form)] = &[
+            (
+                r#"{"a":{"b":true,"c":[1,-2,null,false]},"Id":"x y"}"#,
+                Form::Compact,
+            ),
+            (
+                "{\"a b\":\"c  d\",\"é\":\"ü\u{7f}\",\"n\":18446744073709551615}",
+                Form::Compact,
+            ),
+            (r#"{"n":-9223372036854775808,"e":{},"l":[]}"#, Form::Compact),
+            (r#"{"a": 1}"#, Form::Rewritten),
+            (" {\"a\":1}", Form::Rewritten),
+            ("{\"a\":1}\n", Form::Rewritten),
+            ("{\"a\":[1,\t2]}", Form::Rewritten),
+            ("{\"a\":[1,\r\n2]}", Form::Rewritten),
+            (r#"{"a":"x\"y"}"#, Form::Rewritten),
+            (r#"{"a":"\u0041"}"#, Form::Rewritten),
+            (r#"{"\u0041":1}"#, Form::Rewritten),
+            (r#"{"a":"\/"}"#, Form::Rewritten),
+            (r#"{"a":1.0}"#, Form::Rewritten),
+            (r#"{"a":1e2}"#, Form::Rewritten),
+            (r#"{"a":-0}"#, Form::Rewritten),
+            (r#"{"a":18446744073709551616}"#, Form::Rewritten),
+            (r#"{"a":-9223372036854775809}"#, Form::Rewritten),
+            // A space in a key and one between tokens: the counts must not cancel out.
+            (r#"{"a b":1,"c":2 }"#, Form::Rewritten),
+        ];
+        let policy = PermissionPolicy::default();
+        for (text, form) in cases {
+            assert_eq!(validate(text, &policy), Ok(*form), "{text}");
+            let mut deserializer = serde_json::Deserializer::from_str(text);
+            let transcoder = serde_transcode::Transcoder::new(&mut deserializer);
+            let rewritten = serde_json::value::to_raw_value(&transcoder).unwrap();
+            if *form == Form::Compact {
+                assert_eq!(rewritten.get(), *text);
+            }
+            // Either way the permission holds what the transcoder writes.
+            let permission = parse_permission(text, &policy).unwrap();
+            let held = serde_json::to_string(&permission).unwrap();
+            assert_eq!(held, rewritten.get(), "{text}");
+        }
     }
 
     #[test]
