@@ -300,6 +300,7 @@ mod tests {
                 http11: true,
                 host: Some(b"images.example"),
                 override_headers: &[],
+                transfer_encoding: &[],
             };
             let request = canonicalize(&head, Options::default()).unwrap();
             let values: Vec<&[u8]> = authorization.iter().map(|a| a.as_bytes()).collect();

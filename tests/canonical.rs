@@ -108,6 +108,33 @@ fn what_cannot_be_made_canonical_is_refused_and_the_connection_kept() {
 }
 
 #[test]
+fn a_transfer_coding_pingora_would_drop_is_refused() {
+    // Forwarded, `gzip, chunked` would reach the app as plain `chunked`: gzip bytes as the body.
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    for codings in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: identity, chunked\r\n",
+        "Transfer-Encoding: chunked, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let raw = format!("POST /upload HTTP/1.1\r\nHost: h\r\n{codings}\r\n3\r\nabc\r\n0\r\n\r\n");
+        let r = tg.request(raw.as_bytes());
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{codings:?}"
+        );
+    }
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    let raw = "POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    assert_eq!(tg.request(raw.as_bytes()).status, 200);
+    assert_eq!(up.seen().pop().unwrap().body_len, 3);
+    tg.assert_no_panic();
+}
+
+#[test]
 fn override_and_path_override_headers_never_reach_the_upstream() {
     let up = Upstream::start();
     let tg = Tokengate::start(up.addr, &[]);

@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
         http11: flags & 4 == 4,
         host: (flags & 8 == 8).then_some(target),
         override_headers: &[target],
+        transfer_encoding: if flags & 32 == 32 { &[target] } else { &[] },
     };
     let options = Options {
         allow_semicolon,

@@ -239,6 +239,12 @@ impl Tokengate {
         ctx: &mut RequestCtx,
     ) -> Plan {
         let overrides = override_values(header);
+        let transfer_encoding: Vec<&[u8]> = header
+            .headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
         let host = match host_of(header) {
             Ok(host) => host,
             Err(refusal) => return Plan::Refuse(refusal.api_error()),
@@ -249,6 +255,7 @@ impl Tokengate {
             http11: header.version != Version::HTTP_10 && header.version != Version::HTTP_09,
             host: host.as_ref().map(|v| v.as_bytes()),
             override_headers: &overrides,
+            transfer_encoding: &transfer_encoding,
         };
         let mut canonical = match canonicalize(&head, self.options) {
             Ok(canonical) => canonical,

@@ -50,6 +50,8 @@ pub enum Refusal {
     UnknownOverride,
     /// A `_method` field while overrides are not honoured.
     OverrideField,
+    /// A transfer coding other than one `chunked`.
+    TransferCoding,
 }
 
 impl Refusal {
@@ -78,6 +80,7 @@ impl Refusal {
             Refusal::OverrideField => {
                 "A _method field cannot change the method here; send the real method."
             }
+            Refusal::TransferCoding => "Transfer-Encoding may only be chunked, once.",
         };
         ApiError::new(ErrorCode::InvalidRequest, message)
     }
@@ -106,6 +109,8 @@ pub struct Head<'a> {
     pub host: Option<&'a [u8]>,
     /// Values of every method-override header, in any spelling.
     pub override_headers: &'a [&'a [u8]],
+    /// Values of every `Transfer-Encoding` field.
+    pub transfer_encoding: &'a [&'a [u8]],
 }
 
 /// A request's one meaning.
@@ -171,6 +176,7 @@ impl Canonical<'_> {
 /// Computes the canonical request, or why it is refused.
 pub fn canonicalize<'a>(head: &Head<'a>, options: Options) -> Result<Canonical<'a>, Refusal> {
     method::check_case(head.method)?;
+    check_transfer_coding(head.transfer_encoding)?;
     let (absolute, path, query) = split_target(head.target)?;
     let canonical_path = path::canonical_path(path, options.allow_semicolon)?;
     let authority = match (absolute, head.host) {
@@ -217,6 +223,24 @@ pub fn canonicalize<'a>(head: &Head<'a>, options: Options) -> Result<Canonical<'
     })
 }
 
+/// One `chunked` and nothing else. Pingora forwards any other coding list as plain `chunked`,
+/// so the application would take `gzip` bytes for the body itself; chunking twice is forbidden
+/// (RFC 9112 §6.1), and `identity` is no coding any more.
+fn check_transfer_coding(fields: &[&[u8]]) -> Result<(), Refusal> {
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let mut codings = fields
+        .iter()
+        .flat_map(|field| field.split(|&b| b == b','))
+        .map(|coding| coding.trim_ascii())
+        .filter(|coding| !coding.is_empty());
+    match (codings.next(), codings.next()) {
+        (Some(coding), None) if coding.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(Refusal::TransferCoding),
+    }
+}
+
 /// A target's parts: absolute-form authority, path, query.
 type TargetParts<'a> = (Option<&'a [u8]>, &'a [u8], Option<&'a [u8]>);
 
@@ -260,6 +284,7 @@ mod tests {
             http11: true,
             host: host.map(str::as_bytes),
             override_headers: &[],
+            transfer_encoding: &[],
         }
     }
 
@@ -367,6 +392,41 @@ mod tests {
             ..head("GET", "/a?_method=DELETE", None)
         };
         assert!(canonicalize(&h10, DEFAULT).is_ok());
+    }
+
+    #[test]
+    fn only_one_chunked_coding_is_accepted() {
+        let coded = |fields: &[&str]| {
+            let fields: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
+            let h = Head {
+                transfer_encoding: &fields,
+                ..head("POST", "/a", Some("h"))
+            };
+            canonicalize(&h, DEFAULT).err()
+        };
+        for fine in [
+            &[][..],
+            &["chunked"],
+            &["Chunked"],
+            &[" CHUNKED "],
+            &["chunked,"],
+        ] {
+            assert_eq!(coded(fine), None, "{fine:?}");
+        }
+        for refused in [
+            &["gzip, chunked"][..],
+            &["identity, chunked"],
+            &["chunked, identity"],
+            &["chunked, chunked"],
+            &["chunked", "chunked"],
+            &["gzip", "chunked"],
+            &["xchunked"],
+            &["gzip"],
+            &[""],
+            &[","],
+        ] {
+            assert_eq!(coded(refused), Some(Refusal::TransferCoding), "{refused:?}");
+        }
     }
 
     #[test]
