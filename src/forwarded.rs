@@ -34,6 +34,22 @@ impl TrustedProxies {
     }
 }
 
+/// Headers besides `Forwarded`, `X-Real-IP` and `X-Forwarded-*` in which proxies tell an
+/// application the client's address or scheme, and which frameworks read: Rails' `remote_ip`
+/// (`Client-IP`), Go's chi `RealIP` (`True-Client-IP`), CDN conventions, ingress-nginx.
+const CLIENT_HEADERS: [&str; 10] = [
+    "client-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-scheme",
+    "x-url-scheme",
+    "front-end-https",
+];
+
 /// Whether a request header (lower-case name) is a forwarding header tokengate owns: it is
 /// removed from an untrusted peer's request, in either `-` or `_` spelling.
 pub fn is_forwarding_header(name: &str) -> bool {
@@ -45,6 +61,7 @@ pub fn is_forwarding_header(name: &str) -> bool {
     is("forwarded")
         || is("x-real-ip")
         || (name.len() > prefix.len() && name.bytes().zip(prefix.bytes()).all(|(a, b)| same(a, b)))
+        || CLIENT_HEADERS.iter().any(|h| is(h))
 }
 
 /// What a trusted peer said, per header, all values in order.
@@ -161,6 +178,13 @@ mod tests {
             "x_forwarded_host",
             "x-forwarded-prefix",
             "x-forwarded-port",
+            "client-ip",
+            "client_ip",
+            "true-client-ip",
+            "x-cluster-client-ip",
+            "cf-connecting-ip",
+            "x-scheme",
+            "front_end_https",
         ] {
             assert!(is_forwarding_header(name), "{name}");
         }
@@ -169,6 +193,8 @@ mod tests {
             "x-forwarded",
             "forwarded-for",
             "x-real-ip2",
+            "client-ip2",
+            "x-user-ip",
             "host",
         ] {
             assert!(!is_forwarding_header(name), "{name}");

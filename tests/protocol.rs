@@ -137,7 +137,8 @@ fn connect_from(local: &str, addr: SocketAddr) -> TcpStream {
 
 const SPOOFED: &str = "Forwarded: for=10.0.0.1;proto=https;host=admin.internal\r\nX-Real-IP: 10.0.0.1\r\n\
                        X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: admin.internal\r\n\
-                       X_Forwarded_For: 10.9.9.9\r\nX-Forwarded-Prefix: /admin\r\nx_real_ip: 10.9.9.9\r\n";
+                       X_Forwarded_For: 10.9.9.9\r\nX-Forwarded-Prefix: /admin\r\nx_real_ip: 10.9.9.9\r\n\
+                       Client-IP: 10.0.0.1\r\nTrue-Client-IP: 10.0.0.1\r\nX-Scheme: https\r\nclient_ip: 10.9.9.9\r\n";
 
 #[test]
 fn forwarding_headers_are_replaced_from_untrusted_peers_and_extended_from_trusted_ones() {
@@ -156,7 +157,15 @@ fn forwarding_headers_are_replaced_from_untrusted_peers_and_extended_from_truste
     assert_eq!(s.all("X-Forwarded-For"), ["127.0.0.1"]);
     assert_eq!(s.all("X-Forwarded-Proto"), ["http"]);
     assert_eq!(s.all("X-Forwarded-Host"), ["images.example"]);
-    for gone in ["X_Forwarded_For", "X-Forwarded-Prefix", "x_real_ip"] {
+    for gone in [
+        "X_Forwarded_For",
+        "X-Forwarded-Prefix",
+        "x_real_ip",
+        "Client-IP",
+        "client_ip",
+        "True-Client-IP",
+        "X-Scheme",
+    ] {
         assert!(s.all(gone).is_empty(), "{gone} reached the upstream");
     }
     // 127.0.0.2 is a trusted proxy: its chain is kept and extended.
@@ -172,8 +181,11 @@ fn forwarding_headers_are_replaced_from_untrusted_peers_and_extended_from_truste
     assert_eq!(s.all("X-Forwarded-Proto"), ["https"]);
     assert_eq!(s.all("X-Forwarded-Host"), ["admin.internal"]);
     assert_eq!(s.all("X-Forwarded-Prefix"), ["/admin"]);
+    assert_eq!(s.all("True-Client-IP"), ["10.0.0.1"]);
     // Underscore spellings are no proxy's: gone even from a trusted one.
-    assert!(s.all("X_Forwarded_For").is_empty() && s.all("x_real_ip").is_empty());
+    for gone in ["X_Forwarded_For", "x_real_ip", "client_ip"] {
+        assert!(s.all(gone).is_empty(), "{gone} reached the upstream");
+    }
 }
 
 #[test]
