@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::HttpTask;
@@ -10,27 +11,78 @@ use pingora::proxy::Session;
 
 use crate::error::ApiError;
 
+/// A header name tokengate writes: parsed once, and the spelling it goes out in, so Pingora
+/// appends it without parsing or copying the name (`vendor/pingora-http`).
+pub type Name = (HeaderName, &'static str);
+
+const fn name(lower_case: &'static str, spelling: &'static str) -> Name {
+    (HeaderName::from_static(lower_case), spelling)
+}
+
+static CONTENT_TYPE: Name = (header::CONTENT_TYPE, "Content-Type");
+static WWW_AUTHENTICATE: Name = (header::WWW_AUTHENTICATE, "WWW-Authenticate");
+/// `X-token`, the caller's valid token echoed on a response.
+pub static X_TOKEN: Name = name("x-token", "X-token");
+static X_RUNTIME: Name = name("x-runtime", "X-Runtime");
+static GRPC_STATUS: Name = name("grpc-status", "grpc-status");
+static GRPC_MESSAGE_NAME: Name = name("grpc-message", "grpc-message");
+/// `X-Request-Id`, on every response and forwarded request.
+pub static X_REQUEST_ID: Name = name("x-request-id", "X-Request-Id");
+/// `Retry-After`, on a 429.
+pub static RETRY_AFTER: Name = (header::RETRY_AFTER, "Retry-After");
+/// `Allow`, on a 405.
+pub static ALLOW: Name = (header::ALLOW, "Allow");
+
+static JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+
 /// Every answer of tokengate's own is uncacheable: it is about one caller's token.
-const NO_STORE: (&str, &str) = ("Cache-Control", "no-cache, no-store");
+static NO_STORE: (Name, HeaderValue) = (
+    (header::CACHE_CONTROL, "Cache-Control"),
+    HeaderValue::from_static("no-cache, no-store"),
+);
 
 /// The legacy service's security and caching headers, less the obsolete `P3P`.
-const TOKEN_HEADERS: [(&str, &str); 10] = [
-    NO_STORE,
-    ("Pragma", "no-cache"),
-    ("Expires", "Fri, 01 Jan 1990 00:00:00 GMT"),
-    ("X-Frame-Options", "DENY"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("X-XSS-Protection", "1; mode=block"),
-    ("X-Download-Options", "noopen"),
-    ("X-Permitted-Cross-Domain-Policies", "none"),
+static TOKEN_HEADERS: [(Name, HeaderValue); 9] = [
     (
-        "Referrer-Policy",
-        "origin-when-cross-origin, strict-origin-when-cross-origin",
+        (header::PRAGMA, "Pragma"),
+        HeaderValue::from_static("no-cache"),
     ),
-    ("Vary", "Accept-Encoding"),
+    (
+        (header::EXPIRES, "Expires"),
+        HeaderValue::from_static("Fri, 01 Jan 1990 00:00:00 GMT"),
+    ),
+    (
+        (header::X_FRAME_OPTIONS, "X-Frame-Options"),
+        HeaderValue::from_static("DENY"),
+    ),
+    (
+        (header::X_CONTENT_TYPE_OPTIONS, "X-Content-Type-Options"),
+        HeaderValue::from_static("nosniff"),
+    ),
+    (
+        (header::X_XSS_PROTECTION, "X-XSS-Protection"),
+        HeaderValue::from_static("1; mode=block"),
+    ),
+    (
+        name("x-download-options", "X-Download-Options"),
+        HeaderValue::from_static("noopen"),
+    ),
+    (
+        name(
+            "x-permitted-cross-domain-policies",
+            "X-Permitted-Cross-Domain-Policies",
+        ),
+        HeaderValue::from_static("none"),
+    ),
+    (
+        (header::REFERRER_POLICY, "Referrer-Policy"),
+        HeaderValue::from_static("origin-when-cross-origin, strict-origin-when-cross-origin"),
+    ),
+    (
+        (header::VARY, "Vary"),
+        HeaderValue::from_static("Accept-Encoding"),
+    ),
 ];
-
-const JSON: &str = "application/json; charset=utf-8";
 
 /// What `grpc-message` percent-encodes: everything outside printable ASCII, and `%`.
 const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
@@ -50,9 +102,21 @@ pub struct Response {
     /// HTTP status.
     pub status: u16,
     /// Headers in the order they are written.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(Name, HeaderValue)>,
     /// The whole body.
     pub body: Bytes,
+}
+
+/// A value tokengate built itself (digits, a token, percent-encoded text): always valid, but
+/// never a panic if it were not.
+fn value(text: String) -> HeaderValue {
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// `WWW-Authenticate` on a 401.
+fn challenge(error: &ApiError) -> Option<(Name, HeaderValue)> {
+    let challenge = error.code.www_authenticate()?;
+    Some((WWW_AUTHENTICATE.clone(), value(challenge.to_owned())))
 }
 
 impl Response {
@@ -60,15 +124,17 @@ impl Response {
     pub fn minted(
         body: Vec<u8>,
         session_token: &str,
-        request_id: &str,
+        request_id: &HeaderValue,
         runtime: Duration,
     ) -> Response {
-        let mut headers = Vec::with_capacity(TOKEN_HEADERS.len() + 4);
-        headers.push(("Content-Type", JSON.to_owned()));
-        headers.extend(TOKEN_HEADERS.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        headers.push(("X-token", session_token.to_owned()));
-        headers.push(("X-Request-Id", request_id.to_owned()));
-        headers.push(("X-Runtime", format!("{:.6}", runtime.as_secs_f64())));
+        let mut headers = Vec::with_capacity(TOKEN_HEADERS.len() + 5);
+        headers.push((CONTENT_TYPE.clone(), JSON.clone()));
+        headers.push(NO_STORE.clone());
+        headers.extend(TOKEN_HEADERS.iter().cloned());
+        headers.push((X_TOKEN.clone(), value(session_token.to_owned())));
+        headers.push((X_REQUEST_ID.clone(), request_id.clone()));
+        let runtime = format!("{:.6}", runtime.as_secs_f64());
+        headers.push((X_RUNTIME.clone(), value(runtime)));
         Response {
             status: 200,
             headers,
@@ -76,16 +142,30 @@ impl Response {
         }
     }
 
-    /// The JSON error of the SPEC, with `WWW-Authenticate` on a 401.
-    pub fn error(error: &ApiError, request_id: &str) -> Response {
-        let mut headers = vec![
-            ("Content-Type", JSON.to_owned()),
-            (NO_STORE.0, NO_STORE.1.to_owned()),
-            ("X-Request-Id", request_id.to_owned()),
+    /// `200` with the JWKS, cacheable as configured.
+    pub fn jwks(body: Bytes, cache_control: &str, request_id: &HeaderValue) -> Response {
+        let headers = vec![
+            (
+                CONTENT_TYPE.clone(),
+                HeaderValue::from_static("application/json"),
+            ),
+            (NO_STORE.0.clone(), value(cache_control.to_owned())),
+            (X_REQUEST_ID.clone(), request_id.clone()),
         ];
-        if let Some(challenge) = error.code.www_authenticate() {
-            headers.push(("WWW-Authenticate", challenge.to_owned()));
+        Response {
+            status: 200,
+            headers,
+            body,
         }
+    }
+
+    /// The JSON error of the SPEC, with `WWW-Authenticate` on a 401.
+    pub fn error(error: &ApiError, request_id: &HeaderValue) -> Response {
+        let mut headers = Vec::with_capacity(5);
+        headers.push((CONTENT_TYPE.clone(), JSON.clone()));
+        headers.push(NO_STORE.clone());
+        headers.push((X_REQUEST_ID.clone(), request_id.clone()));
+        headers.extend(challenge(error));
         Response {
             status: error.code.status(),
             headers,
@@ -95,17 +175,21 @@ impl Response {
 
     /// The same error for a gRPC client: a Trailers-Only response (HTTP 200, no body) whose
     /// `grpc-status` and `grpc-message` a gRPC library turns into a status it can act on.
-    pub fn grpc_error(error: &ApiError, request_id: &str) -> Response {
+    pub fn grpc_error(error: &ApiError, request_id: &HeaderValue) -> Response {
         let message = utf8_percent_encode(error.message, GRPC_MESSAGE).to_string();
         let mut headers = vec![
-            ("Content-Type", "application/grpc".to_owned()),
-            ("grpc-status", error.code.grpc_status().to_string()),
-            ("grpc-message", message),
-            ("X-Request-Id", request_id.to_owned()),
+            (
+                CONTENT_TYPE.clone(),
+                HeaderValue::from_static("application/grpc"),
+            ),
+            (
+                GRPC_STATUS.clone(),
+                HeaderValue::from(u16::from(error.code.grpc_status())),
+            ),
+            (GRPC_MESSAGE_NAME.clone(), value(message)),
+            (X_REQUEST_ID.clone(), request_id.clone()),
         ];
-        if let Some(challenge) = error.code.www_authenticate() {
-            headers.push(("WWW-Authenticate", challenge.to_owned()));
-        }
+        headers.extend(challenge(error));
         Response {
             status: 200,
             headers,
@@ -114,7 +198,7 @@ impl Response {
     }
 
     /// The error in the form the request's client reads: gRPC or the SPEC's JSON.
-    pub fn error_for(error: &ApiError, request_id: &str, grpc: bool) -> Response {
+    pub fn error_for(error: &ApiError, request_id: &HeaderValue, grpc: bool) -> Response {
         match grpc {
             true => Response::grpc_error(error, request_id),
             false => Response::error(error, request_id),
@@ -122,8 +206,8 @@ impl Response {
     }
 
     /// Adds a header.
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
-        self.headers.push((name, value.into()));
+    pub fn with_header(mut self, name: &Name, text: &str) -> Response {
+        self.headers.push((name.clone(), value(text.to_owned())));
         self
     }
 
@@ -131,9 +215,10 @@ impl Response {
     pub fn header(&self) -> pingora::Result<ResponseHeader> {
         let mut header = ResponseHeader::build(self.status, Some(self.headers.len() + 1))?;
         for (name, value) in &self.headers {
-            header.append_header(*name, value.as_str())?;
+            header.append_header(name.clone(), value.clone())?;
         }
-        header.insert_header("Content-Length", self.body.len().to_string())?;
+        let length = HeaderValue::from(self.body.len());
+        header.insert_header((header::CONTENT_LENGTH, "Content-Length"), length)?;
         Ok(header)
     }
 }
@@ -171,10 +256,23 @@ mod tests {
     use super::*;
     use crate::error::ErrorCode;
 
+    const RID: HeaderValue = HeaderValue::from_static("rid");
+
+    /// Each header as `(spelling, value)`, checking the parsed name agrees with the spelling.
+    fn written(r: &Response) -> Vec<(&str, &str)> {
+        r.headers
+            .iter()
+            .map(|((name, spelling), value)| {
+                assert!(name.as_str().eq_ignore_ascii_case(spelling));
+                (*spelling, value.to_str().unwrap())
+            })
+            .collect()
+    }
+
     #[test]
     fn minted_carries_every_spec_header() {
-        let r = Response::minted(b"{}".to_vec(), "a.b.c", "rid", Duration::from_micros(123));
-        let names: Vec<&str> = r.headers.iter().map(|(k, _)| *k).collect();
+        let r = Response::minted(b"{}".to_vec(), "a.b.c", &RID, Duration::from_micros(123));
+        let names: Vec<&str> = written(&r).iter().map(|(k, _)| *k).collect();
         assert_eq!(
             names,
             [
@@ -194,7 +292,8 @@ mod tests {
                 "X-Runtime"
             ]
         );
-        assert_eq!(r.headers[13].1, "0.000123");
+        assert_eq!(written(&r)[13], ("X-Runtime", "0.000123"));
+        assert_eq!(written(&r)[11], ("X-token", "a.b.c"));
         let h = r.header().unwrap();
         assert_eq!(h.headers.get("content-length").unwrap(), "2");
     }
@@ -203,16 +302,16 @@ mod tests {
     fn grpc_clients_get_a_grpc_status() {
         let e = Response::grpc_error(
             &ApiError::new(ErrorCode::Forbidden, "No 100% access."),
-            "rid",
+            &RID,
         );
         assert_eq!(e.status, 200);
         assert!(e.body.is_empty());
         assert_eq!(
-            e.headers[..3],
+            written(&e)[..3],
             [
-                ("Content-Type", "application/grpc".to_owned()),
-                ("grpc-status", "7".to_owned()),
-                ("grpc-message", "No 100%25 access.".to_owned()),
+                ("Content-Type", "application/grpc"),
+                ("grpc-status", "7"),
+                ("grpc-message", "No 100%25 access."),
             ]
         );
         for (ct, grpc) in [
@@ -230,13 +329,13 @@ mod tests {
 
     #[test]
     fn errors_challenge_only_on_401() {
-        let e = Response::error(&ApiError::new(ErrorCode::MissingToken, "x"), "rid");
+        let e = Response::error(&ApiError::new(ErrorCode::MissingToken, "x"), &RID);
         assert_eq!(e.status, 401);
-        assert!(e.headers.contains(&(
+        assert!(written(&e).contains(&(
             "WWW-Authenticate",
-            r#"Bearer realm="tokengate", error="invalid_request""#.to_owned()
+            r#"Bearer realm="tokengate", error="invalid_request""#
         )));
-        let e = Response::error(&ApiError::new(ErrorCode::PayloadTooLarge, "x"), "rid");
-        assert!(!e.headers.iter().any(|(k, _)| *k == "WWW-Authenticate"));
+        let e = Response::error(&ApiError::new(ErrorCode::PayloadTooLarge, "x"), &RID);
+        assert!(!written(&e).iter().any(|(k, _)| *k == "WWW-Authenticate"));
     }
 }

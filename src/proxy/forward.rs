@@ -9,6 +9,15 @@ use pingora::http::RequestHeader;
 use crate::forward_claims::ClaimHeader;
 use crate::forwarded::{self, is_forwarding_header, Received};
 use crate::request::method::OVERRIDE_HEADERS;
+use crate::respond::X_REQUEST_ID;
+
+/// Headers set on every forwarded request, parsed once: Pingora appends a `(name, spelling)`
+/// pair without parsing and copying the name again (`vendor/pingora-http`).
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 
 /// Headers that would make an application read a different request than the one checked.
 const PATH_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
@@ -86,7 +95,13 @@ pub fn rewrite(
         }
     }
     if let Some(subject) = rewrite.subject {
-        upstream.append_header(identity_header.clone(), subject)?;
+        // The usual name goes out spelled as the SPEC writes it; another configured name as
+        // Pingora writes names it does not know, in lower case.
+        let name = identity_header.clone();
+        match name == X_USER_ID {
+            true => upstream.append_header((name, "X-User-Id"), subject)?,
+            false => upstream.append_header(name, subject)?,
+        };
     }
     for (header, value) in rewrite.claims {
         upstream.append_header(header.clone(), value.as_str())?;
@@ -112,19 +127,28 @@ pub fn rewrite(
         let host = rewrite.authority.and_then(|a| a.to_str().ok());
         let f = forwarded::forwarding(ip, rewrite.proto, host, &values);
         // A trusted peer's values were read above; every copy is replaced.
-        let set = |upstream: &mut RequestHeader, name: &'static str, value: String| match trusted {
-            true => upstream.insert_header(name, value),
-            false => upstream.append_header(name, value).map(|_| ()),
+        let set = |upstream: &mut RequestHeader, name: &HeaderName, case, value: String| {
+            let name = (name.clone(), case);
+            match trusted {
+                true => upstream.insert_header(name, value),
+                false => upstream.append_header(name, value).map(|_| ()),
+            }
         };
-        set(upstream, "Forwarded", f.forwarded)?;
-        set(upstream, "X-Forwarded-For", f.x_forwarded_for)?;
-        set(upstream, "X-Real-IP", f.x_real_ip)?;
-        set(upstream, "X-Forwarded-Proto", f.x_forwarded_proto)?;
+        set(upstream, &http::header::FORWARDED, "Forwarded", f.forwarded)?;
+        set(
+            upstream,
+            &X_FORWARDED_FOR,
+            "X-Forwarded-For",
+            f.x_forwarded_for,
+        )?;
+        set(upstream, &X_REAL_IP, "X-Real-IP", f.x_real_ip)?;
+        let proto = f.x_forwarded_proto;
+        set(upstream, &X_FORWARDED_PROTO, "X-Forwarded-Proto", proto)?;
         if let Some(host) = f.x_forwarded_host {
-            set(upstream, "X-Forwarded-Host", host)?;
+            set(upstream, &X_FORWARDED_HOST, "X-Forwarded-Host", host)?;
         }
     }
-    upstream.append_header("X-Request-Id", rewrite.request_id.clone())?;
+    upstream.append_header(X_REQUEST_ID.clone(), rewrite.request_id.clone())?;
     Ok(())
 }
 

@@ -400,16 +400,16 @@ impl Tokengate {
         session: &mut Session,
         ctx: &mut RequestCtx,
         error: &ApiError,
-        extra: &[(&'static str, &str)],
+        extra: &[(&respond::Name, &str)],
     ) -> pingora::Result<()> {
         metrics::get()
             .rejections
             .with_label_values(&[error.code.as_str()])
             .inc();
         ctx.reason = Some(error.code);
-        let mut response = Response::error_for(error, ctx.request_id(), grpc_call(session));
+        let mut response = Response::error_for(error, &ctx.request_id, grpc_call(session));
         for (name, value) in extra {
-            response = response.with_header(name, *value);
+            response = response.with_header(name, value);
         }
         respond::send(session, response).await
     }
@@ -422,7 +422,7 @@ impl Tokengate {
         session: &mut Session,
         ctx: &mut RequestCtx,
         error: &ApiError,
-        extra: &[(&'static str, &str)],
+        extra: &[(&respond::Name, &str)],
     ) -> pingora::Result<()> {
         let expects_continue = session
             .req_header()
@@ -693,8 +693,10 @@ impl Tokengate {
                 None => return Ok(false),
                 Some((error, retry_after)) => {
                     let retry = retry_after.map(|s| s.to_string());
-                    let extra: Vec<(&'static str, &str)> =
-                        retry.iter().map(|r| ("Retry-After", r.as_str())).collect();
+                    let extra: Vec<(&respond::Name, &str)> = retry
+                        .iter()
+                        .map(|r| (&respond::RETRY_AFTER, r.as_str()))
+                        .collect();
                     self.refuse_request(session, ctx, &error, &extra).await?;
                 }
             },
@@ -806,9 +808,9 @@ impl Tokengate {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        response.append_header("X-Request-Id", ctx.request_id.clone())?;
+        response.append_header(respond::X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         if let Some(token) = &ctx.token {
-            response.insert_header("X-token", token.as_str())?;
+            response.insert_header(respond::X_TOKEN.clone(), token.as_str())?;
         }
         Ok(())
     }
@@ -868,7 +870,7 @@ impl Tokengate {
         ctx.reason = Some(error.code);
         if session.response_written().is_none() {
             session.set_keepalive(None);
-            let response = Response::error_for(&error, ctx.request_id(), grpc_call(session));
+            let response = Response::error_for(&error, &ctx.request_id, grpc_call(session));
             if let Err(write_error) = respond::send(session, response).await {
                 log::debug!("could not send error response: {write_error}");
             }

@@ -32,15 +32,7 @@ impl Tokengate {
         let Some((body, cache)) = &self.jwks else {
             return Ok(());
         };
-        let response = Response {
-            status: 200,
-            headers: vec![
-                ("Content-Type", "application/json".to_owned()),
-                ("Cache-Control", cache.clone()),
-                ("X-Request-Id", ctx.request_id().to_owned()),
-            ],
-            body: body.clone(),
-        };
+        let response = Response::jwks(body.clone(), cache, &ctx.request_id);
         respond::send(session, response).await
     }
 
@@ -106,7 +98,7 @@ impl Tokengate {
                         session,
                         ctx,
                         &RATE_LIMITED,
-                        &[("Retry-After", &retry_after)],
+                        &[(&respond::RETRY_AFTER, &retry_after)],
                     )
                     .await;
             }
@@ -121,7 +113,7 @@ impl Tokengate {
                 let response = Response::minted(
                     minted.body,
                     &minted.session_token,
-                    ctx.request_id(),
+                    &ctx.request_id,
                     ctx.start.elapsed(),
                 );
                 respond::send(session, response).await
@@ -142,7 +134,8 @@ impl Tokengate {
         if self.read_body(session).await.is_err() {
             session.set_keepalive(None);
         }
-        self.refuse(session, ctx, error, &[("Allow", allow)]).await
+        self.refuse(session, ctx, error, &[(&respond::ALLOW, allow)])
+            .await
     }
 
     /// Reads the whole body within the limit: `Content-Length` first, then a running count.
