@@ -808,6 +808,7 @@ impl Tokengate {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        response.reserve_headers(2)?;
         response.append_header(respond::X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         if let Some(token) = &ctx.token {
             response.insert_header(respond::X_TOKEN.clone(), token.as_str())?;

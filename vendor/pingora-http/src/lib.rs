@@ -239,6 +239,12 @@ impl RequestHeader {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
     }
 
+    /// Make room for `additional` more headers in both header maps, so that appending them
+    /// does not grow and rehash the maps one step at a time.
+    pub fn reserve_headers(&mut self, additional: usize) -> Result<()> {
+        reserve_headers(self.header_name_map.as_mut(), &mut self.base.headers, additional)
+    }
+
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
@@ -593,6 +599,12 @@ impl ResponseHeader {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
     }
 
+    /// Make room for `additional` more headers in both header maps, so that appending them
+    /// does not grow and rehash the maps one step at a time.
+    pub fn reserve_headers(&mut self, additional: usize) -> Result<()> {
+        reserve_headers(self.header_name_map.as_mut(), &mut self.base.headers, additional)
+    }
+
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
@@ -870,6 +882,21 @@ fn append_header_value<T>(
     )
 }
 
+fn reserve_headers<T>(
+    name_map: Option<&mut CaseMap>,
+    value_map: &mut HMap<T>,
+    additional: usize,
+) -> Result<()> {
+    if let Some(name_map) = name_map {
+        name_map
+            .try_reserve(additional)
+            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+    }
+    value_map
+        .try_reserve(additional)
+        .or_err(InvalidHTTPHeader, "header value map size overflows MAX_SIZE")
+}
+
 #[inline]
 fn insert_header_value<T>(
     name_map: Option<&mut CaseMap>,
@@ -1052,6 +1079,34 @@ mod tests {
         assert_eq!(8, http_header_map_upper_bound(None));
         assert_eq!(16, http_header_map_upper_bound(Some(16)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
+    }
+
+    #[test]
+    fn test_reserve_then_append_parsed_names() {
+        let mut req = RequestHeader::build("GET", b"/", Some(1)).unwrap();
+        req.append_header("Host", "a").unwrap();
+        req.reserve_headers(8).unwrap();
+        let capacity = req.headers.capacity();
+        assert!(capacity >= 9);
+        let name = HeaderName::from_static("x-forwarded-for");
+        req.append_header((name.clone(), "X-Forwarded-For"), "1.2.3.4")
+            .unwrap();
+        req.append_header((name, "X-Forwarded-For"), "5.6.7.8")
+            .unwrap();
+        assert_eq!(req.headers.capacity(), capacity);
+        let mut buf: Vec<u8> = vec![];
+        req.header_to_h1_wire(&mut buf);
+        assert_eq!(
+            buf,
+            b"Host: a\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\n"
+        );
+        let mut resp = ResponseHeader::build(200, Some(1)).unwrap();
+        resp.reserve_headers(2).unwrap();
+        resp.insert_header((HeaderName::from_static("x-token"), "X-token"), "t")
+            .unwrap();
+        let mut buf: Vec<u8> = vec![];
+        resp.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"X-token: t\r\n");
     }
 
     #[test]
