@@ -31,7 +31,7 @@ use crate::forwarded::TrustedProxies;
 use crate::limits::{retry_after_secs, Limiter, RateLimit};
 use crate::metrics::{self, RouteKind, UpstreamErrorKind};
 use crate::policy::{self, Action, Authentication};
-use crate::request::method::{body_is_form, OVERRIDE_HEADERS};
+use crate::request::method::{body_is_encoded, body_is_form, OVERRIDE_HEADERS};
 use crate::request::{self, canonicalize, Canonical, FormScan, Head, Refusal};
 use crate::respond::{self, Response};
 use crate::routes::{Decision, LimitKey, PathTemplate, RouteTable};
@@ -287,6 +287,13 @@ impl Tokengate {
                     .get(http::header::CONTENT_TYPE)
                     .map(|v| v.as_bytes()),
             );
+        let encoded = || {
+            let codings = header.headers.get_all(http::header::CONTENT_ENCODING);
+            body_is_encoded(codings.iter().map(|v| v.as_bytes()))
+        };
+        if form_post && has_body(header) && encoded() {
+            return Plan::Refuse(ENCODED_FORM);
+        }
         match body {
             Some(found) => {
                 if let Err(refusal) = canonical.add_body_overrides(found) {
@@ -499,6 +506,12 @@ pub(super) const SIGN_OUTS_UNAVAILABLE: ApiError = ApiError::new(
     "Sign-outs cannot be checked right now; retry shortly.",
 );
 /// A route's request limit is exhausted for this key.
+/// A compressed form body: its `_method` field could not be checked on the way.
+const ENCODED_FORM: ApiError = ApiError::new(
+    ErrorCode::UnsupportedMediaType,
+    "Send form bodies without a Content-Encoding; they are checked as they pass.",
+);
+
 const ROUTE_RATE_LIMITED: ApiError = ApiError::new(
     ErrorCode::RateLimited,
     "Too many requests on this route; retry later.",

@@ -203,9 +203,35 @@ pub fn body_is_form(content_type: Option<&[u8]>) -> bool {
     media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
 }
 
+/// Whether `Content-Encoding` values name a coding (`identity` is none): the body's `_method`
+/// cannot be read on the way, while Express' body parsers inflate it for the application.
+pub fn body_is_encoded<'a>(content_encoding: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    content_encoding
+        .into_iter()
+        .flat_map(|field| field.split(|&b| b == b','))
+        .map(|coding| coding.trim_ascii())
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_coding_other_than_identity_encodes_the_body() {
+        let encoded = |fields: &[&str]| body_is_encoded(fields.iter().map(|f| f.as_bytes()));
+        for plain in [&[][..], &["identity"], &["Identity, "], &[""]] {
+            assert!(!encoded(plain), "{plain:?}");
+        }
+        for coded in [
+            &["gzip"][..],
+            &["identity, deflate"],
+            &["identity", "br"],
+            &["x"],
+        ] {
+            assert!(encoded(coded), "{coded:?}");
+        }
+    }
 
     #[test]
     fn lower_case_methods_are_refused() {
