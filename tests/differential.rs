@@ -53,7 +53,19 @@ struct App {
 }
 
 impl App {
+    /// Starts the app on a free port and waits until it answers as itself: a port handed out
+    /// by `free_port` can be taken by another test's process before the app binds it, and then
+    /// a mere connect succeeds against the wrong server. Then it starts again on another port.
     fn start(name: &'static str, program: &str, args: &[&str]) -> App {
+        for _ in 0..3 {
+            if let Some(app) = Self::try_start(name, program, args) {
+                return app;
+            }
+        }
+        panic!("{name} never answered as itself on three ports");
+    }
+
+    fn try_start(name: &'static str, program: &str, args: &[&str]) -> Option<App> {
         let port = free_port();
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps");
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -68,15 +80,20 @@ impl App {
             .unwrap_or_else(|e| panic!("{name}: cannot start {program}: {e}"));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut app = App { name, child, addr };
+        let probe =
+            b"GET /albums/a HTTP/1.1\r\nHost: images.example.com\r\nConnection: close\r\n\r\n";
         let start = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            if let Ok(Some(status)) = app.child.try_wait() {
-                panic!("{name} exited with {status}");
+        loop {
+            if let Some((_, headers)) = send(addr, probe) {
+                // Dropping `app` kills a child that lost its port to another server.
+                return headers.iter().any(|(k, _)| k == "x-served").then_some(app);
+            }
+            if let Ok(Some(_)) = app.child.try_wait() {
+                return None;
             }
             assert!(start.elapsed() < DEADLINE, "{name} did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
-        app
     }
 }
 
@@ -100,7 +117,7 @@ struct Request<'a> {
     target: &'a str,
     host: Option<&'a str>,
     headers: Vec<(&'a str, String)>,
-    body: Option<String>,
+    body: Option<Vec<u8>>,
     chunked: bool,
 }
 
@@ -125,8 +142,18 @@ impl<'a> Request<'a> {
         if let Some(ct) = content_type {
             self.headers.push(("Content-Type", ct.to_owned()));
         }
-        self.body = Some(body.to_owned());
+        self.body = Some(body.as_bytes().to_vec());
         self
+    }
+
+    /// The form gzip-compressed, as a client may send it and Express' parser inflates it.
+    fn gzipped(mut self) -> Self {
+        use std::io::Write;
+        let body = self.body.take().unwrap_or_default();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&body).unwrap();
+        self.body = Some(gz.finish().unwrap());
+        self.header("Content-Encoding", "gzip")
     }
 
     fn build(&self, id: usize) -> Vec<u8> {
@@ -138,17 +165,22 @@ impl<'a> Request<'a> {
         for (k, v) in &self.headers {
             r.push_str(&format!("{k}: {v}\r\n"));
         }
+        let mut r = r.into_bytes();
         match (&self.body, self.chunked) {
-            (Some(body), true) => r.push_str(&format!(
-                "Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
-                body.len()
-            )),
-            (Some(body), false) => {
-                r.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()))
+            (Some(body), true) => {
+                r.extend_from_slice(
+                    format!("Transfer-Encoding: chunked\r\n\r\n{:x}\r\n", body.len()).as_bytes(),
+                );
+                r.extend_from_slice(body);
+                r.extend_from_slice(b"\r\n0\r\n\r\n");
             }
-            (None, _) => r.push_str("Content-Length: 0\r\n\r\n"),
+            (Some(body), false) => {
+                r.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                r.extend_from_slice(body);
+            }
+            (None, _) => r.extend_from_slice(b"Content-Length: 0\r\n\r\n"),
         }
-        r.into_bytes()
+        r
     }
 }
 
@@ -359,13 +391,16 @@ fn corpus(token: &str, session: &str) -> Vec<Case> {
                 format!("a=1&_method={method}&b=2"),
             ),
         ] {
-            for chunked in [false, true] {
+            for (chunked, gzip) in [(false, false), (true, false), (false, true), (true, true)] {
                 let mut req = Request::new("POST", target)
                     .header("Authorization", &bearer)
                     .form(ct, &body);
+                if gzip {
+                    req = req.gzipped();
+                }
                 req.chunked = chunked;
                 add(
-                    format!("POST {target} body {body:?} {ct:?} chunked={chunked}"),
+                    format!("POST {target} body {body:?} {ct:?} chunked={chunked} gzip={gzip}"),
                     req,
                     false,
                 );
