@@ -15,7 +15,8 @@ use crate::error::ApiError;
 /// appends it without parsing or copying the name (`vendor/pingora-http`).
 pub type Name = (HeaderName, &'static str);
 
-const fn name(lower_case: &'static str, spelling: &'static str) -> Name {
+/// A [`Name`] from its lower-case form and its spelling on the wire.
+pub const fn name(lower_case: &'static str, spelling: &'static str) -> Name {
     (HeaderName::from_static(lower_case), spelling)
 }
 
@@ -149,6 +150,7 @@ impl Response {
                 CONTENT_TYPE.clone(),
                 HeaderValue::from_static("application/json"),
             ),
+            // The same `Cache-Control` name, with the configured value.
             (NO_STORE.0.clone(), value(cache_control.to_owned())),
             (X_REQUEST_ID.clone(), request_id.clone()),
         ];

@@ -9,15 +9,15 @@ use pingora::http::RequestHeader;
 use crate::forward_claims::ClaimHeader;
 use crate::forwarded::{self, is_forwarding_header, Received};
 use crate::request::method::OVERRIDE_HEADERS;
-use crate::respond::X_REQUEST_ID;
+use crate::respond::{name, Name, X_REQUEST_ID};
 
-/// Headers set on every forwarded request, parsed once: Pingora appends a `(name, spelling)`
-/// pair without parsing and copying the name again (`vendor/pingora-http`).
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+/// Headers set on every forwarded request, parsed once (`respond::Name`).
+static FORWARDED: Name = (http::header::FORWARDED, "Forwarded");
+static X_FORWARDED_FOR: Name = name("x-forwarded-for", "X-Forwarded-For");
+static X_REAL_IP: Name = name("x-real-ip", "X-Real-IP");
+static X_FORWARDED_PROTO: Name = name("x-forwarded-proto", "X-Forwarded-Proto");
+static X_FORWARDED_HOST: Name = name("x-forwarded-host", "X-Forwarded-Host");
+static X_USER_ID: Name = name("x-user-id", "X-User-Id");
 
 /// Headers that would make an application read a different request than the one checked.
 const PATH_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
@@ -100,10 +100,9 @@ pub fn rewrite(
     if let Some(subject) = rewrite.subject {
         // The usual name goes out spelled as the SPEC writes it; another configured name as
         // Pingora writes names it does not know, in lower case.
-        let name = identity_header.clone();
-        match name == X_USER_ID {
-            true => upstream.append_header((name, "X-User-Id"), subject)?,
-            false => upstream.append_header(name, subject)?,
+        match *identity_header == X_USER_ID.0 {
+            true => upstream.append_header(X_USER_ID.clone(), subject)?,
+            false => upstream.append_header(identity_header.clone(), subject)?,
         };
     }
     for (header, value) in rewrite.claims {
@@ -130,25 +129,16 @@ pub fn rewrite(
         let host = rewrite.authority.and_then(|a| a.to_str().ok());
         let f = forwarded::forwarding(ip, rewrite.proto, host, &values);
         // A trusted peer's values were read above; every copy is replaced.
-        let set = |upstream: &mut RequestHeader, name: &HeaderName, case, value: String| {
-            let name = (name.clone(), case);
-            match trusted {
-                true => upstream.insert_header(name, value),
-                false => upstream.append_header(name, value).map(|_| ()),
-            }
+        let set = |upstream: &mut RequestHeader, name: &Name, value: String| match trusted {
+            true => upstream.insert_header(name.clone(), value),
+            false => upstream.append_header(name.clone(), value).map(|_| ()),
         };
-        set(upstream, &http::header::FORWARDED, "Forwarded", f.forwarded)?;
-        set(
-            upstream,
-            &X_FORWARDED_FOR,
-            "X-Forwarded-For",
-            f.x_forwarded_for,
-        )?;
-        set(upstream, &X_REAL_IP, "X-Real-IP", f.x_real_ip)?;
-        let proto = f.x_forwarded_proto;
-        set(upstream, &X_FORWARDED_PROTO, "X-Forwarded-Proto", proto)?;
+        set(upstream, &FORWARDED, f.forwarded)?;
+        set(upstream, &X_FORWARDED_FOR, f.x_forwarded_for)?;
+        set(upstream, &X_REAL_IP, f.x_real_ip)?;
+        set(upstream, &X_FORWARDED_PROTO, f.x_forwarded_proto)?;
         if let Some(host) = f.x_forwarded_host {
-            set(upstream, &X_FORWARDED_HOST, "X-Forwarded-Host", host)?;
+            set(upstream, &X_FORWARDED_HOST, host)?;
         }
     }
     upstream.append_header(X_REQUEST_ID.clone(), rewrite.request_id.clone())?;

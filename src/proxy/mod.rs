@@ -287,11 +287,12 @@ impl Tokengate {
                     .get(http::header::CONTENT_TYPE)
                     .map(|v| v.as_bytes()),
             );
+        let form_body = form_post && has_body(header);
         let encoded = || {
             let codings = header.headers.get_all(http::header::CONTENT_ENCODING);
             body_is_encoded(codings.iter().map(|v| v.as_bytes()))
         };
-        if form_post && has_body(header) && encoded() {
+        if form_body && encoded() {
             return Plan::Refuse(ENCODED_FORM);
         }
         match body {
@@ -303,7 +304,7 @@ impl Tokengate {
             None if form_post && self.options.honor_method_override && preread_fits(header) => {
                 return Plan::PreRead;
             }
-            None if form_post && has_body(header) => ctx.body_scan = Some(FormScan::default()),
+            None if form_body => ctx.body_scan = Some(FormScan::default()),
             None => {}
         }
         self.decide(header, &canonical, peer, ctx)

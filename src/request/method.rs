@@ -1,7 +1,7 @@
 //! The method a request means: its own, checked for case, or the override an application would
 //! apply (`X-HTTP-Method-Override` and its kin, a `_method` form or query field).
 
-use super::Refusal;
+use super::{list_elements, Refusal};
 
 /// Methods an override may name: those Rack's `MethodOverride` accepts. Anything else is
 /// refused, since an app that ignores an unknown override runs the original `POST`.
@@ -206,11 +206,7 @@ pub fn body_is_form(content_type: Option<&[u8]>) -> bool {
 /// Whether `Content-Encoding` values name a coding (`identity` is none): the body's `_method`
 /// cannot be read on the way, while Express' body parsers inflate it for the application.
 pub fn body_is_encoded<'a>(content_encoding: impl IntoIterator<Item = &'a [u8]>) -> bool {
-    content_encoding
-        .into_iter()
-        .flat_map(|field| field.split(|&b| b == b','))
-        .map(|coding| coding.trim_ascii())
-        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
+    list_elements(content_encoding).any(|coding| !coding.eq_ignore_ascii_case(b"identity"))
 }
 
 #[cfg(test)]

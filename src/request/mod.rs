@@ -230,15 +230,21 @@ fn check_transfer_coding(fields: &[&[u8]]) -> Result<(), Refusal> {
     if fields.is_empty() {
         return Ok(());
     }
-    let mut codings = fields
-        .iter()
-        .flat_map(|field| field.split(|&b| b == b','))
-        .map(|coding| coding.trim_ascii())
-        .filter(|coding| !coding.is_empty());
+    let mut codings = list_elements(fields.iter().copied());
     match (codings.next(), codings.next()) {
         (Some(coding), None) if coding.eq_ignore_ascii_case(b"chunked") => Ok(()),
         _ => Err(Refusal::TransferCoding),
     }
+}
+
+/// The elements of a list-valued header (RFC 9110 §5.6.1) over all its fields, trimmed, empty
+/// ones dropped.
+fn list_elements<'a>(fields: impl IntoIterator<Item = &'a [u8]>) -> impl Iterator<Item = &'a [u8]> {
+    fields
+        .into_iter()
+        .flat_map(|field| field.split(|&b| b == b','))
+        .map(|element| element.trim_ascii())
+        .filter(|element| !element.is_empty())
 }
 
 /// A target's parts: absolute-form authority, path, query.
