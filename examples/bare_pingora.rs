@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
@@ -45,12 +46,13 @@ fn main() {
     let conf = ServerConf {
         threads: 1,
         work_stealing: false,
+        upstream_keepalive_pool_size: 1024,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream });
-    proxy.add_tcp(&listen);
+    proxy.add_listener(ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().read(0)));
     proxy.threads = Some(1);
     server.add_service(proxy);
     server.run_forever();

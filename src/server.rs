@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
 use pingora::server::ShutdownWatch;
 use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch};
@@ -114,7 +115,13 @@ pub fn build(config: Config, path: Option<PathBuf>, opt: Option<Opt>) -> Result<
         options.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
         app.server_options = Some(options);
     }
-    proxy.add_tcp(&config.listen.to_string());
+    // Pingora puts a 64 KiB read buffer in front of every accepted connection, whose HTTP/1
+    // and HTTP/2 readers copy out of it into buffers of their own: plaintext connections read
+    // straight from the socket (64 KiB less per connection, one copy less per read).
+    proxy.add_listener(
+        ListenerConfig::tcp(config.listen.to_string())
+            .l4_buffer(L4BufferSettings::default().read(0)),
+    );
     let certificates = match &config.tls {
         Some(tls) => {
             let store = Arc::new(
@@ -129,7 +136,13 @@ pub fn build(config: Config, path: Option<PathBuf>, opt: Option<Opt>) -> Result<
             if tls.h2 {
                 settings.enable_h2();
             }
-            proxy.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+            // rustls reads the socket 4 KiB at a time: a buffer of one whole record keeps an
+            // upload to one read per record at a quarter of Pingora's default.
+            proxy.add_listener(
+                ListenerConfig::tcp(tls.listen.to_string())
+                    .tls(settings)
+                    .l4_buffer(L4BufferSettings::default().read(TLS_READ_BUFFER)),
+            );
             Some(store)
         }
         None => None,
@@ -181,6 +194,9 @@ struct ReadinessProbe {
 /// How long an HTTP/2 connection may stay open without a stream (Pingora closes idle HTTP/1.1
 /// keep-alive connections after 60 s).
 const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The read buffer in front of a TLS connection: one TLS record at its largest.
+const TLS_READ_BUFFER: usize = 16 * 1024 + 256;
 
 /// How often the upstream groups are looked at for readiness.
 const READINESS_POLL: Duration = Duration::from_millis(100);

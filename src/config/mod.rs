@@ -367,6 +367,8 @@ mod defaults {
     pub const REDIS_PREFIX: &str = "tokengate:";
     /// The longest a session token lives: a sign-out must outlast every token it covers.
     pub const REVOCATION_TTL: &str = "24h";
+    /// Idle upstream connections kept for reuse (Pingora's own default is 128).
+    pub const UPSTREAM_POOL: usize = 1024;
 }
 
 /// Where environment variables come from; tests pass a map instead of the process environment.
@@ -510,10 +512,17 @@ fn split_sections(text: &str) -> Result<(RawConfig, ServerConf, layout::Spelling
     // Each worker thread runs its own connections start to end unless the file says otherwise:
     // no cross-thread task stealing on the per-request path (cheaper, and what Pingora advises).
     let stealing_set = doc.contains_key("work_stealing");
+    // A pool smaller than the number of clients closes and reopens an upstream connection for
+    // most requests under load (a TCP handshake each, TIME_WAIT on the app's side); an idle
+    // pooled connection costs about 1.5 KiB.
+    let pool_set = doc.contains_key("upstream_keepalive_pool_size");
     let mut server: ServerConf =
         serde_yaml::from_value(serde_yaml::Value::Mapping(doc)).map_err(parse_err)?;
     if !stealing_set {
         server.work_stealing = false;
+    }
+    if !pool_set {
+        server.upstream_keepalive_pool_size = defaults::UPSTREAM_POOL;
     }
     Ok((raw, server, spellings))
 }
@@ -1025,7 +1034,17 @@ mod tests {
         assert_eq!(c.routes.routes().len(), 1);
         assert_eq!(c.routes.routes()[0].auth, AuthMode::Passthrough);
         assert_eq!(c.server.grace_period_seconds, Some(10));
+        assert!(!c.server.work_stealing);
+        assert_eq!(c.server.upstream_keepalive_pool_size, 1024);
         assert!(!c.development_secret);
+    }
+
+    #[test]
+    fn pingora_settings_tokengate_defaults_differently_follow_the_file() {
+        let yaml = "upstream_keepalive_pool_size: 16\nwork_stealing: true\n";
+        let c = Config::from_yaml(yaml, &[SECRET]).unwrap();
+        assert_eq!(c.server.upstream_keepalive_pool_size, 16);
+        assert!(c.server.work_stealing);
     }
 
     #[test]

@@ -321,7 +321,9 @@ impl UninitializedStream {
                 callback.process(&mut self.l4).await?;
             }
 
-            let tls_stream = tls.tls_handshake(self.l4).await?;
+            // Boxed: inline, the TLS handshake state would size every connection's task,
+            // plaintext ones included, for the connection's whole life.
+            let tls_stream = Box::pin(tls.tls_handshake(self.l4)).await?;
             Ok(Box::new(tls_stream))
         } else {
             Ok(Box::new(self.l4))
