@@ -1,6 +1,7 @@
 //! Request body → permission, in every content type, with and without an ability allow-list,
 //! then attenuation against a caller's abilities; the body as permission text itself must come
-//! out exactly as serde_json writes it back, whether it was copied or re-serialized.
+//! out exactly as serde_json writes it back, whether it was copied or re-serialized; a form
+//! body must give what the general form decoder's `permission` field gives.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -35,6 +36,9 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
+    if content_type == CONTENT_TYPES[0] {
+        assert_form_decoded(body, &policy);
+    }
     match parse_body(content_type, body, &policy) {
         Ok(Some(permission)) => {
             for key in permission.keys() {
@@ -57,3 +61,34 @@ fuzz_target!(|data: &[u8]| {
         )),
     }
 });
+
+/// `parse_body` on a form body answers as `form_urlencoded` decodes it: no `permission` is no
+/// permission, two are refused, one is parsed as the permission text, unless it had invalid UTF-8.
+fn assert_form_decoded(body: &[u8], policy: &PermissionPolicy) {
+    let fields: Vec<String> = form_urlencoded::parse(body)
+        .filter(|(name, _)| name == "permission")
+        .map(|(_, value)| value.into_owned())
+        .collect();
+    let got = parse_body(CONTENT_TYPES[0], body, policy);
+    match fields.as_slice() {
+        _ if body.is_empty() => assert!(matches!(got, Ok(None))),
+        [] => assert!(matches!(got, Ok(None))),
+        [text]
+            if text.contains('\u{FFFD}')
+                && percent_encoding::percent_decode(body)
+                    .decode_utf8()
+                    .is_err() =>
+        {
+            assert!(matches!(got, Err(e) if e.code == ErrorCode::InvalidRequest))
+        }
+        [text] => match (parse_permission(text, policy), got) {
+            (Ok(want), Ok(Some(got))) => assert_eq!(
+                serde_json::to_string(&want).expect("serializes"),
+                serde_json::to_string(&got).expect("serializes")
+            ),
+            (Err(want), Err(got)) => assert_eq!(want.code, got.code),
+            (want, got) => panic!("form body: wanted {want:?}, got {got:?}"),
+        },
+        _ => assert!(matches!(got, Err(e) if e.code == ErrorCode::InvalidRequest)),
+    }
+}

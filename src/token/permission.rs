@@ -151,6 +151,41 @@ fn media_type(content_type: Option<&[u8]>) -> Option<MediaType> {
 }
 
 fn form_permission(body: &[u8]) -> Result<Option<String>, ApiError> {
+    match plain_form_permission(body) {
+        Some(permission) => Ok(permission),
+        None => decoded_form_permission(body),
+    }
+}
+
+/// The common form, answered without the general decoder: no `+`, field names sent as is, one
+/// `permission` whose value decodes to UTF-8 without U+FFFD. `None` leaves every other body to
+/// [`decoded_form_permission`], whose answer this one always equals (a table test and the
+/// permission fuzz target check).
+fn plain_form_permission(body: &[u8]) -> Option<Option<String>> {
+    if memchr::memchr(b'+', body).is_some() {
+        return None;
+    }
+    let mut found = None;
+    for pair in body.split(|&b| b == b'&') {
+        let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+        if memchr::memchr(b'%', name).is_some() || (name == b"permission" && found.is_some()) {
+            return None;
+        }
+        if name == b"permission" {
+            found = Some(pair.get(name.len() + 1..).unwrap_or_default());
+        }
+    }
+    let Some(value) = found else {
+        return Some(None);
+    };
+    match percent_encoding::percent_decode(value).decode_utf8() {
+        Ok(text) if !text.contains('\u{FFFD}') => Some(Some(text.into_owned())),
+        _ => None,
+    }
+}
+
+/// Any url-encoded body, decoded as Rails and every form parser do.
+fn decoded_form_permission(body: &[u8]) -> Result<Option<String>, ApiError> {
     /// Only `permission` is kept; other fields are skipped without allocating.
     #[derive(Deserialize)]
     struct Form {
@@ -579,6 +614,49 @@ mod tests {
             ),
             want
         );
+    }
+
+    #[test]
+    fn the_plain_form_path_answers_as_the_general_decoder_or_not_at_all() {
+        // (body, whether the plain path answers it)
+        let table: [(&[u8], bool); 16] = [
+            (b"permission=%7B%22a%22%3A1%7D", true),
+            (b"a=1&&permission=%7B%7D&b", true),
+            (b"a=%zz&permission=%7B%22%C3%A9%22%3A1%7D", true),
+            (b"other=1", true),
+            (b"permission", true),
+            (b"permission=", true),
+            (b"permission=%7B%22a%22%3A%22x+y%22%7D", false),
+            (b"permissio%6E=%7B%22a%22%3A1%7D", false),
+            (b"permission=%7B%7D&permissio%6E=%7B%7D", false),
+            (b"permission=%7B%7D&permission=%7B%7D", false),
+            (b"permission=%7B%22%FF%22%3A1%7D", false),
+            (b"permission=%7B%22%EF%BF%BD%22%3A1%7D", false),
+            (b"permission=%7B%22%EF%BF%BD%22%3A1%7D&x=%FF", false),
+            (b"x=%FF&permission=%7B%22a%22%3A1%7D", true),
+            (b"permission=%7B%7D&Permission=1", true),
+            (b"=&permission==%7B%7D", true),
+        ];
+        for (body, plain) in table {
+            let general = decoded_form_permission(body);
+            match plain_form_permission(body) {
+                Some(answer) => {
+                    assert!(plain, "{:?} answered", String::from_utf8_lossy(body));
+                    assert_eq!(Ok(answer), general.map_err(|e| e.code));
+                }
+                None => assert!(!plain, "{:?} not answered", String::from_utf8_lossy(body)),
+            }
+        }
+        let refused = |body: &[u8]| form_permission(body).map_err(|e| e.code);
+        assert_eq!(
+            refused(b"permission=%7B%7D&permissio%6E=%7B%7D"),
+            Err(ErrorCode::InvalidRequest)
+        );
+        assert_eq!(
+            refused(b"permission=%7B%22%EF%BF%BD%22%3A1%7D&x=%FF"),
+            Err(ErrorCode::InvalidRequest)
+        );
+        assert_eq!(refused(b"permissio%6E=%7B%7D"), Ok(Some("{}".to_owned())));
     }
 
     #[test]
