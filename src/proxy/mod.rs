@@ -972,29 +972,31 @@ pub struct ProxyCtx {
 
 #[async_trait]
 impl ProxyHttp for Proxy {
-    type CTX = ProxyCtx;
+    // Boxed: Pingora keeps the context inline in each request's future, in three places, and
+    // moves that future whole; a pointer keeps it at a bare proxy's size.
+    type CTX = Box<ProxyCtx>;
 
-    fn new_ctx(&self) -> ProxyCtx {
+    fn new_ctx(&self) -> Box<ProxyCtx> {
         let gate = self.current.load_full();
         let request = gate.new_ctx();
-        ProxyCtx { gate, request }
+        Box::new(ProxyCtx { gate, request })
     }
 
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        ctx: &mut ProxyCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
-        let ProxyCtx { gate, request } = ctx;
+        let ProxyCtx { gate, request } = &mut **ctx;
         gate.early_request_filter(session, request).await
     }
 
     async fn request_filter(
         &self,
         session: &mut Session,
-        ctx: &mut ProxyCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<bool> {
-        let ProxyCtx { gate, request } = ctx;
+        let ProxyCtx { gate, request } = &mut **ctx;
         gate.request_filter(session, request).await
     }
 
@@ -1003,9 +1005,9 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut ProxyCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
-        let ProxyCtx { gate, request } = ctx;
+        let ProxyCtx { gate, request } = &mut **ctx;
         gate.request_body_filter(session, body, end_of_stream, request)
             .await
     }
@@ -1013,9 +1015,9 @@ impl ProxyHttp for Proxy {
     async fn upstream_peer(
         &self,
         session: &mut Session,
-        ctx: &mut ProxyCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let ProxyCtx { gate, request } = ctx;
+        let ProxyCtx { gate, request } = &mut **ctx;
         gate.upstream_peer(session, request).await
     }
 
@@ -1023,9 +1025,9 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut ProxyCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
-        let ProxyCtx { gate, request } = ctx;
+        let ProxyCtx { gate, request } = &mut **ctx;
         gate.upstream_request_filter(session, upstream, request)
             .await
     }
@@ -1034,9 +1036,9 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut ProxyCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
-        let ProxyCtx { gate, request } = ctx;
+        let ProxyCtx { gate, request } = &mut **ctx;
         gate.upstream_response_filter(session, upstream_response, request)
             .await
     }
@@ -1045,9 +1047,9 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         response: &mut ResponseHeader,
-        ctx: &mut ProxyCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
-        let ProxyCtx { gate, request } = ctx;
+        let ProxyCtx { gate, request } = &mut **ctx;
         gate.response_filter(session, response, request).await
     }
 
@@ -1055,10 +1057,10 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         peer: &HttpPeer,
-        ctx: &mut ProxyCtx,
+        ctx: &mut Self::CTX,
         e: Box<Error>,
     ) -> Box<Error> {
-        let ProxyCtx { gate, request } = ctx;
+        let ProxyCtx { gate, request } = &mut **ctx;
         gate.fail_to_connect(session, peer, request, e)
     }
 
@@ -1066,14 +1068,14 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut ProxyCtx,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        let ProxyCtx { gate, request } = ctx;
+        let ProxyCtx { gate, request } = &mut **ctx;
         gate.fail_to_proxy(session, e, request).await
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut ProxyCtx) {
-        let ProxyCtx { gate, request } = ctx;
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        let ProxyCtx { gate, request } = &mut **ctx;
         gate.logging(session, e, request).await
     }
 }
