@@ -248,6 +248,21 @@ impl Shared {
         Ok(())
     }
 
+    /// `step` within the configured Redis timeout, or a timeout error.
+    async fn bounded<T>(
+        &self,
+        step: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        tokio::time::timeout(self.settings.timeout, step)
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer within the timeout",
+                )))
+            })
+    }
+
     fn set_connected(&self, conn: Option<ConnectionManager>) {
         let up = conn.is_some();
         *self
@@ -267,8 +282,12 @@ impl Shared {
             .client
             .get_connection_manager_with_config(config)
             .await?;
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(self.key(&["revocations"])).await?;
+        // The subscription has no timeouts of its own: a Redis that stops answering between
+        // the two connections would hold this task, and every reconnect, for as long as the
+        // kernel's TCP timeouts (minutes).
+        let mut pubsub = self.bounded(self.client.get_async_pubsub()).await?;
+        self.bounded(pubsub.subscribe(self.key(&["revocations"])))
+            .await?;
         self.load_revocations(&mut conn).await?;
         self.set_connected(Some(conn));
         if !self.synced.swap(true, Ordering::AcqRel) {

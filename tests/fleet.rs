@@ -17,8 +17,22 @@ struct Redis {
 }
 
 impl Redis {
+    /// On a free port; another port if something else took the chosen one first.
+    fn start() -> Redis {
+        loop {
+            if let Some(redis) = Redis::try_start_on(free_port()) {
+                return redis;
+            }
+        }
+    }
+
     fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
+        Redis::try_start_on(port).expect("redis-server could not listen on its port again")
+    }
+
+    /// `None` when redis-server exits instead of listening (its port was taken).
+    fn try_start_on(port: u16) -> Option<Redis> {
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -34,11 +48,15 @@ impl Redis {
             .spawn()
             .expect("redis-server (bash .ci/setup installs it)");
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Listening is not enough: the port may be another test's; only Redis answers PONG.
+        while !answers_ping(port) {
+            if child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
             assert!(start.elapsed() < DEADLINE, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis { port, child }
+        Some(Redis { port, child })
     }
 
     fn stop(mut self) -> u16 {
@@ -74,10 +92,22 @@ fn conf(redis_port: u16) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+fn answers_ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
 /// One Redis, an upstream, the configuration naming them, and two replicas on it, both
 /// connected to Redis.
 fn fleet() -> (Redis, Upstream, String, Tokengate, Tokengate) {
-    let redis = Redis::start_on(free_port());
+    let redis = Redis::start();
     let up = Upstream::start();
     let conf = conf(redis.port);
     let start = || Tokengate::start_with_args(up.addr, &[], &["-c", &conf]);
@@ -248,4 +278,37 @@ fn redis_going_away_follows_the_failure_modes_and_its_return_is_picked_up() {
         .collect();
     assert_eq!(statuses, [200, 200, 200, 429]);
     a.logged("sign-out checks fail closed");
+}
+
+#[test]
+fn a_redis_that_accepts_but_never_answers_is_retried_until_a_real_one_answers() {
+    // A listener that takes connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in silent.incoming() {
+            match stream {
+                Ok(s) if open.len() < 8 => open.push(s),
+                _ => return,
+            }
+        }
+    });
+    let up = Upstream::start();
+    let conf = conf(port);
+    let mut tg = Tokengate::start_with_args(up.addr, &[], &["-c", &conf]);
+    let errors = r#"tokengate_redis_errors_total{feature="revocation"}"#;
+    // Each attempt gives up within the timeout and is counted, instead of waiting forever.
+    assert!(
+        within(DEADLINE, || tg.metric(errors) >= 3.0).is_some(),
+        "stuck on a silent redis"
+    );
+    assert_eq!(tg.metric("tokengate_redis_up"), 0.0);
+    assert_eq!(get(&tg, "/public", None).status, 200);
+    // Once the silent listener is gone and Redis takes its port, the next attempt connects.
+    let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    drop(held.join());
+    let _redis = Redis::start_on(port);
+    wait_connected(&tg);
+    assert!(tg.alive());
 }
