@@ -195,7 +195,7 @@ struct ReadinessProbe {
 /// keep-alive connections after 60 s).
 const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The read buffer in front of a TLS connection: one TLS record at its largest.
+/// The read buffer in front of a TLS connection: about one TLS record at its largest.
 const TLS_READ_BUFFER: usize = 16 * 1024 + 256;
 
 /// How often the upstream groups are looked at for readiness.
