@@ -506,13 +506,12 @@ pub(super) const SIGN_OUTS_UNAVAILABLE: ApiError = ApiError::new(
     ErrorCode::Unavailable,
     "Sign-outs cannot be checked right now; retry shortly.",
 );
-/// A route's request limit is exhausted for this key.
 /// A compressed form body: its `_method` field could not be checked on the way.
 const ENCODED_FORM: ApiError = ApiError::new(
     ErrorCode::UnsupportedMediaType,
     "Send form bodies without a Content-Encoding; they are checked as they pass.",
 );
-
+/// A route's request limit is exhausted for this key.
 const ROUTE_RATE_LIMITED: ApiError = ApiError::new(
     ErrorCode::RateLimited,
     "Too many requests on this route; retry later.",
