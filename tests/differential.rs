@@ -53,20 +53,13 @@ struct App {
 }
 
 impl App {
-    /// Starts the app on a free port and waits until it answers as itself: a port handed out
-    /// by `free_port` can be taken by another test's process before the app binds it, and then
-    /// a mere connect succeeds against the wrong server. Then it starts again on another port.
+    /// Starts the app where it answers as itself with `X-Served`: a mere connect could reach
+    /// another test's server on a port taken first ([`on_a_free_port`]).
     fn start(name: &'static str, program: &str, args: &[&str]) -> App {
-        for _ in 0..3 {
-            if let Some(app) = Self::try_start(name, program, args) {
-                return app;
-            }
-        }
-        panic!("{name} never answered as itself on three ports");
+        on_a_free_port(name, |port| Self::try_start(name, program, args, port))
     }
 
-    fn try_start(name: &'static str, program: &str, args: &[&str]) -> Option<App> {
-        let port = free_port();
+    fn try_start(name: &'static str, program: &str, args: &[&str], port: u16) -> Option<App> {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps");
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         args.push(port.to_string());

@@ -19,11 +19,7 @@ struct Redis {
 impl Redis {
     /// On a free port; another port if something else took the chosen one first.
     fn start() -> Redis {
-        loop {
-            if let Some(redis) = Redis::try_start_on(free_port()) {
-                return redis;
-            }
-        }
+        on_a_free_port("redis-server", Redis::try_start_on)
     }
 
     fn start_on(port: u16) -> Redis {

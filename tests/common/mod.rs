@@ -27,6 +27,18 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A server started on a free port, and on another when `try_start` returns `None` because
+/// the port was not the server's after all: `free_port` only finds a port nobody holds now, and
+/// another test's process may take it before the server binds it. Panics after three ports.
+pub fn on_a_free_port<T>(what: &str, mut try_start: impl FnMut(u16) -> Option<T>) -> T {
+    for _ in 0..3 {
+        if let Some(started) = try_start(free_port()) {
+            return started;
+        }
+    }
+    panic!("{what} never answered as itself on three ports");
+}
+
 /// Bytes as text, for messages.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
