@@ -156,7 +156,7 @@ fn override_and_path_override_headers_never_reach_the_upstream() {
 }
 
 #[test]
-fn a_compressed_form_body_is_refused_since_its_fields_cannot_be_checked() {
+fn a_compressed_form_multipart_or_json_body_is_refused_since_its_fields_cannot_be_checked() {
     // Express' body parsers inflate gzip: a `_method` inside would reach a body getter unseen.
     let up = Upstream::start();
     let tg = Tokengate::start(up.addr, &[]);
@@ -172,6 +172,8 @@ fn a_compressed_form_body_is_refused_since_its_fields_cannot_be_checked() {
             "Content-Type: application/x-www-form-urlencoded\r\n",
             "identity, br",
         ),
+        ("Content-Type: multipart/form-data; boundary=b\r\n", "gzip"),
+        ("Content-Type: application/json\r\n", "gzip"),
     ] {
         let raw = format!(
             "POST /albums/a/images HTTP/1.1\r\nHost: h\r\n{content_type}Content-Encoding: {encoding}\r\nContent-Length: {}\r\n\r\n{compressed}",
@@ -200,8 +202,11 @@ fn a_compressed_form_body_is_refused_since_its_fields_cannot_be_checked() {
     }
 }
 
+/// A multipart upload with `_method` as its last part, after a file.
+const MULTIPART_METHOD: &str = "--b\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"a.jpg\"\r\n\r\njpeg\r\n--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\ndelete\r\n--b--\r\n";
+
 #[test]
-fn a_method_field_in_a_form_body_is_refused_before_the_app_has_the_whole_body() {
+fn a_method_field_in_a_form_multipart_or_json_body_is_refused_before_the_app_has_the_whole_body() {
     let up = Upstream::start();
     let tg = Tokengate::start(up.addr, &[]);
     for (content_type, body) in [
@@ -210,9 +215,20 @@ fn a_method_field_in_a_form_body_is_refused_before_the_app_has_the_whole_body() 
             "caption=x&_method=delete",
         ),
         ("", "_method=delete"),
+        ("Content-Type: \r\n", "_method=delete"),
         (
             "Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n",
             "%5Fmethod=DELETE",
+        ),
+        // Rack reads a multipart body without a boundary as url-encoded.
+        ("Content-Type: multipart/form-data\r\n", "_method=delete"),
+        (
+            "Content-Type: multipart/form-data; boundary=b\r\n",
+            MULTIPART_METHOD,
+        ),
+        (
+            "Content-Type: application/json\r\n",
+            r#"{"caption":"x","\u005fmethod":"delete"}"#,
         ),
     ] {
         let raw = format!(
@@ -221,12 +237,15 @@ fn a_method_field_in_a_form_body_is_refused_before_the_app_has_the_whole_body() 
         );
         let r = tg.request(raw.as_bytes());
         assert_eq!(
-            (r.status, r.json()["error"].as_str()),
-            (400, Some("invalid_request")),
+            (r.status, r.json()["message"].as_str()),
+            (
+                400,
+                Some("A _method field cannot change the method here; send the real method.")
+            ),
             "{body}"
         );
-        // Chunked, with the field split across chunks.
-        let (head, tail) = body.split_at(body.len() / 2);
+        // Chunked, with the field's name split across chunks.
+        let (head, tail) = body.split_at(body.rfind("method").unwrap() + 3);
         let raw = format!(
             "POST /albums/a/images/7 HTTP/1.1\r\nHost: h\r\n{content_type}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{head}\r\n{:x}\r\n{tail}\r\n0\r\n\r\n",
             head.len(),
@@ -235,14 +254,15 @@ fn a_method_field_in_a_form_body_is_refused_before_the_app_has_the_whole_body() 
         let r = tg.request(raw.as_bytes());
         assert_eq!(r.status, 400, "chunked {body}");
     }
-    // JSON bodies, multipart uploads and ordinary forms pass untouched.
+    // Bodies without the field, and media types no framework reads fields from, pass untouched.
     for (i, (content_type, body)) in [
-        ("application/json", r#"{"_method":"delete"}"#),
+        ("application/json", r#"{"caption":"_method","a":{"_method":1}}"#),
         ("application/x-www-form-urlencoded", "caption=nice&method=x"),
         (
             "multipart/form-data; boundary=b",
-            "--b\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx\r\n--b--\r\n",
+            "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"_method.jpg\"\r\n\r\nname=_method\r\n--b--\r\n",
         ),
+        ("text/plain", "_method=delete"),
     ]
     .iter()
     .enumerate()
@@ -270,6 +290,40 @@ fn a_method_field_in_a_form_body_is_refused_before_the_app_has_the_whole_body() 
     assert!(refused.iter().all(|len| *len == 0), "{refused:?}");
 }
 
+#[test]
+fn a_content_type_read_two_ways_is_refused_and_the_connection_kept() {
+    // Rack takes the first element of a list (`application/x-www-form-urlencoded, text/plain`
+    // is a form to it); a second field is read first or last depending on the server.
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    let mut conn = tg.connect();
+    for content_type in [
+        "Content-Type: application/x-www-form-urlencoded, text/plain\r\n",
+        "Content-Type: text/plain,application/x-www-form-urlencoded\r\n",
+        "Content-Type: text/plain\r\nContent-Type: application/x-www-form-urlencoded\r\n",
+    ] {
+        let raw = format!(
+            "POST /albums/a/images HTTP/1.1\r\nHost: h\r\n{content_type}Content-Length: 9\r\n\r\ncaption=x"
+        );
+        let r = exchange(&mut conn, raw.as_bytes()).unwrap();
+        assert_eq!(
+            (r.status, r.json()["message"].as_str()),
+            (400, Some("Content-Type must be one media type, sent once.")),
+            "{content_type:?}"
+        );
+        assert_eq!(r.header("Connection"), Some("keep-alive"));
+    }
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    // A comma inside a quoted parameter is no list.
+    let body = "--a,b\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx\r\n--a,b--\r\n";
+    let raw = format!(
+        "POST /albums/a/images HTTP/1.1\r\nHost: h\r\nContent-Type: multipart/form-data; boundary=\"a,b\"\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(exchange(&mut conn, raw.as_bytes()).unwrap().status, 200);
+    assert_eq!(up.seen().pop().unwrap().body_len, body.len());
+}
+
 const HONOURED: &str = "tokengate:
   honor_method_override: true
   routes:
@@ -292,6 +346,32 @@ fn honoured_overrides_are_checked_as_the_method_they_name() {
         let r = tg.request(raw.as_bytes());
         assert_eq!((r.status, r.json()["error"].as_str()), (401, Some("missing_token")), "{raw:?}");
     }
+    // A multipart part or a JSON key, read ahead, counts the same.
+    for (content_type, body) in [
+        ("multipart/form-data; boundary=b", MULTIPART_METHOD),
+        ("application/json", r#"{"_method":"delete"}"#),
+    ] {
+        let raw = format!(
+            "POST /albums/1 HTTP/1.1\r\nHost: h\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let r = tg.request(raw.as_bytes());
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (401, Some("missing_token")),
+            "{body}"
+        );
+    }
+    // Applications do not trim a field: ` delete` leaves them a POST, so no method is checked.
+    let raw = "POST /albums/1 HTTP/1.1\r\nHost: h\r\nContent-Length: 17\r\n\r\n_method=%20delete";
+    let r = tg.request(raw.as_bytes());
+    assert_eq!(
+        (r.status, r.json()["message"].as_str()),
+        (
+            400,
+            Some("The method override names no method this gate can check.")
+        )
+    );
     assert!(up.seen().is_empty());
     // With one, the request goes through with its override (canonical) and its body intact.
     let body = "a=1&_method=delete";

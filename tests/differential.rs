@@ -252,6 +252,9 @@ fn spellings(segs: &[&str]) -> Vec<String> {
     out
 }
 
+/// A body of the corpus: its label, its headers, its bytes.
+type LabelledBody = (String, Vec<(&'static str, String)>, Vec<u8>);
+
 fn corpus(token: &str, session: &str) -> Vec<Case> {
     let bearer = format!("Bearer {token}");
     let mut cases = Vec::new();
@@ -394,6 +397,107 @@ fn corpus(token: &str, session: &str) -> Vec<Case> {
                 req.chunked = chunked;
                 add(
                     format!("POST {target} body {body:?} {ct:?} chunked={chunked} gzip={gzip}"),
+                    req,
+                    false,
+                );
+            }
+        }
+    }
+    // Bodies frameworks read `_method` from beyond a plain form: Content-Types Rack still takes
+    // for a form (none, empty, lists, multipart without a boundary), multipart parts (Rack,
+    // multer) and JSON keys (`express.json()`), as sent, chunked and compressed.
+    for (target, method) in [
+        ("/albums/a/images/7", "DELETE"),
+        ("/albums/a/captions", "PATCH"),
+    ] {
+        let form = format!("_method={method}");
+        let mut bodies: Vec<LabelledBody> = Vec::new();
+        for ct in [
+            "",
+            " ",
+            "; charset=utf-8",
+            "application/x-www-form-urlencoded, text/plain",
+            "text/plain, application/x-www-form-urlencoded",
+            "application/x-www-form-urlencoded x",
+            "multipart/form-data",
+            "multipart/form-data; boundary=",
+            "multipart/mixed",
+        ] {
+            let headers = vec![("Content-Type", ct.to_owned())];
+            bodies.push((format!("{ct:?}"), headers, form.clone().into_bytes()));
+        }
+        for cts in [
+            ["text/plain", "application/x-www-form-urlencoded"],
+            ["application/x-www-form-urlencoded", "text/plain"],
+        ] {
+            let headers = cts
+                .iter()
+                .map(|ct| ("Content-Type", ct.to_string()))
+                .collect();
+            bodies.push((format!("{cts:?}"), headers, form.clone().into_bytes()));
+        }
+        for (boundary, head) in [
+            ("XyZ", "Content-Disposition: form-data; name=\"_method\""),
+            ("XyZ", "content-disposition: form-data; name=_method"),
+            ("XyZ", "Content-Disposition: form-data; name=\"_METHOD\""),
+            ("XyZ", "Content-Disposition: form-data; name=\"\\_method\""),
+            ("XyZ", "Content-Disposition: form-data; name=_method/x"),
+            (
+                "XyZ",
+                "Content-Disposition: form-data\r\n; name=\"_method\"",
+            ),
+            ("XyZ", "Content-ID: _method"),
+            (
+                "\"a;b\"",
+                "Content-Disposition: form-data; name=\"_method\"",
+            ),
+        ] {
+            let file = "Content-Disposition: form-data; name=\"photo\"; filename=\"a.jpg\"\r\n\
+                        Content-Type: image/jpeg";
+            let raw_boundary = boundary.trim_matches('"').split(';').next().unwrap();
+            let part =
+                |head: &str, value: &str| format!("--{raw_boundary}\r\n{head}\r\n\r\n{value}\r\n");
+            let body = format!(
+                "{}{}--{raw_boundary}--\r\n",
+                part(file, "\u{ff}\u{d8}jpeg"),
+                part(head, method)
+            );
+            let ct = format!("multipart/form-data; boundary={boundary}");
+            bodies.push((
+                format!("{ct} {head:?}"),
+                vec![("Content-Type", ct)],
+                body.into_bytes(),
+            ));
+        }
+        for (ct, json) in [
+            (
+                "application/json",
+                format!(r#"{{"caption":"x","_method":"{method}"}}"#),
+            ),
+            (
+                "application/json; charset=utf-8",
+                format!(r#"{{"\u005fmethod":"{method}"}}"#),
+            ),
+        ] {
+            bodies.push((
+                format!("{ct} {json}"),
+                vec![("Content-Type", ct.to_owned())],
+                json.into_bytes(),
+            ));
+        }
+        for (label, headers, body) in bodies {
+            for (chunked, gzip) in [(false, false), (true, false), (false, true)] {
+                let mut req = Request::new("POST", target).header("Authorization", &bearer);
+                for (name, value) in &headers {
+                    req = req.header(name, value);
+                }
+                req.body = Some(body.clone());
+                if gzip {
+                    req = req.gzipped();
+                }
+                req.chunked = chunked;
+                add(
+                    format!("POST {target} body {label} chunked={chunked} gzip={gzip}"),
                     req,
                     false,
                 );

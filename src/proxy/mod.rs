@@ -31,8 +31,9 @@ use crate::forwarded::TrustedProxies;
 use crate::limits::{retry_after_secs, Limiter, RateLimit};
 use crate::metrics::{self, RouteKind, UpstreamErrorKind};
 use crate::policy::{self, Action, Authentication};
-use crate::request::method::{body_is_encoded, body_is_form, OVERRIDE_HEADERS};
-use crate::request::{self, canonicalize, Canonical, FormScan, Head, Refusal};
+use crate::request::body::{body_is_encoded, body_kind};
+use crate::request::method::OVERRIDE_HEADERS;
+use crate::request::{self, canonicalize, BodyKind, BodyScan, Canonical, Head, Refusal};
 use crate::respond::{self, Response};
 use crate::routes::{Decision, LimitKey, PathTemplate, RouteTable};
 use crate::shared::{Admission, Shared, Standing};
@@ -150,8 +151,8 @@ pub struct RequestCtx {
     canonical_path: Option<String>,
     /// How to rewrite the upstream request.
     forward: Forward,
-    /// Watches a url-encoded `POST` body for `_method` fields as it streams upstream.
-    body_scan: Option<FormScan>,
+    /// Watches a `POST` body for `_method` fields as it streams upstream.
+    body_scan: Option<BodyScan>,
     /// When the request went upstream.
     upstream_start: Option<Instant>,
     /// Seconds the upstream took to its response header.
@@ -280,20 +281,19 @@ impl Tokengate {
         {
             return Plan::Jwks;
         }
-        let form_post = canonical.method == "POST"
-            && body_is_form(
-                header
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .map(|v| v.as_bytes()),
-            );
-        let form_body = form_post && has_body(header);
+        let kind = match content_type(header) {
+            Ok(kind) => kind,
+            Err(refusal) => return Plan::Refuse(refusal.api_error()),
+        };
+        // Only a `POST` body is read for `_method`, by Rack, `method-override` and Symfony.
+        let scanned = canonical.method == "POST" && kind != BodyKind::Opaque;
+        let scanned_body = scanned && has_body(header);
         let encoded = || {
             let codings = header.headers.get_all(http::header::CONTENT_ENCODING);
             body_is_encoded(codings.iter().map(|v| v.as_bytes()))
         };
-        if form_body && encoded() {
-            return Plan::Refuse(ENCODED_FORM);
+        if scanned_body && encoded() {
+            return Plan::Refuse(ENCODED_BODY);
         }
         match body {
             Some(found) => {
@@ -301,10 +301,10 @@ impl Tokengate {
                     return Plan::Refuse(refusal.api_error());
                 }
             }
-            None if form_post && self.options.honor_method_override && preread_fits(header) => {
+            None if scanned && self.options.honor_method_override && preread_fits(header) => {
                 return Plan::PreRead;
             }
-            None if form_body => ctx.body_scan = Some(FormScan::default()),
+            None if scanned_body => ctx.body_scan = BodyScan::new(&kind),
             None => {}
         }
         self.decide(header, &canonical, peer, ctx)
@@ -487,10 +487,14 @@ impl Tokengate {
                 return Plan::Refuse(error);
             }
         };
-        let mut scan = FormScan::default();
-        scan.feed(&body);
-        scan.finish();
-        let found = scan.found.unwrap_or_default();
+        let kind = content_type(session.req_header()).unwrap_or(BodyKind::Opaque);
+        let found = BodyScan::new(&kind)
+            .and_then(|mut scan| {
+                scan.feed(&body);
+                scan.finish();
+                scan.found()
+            })
+            .unwrap_or_default();
         let peer = client_ip(session);
         self.plan(session.req_header(), peer, Some(&found), ctx)
     }
@@ -506,10 +510,11 @@ pub(super) const SIGN_OUTS_UNAVAILABLE: ApiError = ApiError::new(
     ErrorCode::Unavailable,
     "Sign-outs cannot be checked right now; retry shortly.",
 );
-/// A compressed form body: its `_method` field could not be checked on the way.
-const ENCODED_FORM: ApiError = ApiError::new(
+/// A compressed form, multipart or JSON body: its `_method` field could not be checked on the
+/// way.
+const ENCODED_BODY: ApiError = ApiError::new(
     ErrorCode::UnsupportedMediaType,
-    "Send form bodies without a Content-Encoding; they are checked as they pass.",
+    "Send form, multipart and JSON bodies without a Content-Encoding; they are checked as they pass.",
 );
 /// A route's request limit is exhausted for this key.
 const ROUTE_RATE_LIMITED: ApiError = ApiError::new(
@@ -528,6 +533,12 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
+}
+
+/// How the body is read for `_method` fields, by the request's `Content-Type`.
+fn content_type(header: &RequestHeader) -> Result<BodyKind, Refusal> {
+    let fields = header.headers.get_all(http::header::CONTENT_TYPE);
+    body_kind(fields.iter().map(|v| v.as_bytes()))
 }
 
 /// Whether the request announces a body.

@@ -1,7 +1,7 @@
 //! The method a request means: its own, checked for case, or the override an application would
 //! apply (`X-HTTP-Method-Override` and its kin, a `_method` form or query field).
 
-use super::{list_elements, Refusal};
+use super::Refusal;
 
 /// Methods an override may name: those Rack's `MethodOverride` accepts. Anything else is
 /// refused, since an app that ignores an unknown override runs the original `POST`.
@@ -33,9 +33,9 @@ pub struct Overrides {
 }
 
 impl Overrides {
-    /// Records one override value.
+    /// Records one override value, exactly as the application gets it: Rack, `method-override`
+    /// and Symfony upper-case it but never trim it, so ` DELETE` is no method to them.
     pub fn add(&mut self, value: &[u8]) {
-        let value = value.trim_ascii();
         match &self.first {
             None => self.first = Some(value.to_ascii_uppercase()),
             Some(first) if first.eq_ignore_ascii_case(value) => {}
@@ -66,7 +66,7 @@ impl Overrides {
 
 /// Whether a form key means `_method` to some framework: Rack and Express take it as is, PHP
 /// turns spaces and dots into `_` and drops leading spaces; case is ignored to be safe.
-fn is_method_key(decoded: &str) -> bool {
+pub(super) fn is_method_key(decoded: &str) -> bool {
     let key = decoded.trim();
     key.len() == "_method".len()
         && key
@@ -189,45 +189,9 @@ impl FormScan {
     }
 }
 
-/// Whether a request body may carry a `_method` field that Rack, Express or PHP would read:
-/// url-encoded, or a `POST` with no content type at all (Rack parses that as a form too).
-pub fn body_is_form(content_type: Option<&[u8]>) -> bool {
-    let Some(content_type) = content_type else {
-        return true;
-    };
-    let media = content_type
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
-}
-
-/// Whether `Content-Encoding` values name a coding (`identity` is none): the body's `_method`
-/// cannot be read on the way, while Express' body parsers inflate it for the application.
-pub fn body_is_encoded<'a>(content_encoding: impl IntoIterator<Item = &'a [u8]>) -> bool {
-    list_elements(content_encoding).any(|coding| !coding.eq_ignore_ascii_case(b"identity"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_coding_other_than_identity_encodes_the_body() {
-        let encoded = |fields: &[&str]| body_is_encoded(fields.iter().map(|f| f.as_bytes()));
-        for plain in [&[][..], &["identity"], &["Identity, "], &[""]] {
-            assert!(!encoded(plain), "{plain:?}");
-        }
-        for coded in [
-            &["gzip"][..],
-            &["identity, deflate"],
-            &["identity", "br"],
-            &["x"],
-        ] {
-            assert!(encoded(coded), "{coded:?}");
-        }
-    }
 
     #[test]
     fn lower_case_methods_are_refused() {
@@ -248,7 +212,9 @@ mod tests {
         };
         assert_eq!(resolve(&[]), Ok(None));
         assert_eq!(resolve(&["DELETE"]), Ok(Some("DELETE")));
-        assert_eq!(resolve(&["delete", " Delete "]), Ok(Some("DELETE")));
+        assert_eq!(resolve(&["delete", "Delete"]), Ok(Some("DELETE")));
+        // Applications do not trim a field's value: ` DELETE` stays a POST to them.
+        assert_eq!(resolve(&[" DELETE"]), Err(Refusal::UnknownOverride));
         assert_eq!(
             resolve(&["PATCH", "DELETE"]),
             Err(Refusal::ConflictingOverride)
@@ -329,16 +295,5 @@ mod tests {
         s.feed(&long);
         assert!(s.finish());
         assert_eq!(s.found.unwrap().values, [b"?".to_vec()]);
-    }
-
-    #[test]
-    fn form_bodies_are_url_encoded_or_untyped() {
-        assert!(body_is_form(None));
-        assert!(body_is_form(Some(b"application/x-www-form-urlencoded")));
-        assert!(body_is_form(Some(
-            b"Application/X-WWW-Form-Urlencoded ; charset=utf-8"
-        )));
-        assert!(!body_is_form(Some(b"application/json")));
-        assert!(!body_is_form(Some(b"multipart/form-data; boundary=x")));
     }
 }

@@ -5,6 +5,7 @@
 //! (Host, method overrides); [`path`] normalizes the path, [`host`] the authority, [`method`]
 //! the method and its overrides, including the `_method` field of url-encoded bodies.
 
+pub mod body;
 pub mod host;
 pub mod method;
 pub mod path;
@@ -12,6 +13,7 @@ pub mod path;
 use std::borrow::Cow;
 
 use crate::error::{ApiError, ErrorCode};
+pub use body::{BodyKind, BodyScan};
 pub use host::Authority;
 pub use method::{FormScan, Overrides};
 
@@ -52,6 +54,8 @@ pub enum Refusal {
     OverrideField,
     /// A transfer coding other than one `chunked`.
     TransferCoding,
+    /// Two `Content-Type` fields, a list in one, or a multipart boundary too long to be one.
+    ContentType,
 }
 
 impl Refusal {
@@ -81,6 +85,7 @@ impl Refusal {
                 "A _method field cannot change the method here; send the real method."
             }
             Refusal::TransferCoding => "Transfer-Encoding may only be chunked, once.",
+            Refusal::ContentType => "Content-Type must be one media type, sent once.",
         };
         ApiError::new(ErrorCode::InvalidRequest, message)
     }
@@ -197,7 +202,8 @@ pub fn canonicalize<'a>(head: &Head<'a>, options: Options) -> Result<Canonical<'
     if head.method == "POST" {
         if options.honor_method_override {
             for value in head.override_headers {
-                overrides.add(value);
+                // A header's value is its field value less white space around it.
+                overrides.add(value.trim_ascii());
                 header_override = true;
             }
         }

@@ -1,13 +1,17 @@
 // The image app's routes in Express (4 or 5, by the module name given), behind tokengate in the
 // differential test. `X-Served: route=…;album=…` says which route and album the app served.
-// Method overrides as the method-override README shows them: header, query and body.
+// Method overrides as the method-override README shows them: header, query and body, the body
+// parsed as url-encoded, JSON or multipart (multer), whichever it is.
 'use strict';
 const [, , which, port] = process.argv;
 const express = require(which);
 const methodOverride = require('method-override');
+const multer = require('multer');
 
 const app = express();
 app.use(express.urlencoded({ extended: false }));
+app.use(express.json());
+app.use(multer({ storage: multer.memoryStorage() }).any());
 app.use(methodOverride('X-HTTP-Method-Override'));
 app.use(methodOverride('_method'));
 app.use(methodOverride((req) => {
