@@ -426,6 +426,18 @@ fn corpus(token: &str, session: &str) -> Vec<Case> {
             let headers = vec![("Content-Type", ct.to_owned())];
             bodies.push((format!("{ct:?}"), headers, form.clone().into_bytes()));
         }
+        // Rack and qs drop brackets around a name; PHP ends one at NUL.
+        for key in ["[_method]", "_method]", "%5B%5B_method%5D", "_method%00x"] {
+            let headers = vec![(
+                "Content-Type",
+                "application/x-www-form-urlencoded".to_owned(),
+            )];
+            bodies.push((
+                key.to_owned(),
+                headers,
+                format!("{key}={method}").into_bytes(),
+            ));
+        }
         for cts in [
             ["text/plain", "application/x-www-form-urlencoded"],
             ["application/x-www-form-urlencoded", "text/plain"],
@@ -447,6 +459,7 @@ fn corpus(token: &str, session: &str) -> Vec<Case> {
                 "Content-Disposition: form-data\r\n; name=\"_method\"",
             ),
             ("XyZ", "Content-ID: _method"),
+            ("XyZ", "Content-Disposition: form-data; name=\"[_method]\""),
             (
                 "\"a;b\"",
                 "Content-Disposition: form-data; name=\"_method\"",

@@ -78,6 +78,123 @@ pub(super) fn is_method_key(decoded: &str) -> bool {
             .eq(b"_method".iter().copied())
 }
 
+/// Longest name worth keeping once its padding is gone: longer ones are no `_method`.
+const MAX_CORE: usize = 16;
+
+/// A field name judged as it streams, in bounded memory, under every reading a framework gives
+/// it: Rack's `normalize_params` drops any run of `[` and `]` before a name and of `]` after it
+/// (`[_method]`, `]]_method]]` are `_method` to it, and to qs), PHP drops leading spaces and
+/// ends a name at NUL; what remains is checked by [`is_method_key`]. However long the padding,
+/// only the name itself is kept.
+#[derive(Debug, Default, Clone)]
+pub(super) struct MethodKey {
+    /// Percent-decode (and, in forms, take `+` for a space) before judging.
+    decode: bool,
+    plus_is_space: bool,
+    /// A `%` and the bytes after it, up to two, decoded once complete.
+    escape: Vec<u8>,
+    core: Vec<u8>,
+    /// A `]`, white space or NUL came after the name: only more of them may follow.
+    tail: bool,
+    /// The name cannot be `_method`.
+    broken: bool,
+    /// A NUL came: PHP reads nothing after it.
+    ended: bool,
+    /// Any byte arrived.
+    seen: bool,
+}
+
+impl MethodKey {
+    /// A name judged as sent.
+    pub(super) fn raw() -> MethodKey {
+        MethodKey::default()
+    }
+
+    /// A name judged percent-decoded, `+` a space when `plus_is_space` (url-encoded forms).
+    pub(super) fn decoding(plus_is_space: bool) -> MethodKey {
+        MethodKey {
+            decode: true,
+            plus_is_space,
+            ..MethodKey::default()
+        }
+    }
+
+    /// The next byte of the name, as received.
+    pub(super) fn push(&mut self, b: u8) {
+        self.seen = true;
+        if !self.decode {
+            return self.push_decoded(b);
+        }
+        if !self.escape.is_empty() || b == b'%' {
+            self.escape.push(b);
+            let hex = |b: &u8| b.is_ascii_hexdigit();
+            if self.escape.len() == 3 || !self.escape[1..].iter().all(hex) {
+                self.flush();
+            }
+            return;
+        }
+        match b {
+            b'+' if self.plus_is_space => self.push_decoded(b' '),
+            b => self.push_decoded(b),
+        }
+    }
+
+    /// Decodes a pending escape (an invalid one stands for itself, as form decoders keep it).
+    fn flush(&mut self) {
+        let escape = std::mem::take(&mut self.escape);
+        percent_encoding::percent_decode(&escape).for_each(|b| self.push_decoded(b));
+    }
+
+    fn push_decoded(&mut self, b: u8) {
+        if self.ended {
+            return;
+        }
+        self.ended = b == 0;
+        let padding = matches!(b, b'[' | b']') || b.is_ascii_whitespace();
+        if self.core.is_empty() && !self.tail && padding {
+            return;
+        }
+        if matches!(b, b']' | 0) || b.is_ascii_whitespace() {
+            self.tail = true;
+        } else if self.tail || self.core.len() == MAX_CORE {
+            self.broken = true;
+        } else {
+            self.core.push(b);
+        }
+    }
+
+    /// Forgets what came so far: an RFC 5987 `charset'lang'` prefix is not part of a name.
+    pub(super) fn restart(&mut self) {
+        let seen = self.seen;
+        *self = MethodKey {
+            decode: self.decode,
+            plus_is_space: self.plus_is_space,
+            seen,
+            ..MethodKey::default()
+        };
+    }
+
+    /// Whether any byte of a name arrived.
+    pub(super) fn seen(&self) -> bool {
+        self.seen
+    }
+
+    /// Whether the name read so far is `_method`.
+    pub(super) fn is_method(&mut self) -> bool {
+        self.flush();
+        !self.broken && is_method_key(&String::from_utf8_lossy(&self.core))
+    }
+
+    /// Starts the next name.
+    pub(super) fn clear(&mut self) {
+        *self = MethodKey {
+            decode: self.decode,
+            plus_is_space: self.plus_is_space,
+            ..MethodKey::default()
+        };
+    }
+}
+
 /// The `_method` values of a url-encoded query or form, `&` and `;` both separating pairs
 /// (Rack 2 splits on both).
 pub fn form_overrides(form: &[u8], overrides: &mut Overrides) {
@@ -91,8 +208,6 @@ pub fn form_overrides(form: &[u8], overrides: &mut Overrides) {
     }
 }
 
-/// Longest raw key worth looking at: `_method` with every byte escaped.
-const MAX_KEY: usize = 3 * "_method".len();
 /// Longest raw value kept: longer ones are no method any framework accepts.
 const MAX_VALUE: usize = 3 * 16;
 
@@ -106,14 +221,24 @@ pub struct Found {
 /// A streaming scan of a url-encoded body for `_method` fields, in bounded memory, fed chunk by
 /// chunk as the body passes through: a key is judged when its `=` or separator arrives, so a
 /// body is refused before a single byte of the field's value reaches the application.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FormScan {
-    key: Vec<u8>,
-    key_too_long: bool,
+    key: MethodKey,
     in_value: bool,
     value: Option<Vec<u8>>,
     /// Set once a `_method` key has been seen.
     pub found: Option<Found>,
+}
+
+impl Default for FormScan {
+    fn default() -> FormScan {
+        FormScan {
+            key: MethodKey::decoding(true),
+            in_value: false,
+            value: None,
+            found: None,
+        }
+    }
 }
 
 impl FormScan {
@@ -124,7 +249,7 @@ impl FormScan {
                 b'&' | b';' => self.end_pair(),
                 b'=' if !self.in_value => {
                     self.in_value = true;
-                    if self.key_is_method() {
+                    if self.key.is_method() {
                         self.value = Some(Vec::new());
                         self.found.get_or_insert_with(Found::default);
                     }
@@ -136,8 +261,7 @@ impl FormScan {
                         }
                     }
                 }
-                _ if self.key.len() < MAX_KEY => self.key.push(b),
-                _ => self.key_too_long = true,
+                _ => self.key.push(b),
             }
         }
         self.found.is_some()
@@ -149,19 +273,8 @@ impl FormScan {
         self.found.is_some()
     }
 
-    fn key_is_method(&self) -> bool {
-        if self.key_too_long {
-            return false;
-        }
-        let decoded: String = form_urlencoded::parse(&self.key)
-            .next()
-            .map(|(key, _)| key.into_owned())
-            .unwrap_or_default();
-        is_method_key(&decoded)
-    }
-
     fn end_pair(&mut self) {
-        if !self.in_value && !self.key.is_empty() && self.key_is_method() {
+        if !self.in_value && self.key.seen() && self.key.is_method() {
             // `_method` with no `=`: an empty value, still an attempt.
             self.found
                 .get_or_insert_with(Found::default)
@@ -184,7 +297,6 @@ impl FormScan {
                 .push(value);
         }
         self.key.clear();
-        self.key_too_long = false;
         self.in_value = false;
     }
 }
@@ -250,6 +362,16 @@ mod tests {
             ("_method=de+lete", vec!["de lete"]),
             ("_method", vec![""]),
             ("_method=a&_method=b", vec!["a", "b"]),
+            // Rack and qs drop brackets around a name, however many.
+            ("[_method]=delete", vec!["delete"]),
+            ("_method]=delete", vec!["delete"]),
+            ("%5B_method%5D=delete", vec!["delete"]),
+            (
+                "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[_method]]]]]]]]]]]]]]]]]]]]]]]]]]=delete",
+                vec!["delete"],
+            ),
+            // PHP ends a name at NUL.
+            ("_method%00x=delete", vec!["delete"]),
         ] {
             assert_eq!(
                 scan(body),
@@ -266,6 +388,10 @@ mod tests {
             "a=_method",
             "a=_method=1",
             "+method=1",
+            "_method[=1",
+            "_method[x]=1",
+            "_me]thod=1",
+            "_method%=1",
         ] {
             assert_eq!(scan(body), None, "{body}");
         }
@@ -290,7 +416,7 @@ mod tests {
         let mut s = FormScan::default();
         let long = vec![b'k'; 1 << 20];
         s.feed(&long);
-        assert!(s.key.len() <= MAX_KEY);
+        assert!(s.key.core.len() <= MAX_CORE);
         s.feed(b"&_method=");
         s.feed(&long);
         assert!(s.finish());

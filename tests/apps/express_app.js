@@ -9,7 +9,7 @@ const methodOverride = require('method-override');
 const multer = require('multer');
 
 const app = express();
-app.use(express.urlencoded({ extended: false }));
+app.use(express.urlencoded({ extended: true }));
 app.use(express.json());
 app.use(multer({ storage: multer.memoryStorage() }).any());
 app.use(methodOverride('X-HTTP-Method-Override'));
