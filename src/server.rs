@@ -1,6 +1,7 @@
 //! Config → a ready-to-run Pingora `Server`: the proxy, the admin listener, the readiness probe.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::io::IntoRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -66,13 +67,21 @@ pub struct Built {
 /// `opt` carries Pingora's `-u`, `-d`, `-t`.
 pub fn build(config: Config, path: Option<PathBuf>, opt: Option<Opt>) -> Result<Built, StartError> {
     let upgrading = opt.as_ref().is_some_and(|o| o.upgrade);
-    if !upgrading {
-        // Pingora panics inside its runtime on a bind failure; find out here, with a clear line.
-        let tls = config.tls.as_ref().map(|t| t.listen);
-        for addr in [config.listen, config.admin_listen].into_iter().chain(tls) {
-            TcpListener::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
+    // Pingora panics inside its runtime on a bind failure, and the admin listener would go on
+    // answering: bind here, with a clear error, and hand Pingora the sockets themselves, so no
+    // other process can take an address between a check and Pingora's own bind. An upgrade
+    // takes the running instance's sockets instead.
+    let sockets = match upgrading {
+        true => Vec::new(),
+        false => {
+            let tls = config.tls.as_ref().map(|t| t.listen);
+            [config.listen, config.admin_listen]
+                .into_iter()
+                .chain(tls)
+                .map(bind)
+                .collect::<Result<Vec<_>, _>>()?
         }
-    }
+    };
     // Register every metric now, so the first scrape already shows them all at zero.
     metrics::get();
     let state = Arc::new(AppState::default());
@@ -100,6 +109,9 @@ pub fn build(config: Config, path: Option<PathBuf>, opt: Option<Opt>) -> Result<
     let reloader = Reloader::new(path, &config, current.clone(), lasting, groups);
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
     server.bootstrap();
+    for (addr, socket) in sockets {
+        server.adopt_listen_fd(&addr.to_string(), socket.into_raw_fd());
+    }
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -181,6 +193,14 @@ pub fn build(config: Config, path: Option<PathBuf>, opt: Option<Opt>) -> Result<
         server.add_service(background_service("redis", SharedSync(shared)));
     }
     Ok(Built { server, state })
+}
+
+/// A listening socket on `addr`, non-blocking, as Pingora adopts it.
+fn bind(addr: SocketAddr) -> Result<(SocketAddr, TcpListener), StartError> {
+    let socket = TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| StartError::Bind(addr, e))?;
+    Ok((addr, socket))
 }
 
 /// Marks the proxy ready once its listener accepts connections and every upstream group knows

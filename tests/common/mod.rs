@@ -137,12 +137,15 @@ impl Tokengate {
     }
 
     /// Like [`start`], with command-line arguments.
+    /// Ports are found free, and tokengate holds them once it is ready; when another test's
+    /// process took one first, tokengate exits saying so and starts again on others.
     pub fn start_with_args(upstream: SocketAddr, env: &[(&str, &str)], args: &[&str]) -> Tokengate {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut tg = Self::spawn_on(addr, admin, upstream, env, args);
-        tg.wait_ready();
-        tg
+        on_a_free_port("tokengate", |port| {
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut tg = Self::spawn_on(addr, admin, upstream, env, args);
+            tg.try_wait_ready().then_some(tg)
+        })
     }
 
     /// Spawns tokengate on the given addresses without waiting for it.
@@ -182,8 +185,9 @@ impl Tokengate {
         }
     }
 
-    /// Polls `/readyz` until it answers 200.
-    pub fn wait_ready(&mut self) {
+    /// Polls `/readyz` until it answers 200: true; false when tokengate exited because one of
+    /// its addresses was taken.
+    pub fn try_wait_ready(&mut self) -> bool {
         let start = Instant::now();
         loop {
             if let Ok(r) = try_request(
@@ -191,16 +195,40 @@ impl Tokengate {
                 b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
             ) {
                 if r.status == 200 {
-                    return;
+                    return true;
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
+                if self.said_within("cannot listen on", Duration::from_secs(1)) {
+                    return false;
+                }
                 panic!(
                     "tokengate exited with {status}: {:?}",
                     self.stderr.lock().unwrap()
                 );
             }
             assert!(start.elapsed() < DEADLINE, "tokengate did not become ready");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether a stderr line contains `needle` within `wait`: the pipe's reader thread may not
+    /// have the last lines of a process that just exited.
+    fn said_within(&self, needle: &str, wait: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return true;
+            }
+            if start.elapsed() > wait {
+                return false;
+            }
             thread::sleep(Duration::from_millis(20));
         }
     }

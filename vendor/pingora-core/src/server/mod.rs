@@ -369,6 +369,19 @@ impl Server {
         self.bootstrap.lock().set_sentry_config(Some(sentry_config));
     }
 
+    /// Serve `addr` from a socket that is already bound and listening, instead of binding it.
+    ///
+    /// A listener added with the same address string (`ListenerConfig::tcp(addr)`,
+    /// `add_tcp(addr)`) adopts `fd`, just as it adopts a socket handed over by a graceful
+    /// upgrade. Useful for socket activation, and for a caller that binds first to report a
+    /// taken address at start-up (otherwise a bind failure panics inside a service's runtime)
+    /// without leaving a window in which another process could take it. The socket must be
+    /// non-blocking. Call after [`Self::bootstrap`], which replaces the table on an upgrade.
+    #[cfg(unix)]
+    pub fn adopt_listen_fd(&mut self, addr: &str, fd: std::os::unix::io::RawFd) {
+        self.listen_fds().lock().add(addr.to_string(), fd);
+    }
+
     /// Get the configured file descriptors for listening
     #[cfg(unix)]
     fn listen_fds(&self) -> ListenFds {
