@@ -149,6 +149,13 @@ impl<'a> Request<'a> {
         self.header("Content-Encoding", "gzip")
     }
 
+    /// The body chunked, gzip-compressed, both or neither.
+    fn sent_as(self, chunked: bool, gzip: bool) -> Self {
+        let mut req = if gzip { self.gzipped() } else { self };
+        req.chunked = chunked;
+        req
+    }
+
     fn build(&self, id: usize) -> Vec<u8> {
         let mut r = format!("{} {} HTTP/1.1\r\n", self.method, self.target);
         if let Some(host) = self.host {
@@ -388,13 +395,10 @@ fn corpus(token: &str, session: &str) -> Vec<Case> {
             ),
         ] {
             for (chunked, gzip) in [(false, false), (true, false), (false, true), (true, true)] {
-                let mut req = Request::new("POST", target)
+                let req = Request::new("POST", target)
                     .header("Authorization", &bearer)
-                    .form(ct, &body);
-                if gzip {
-                    req = req.gzipped();
-                }
-                req.chunked = chunked;
+                    .form(ct, &body)
+                    .sent_as(chunked, gzip);
                 add(
                     format!("POST {target} body {body:?} {ct:?} chunked={chunked} gzip={gzip}"),
                     req,
@@ -505,10 +509,7 @@ fn corpus(token: &str, session: &str) -> Vec<Case> {
                     req = req.header(name, value);
                 }
                 req.body = Some(body.clone());
-                if gzip {
-                    req = req.gzipped();
-                }
-                req.chunked = chunked;
+                let req = req.sent_as(chunked, gzip);
                 add(
                     format!("POST {target} body {label} chunked={chunked} gzip={gzip}"),
                     req,
