@@ -125,6 +125,9 @@ pub fn build(config: Config, path: Option<PathBuf>, opt: Option<Opt>) -> Result<
         // An HTTP/2 connection without streams closes like an idle HTTP/1.1 keep-alive one;
         // Pingora's default keeps it forever.
         options.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
+        // A connection accepted the moment the listeners stop, at an upgrade or shutdown,
+        // still gets its first request answered; Pingora's default closes it unanswered.
+        options.shutdown_idle_delay = Some(SHUTDOWN_IDLE_DELAY);
         app.server_options = Some(options);
     }
     // Pingora puts a 64 KiB read buffer in front of every accepted connection, whose HTTP/1
@@ -214,6 +217,10 @@ struct ReadinessProbe {
 /// How long an HTTP/2 connection may stay open without a stream (Pingora closes idle HTTP/1.1
 /// keep-alive connections after 60 s).
 const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long connections waiting for a request stay open after the listeners stop: a client
+/// sends its request within a round trip of connecting.
+const SHUTDOWN_IDLE_DELAY: Duration = Duration::from_secs(1);
 
 /// The read buffer in front of a TLS connection: about one TLS record at its largest.
 const TLS_READ_BUFFER: usize = 16 * 1024 + 256;

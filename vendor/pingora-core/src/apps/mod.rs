@@ -100,6 +100,16 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None` (only the per-read timeouts apply)
     pub read_header_timeout: Option<Duration>,
+
+    /// How long after the listeners stop accepting, at shutdown, connections waiting for a
+    /// request are left open before they are closed. A connection accepted just before the
+    /// listeners stopped gets this long to send its first request, and an idle keep-alive one
+    /// to send its next (answered, then closed). Without it a client that connected a moment
+    /// before a graceful upgrade has its connection closed unanswered, although it was
+    /// accepted.
+    ///
+    /// Default: `None` (such connections are closed at once)
+    pub shutdown_idle_delay: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -395,6 +405,9 @@ where
     }
 
     async fn cleanup(&self) {
+        if let Some(delay) = self.server_options().and_then(|o| o.shutdown_idle_delay) {
+            tokio::time::sleep(delay).await;
+        }
         self.http_cleanup().await;
     }
 }
