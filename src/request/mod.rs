@@ -3,7 +3,8 @@
 //!
 //! [`canonicalize`] reads the request line and the headers that change what a request means
 //! (Host, method overrides); [`path`] normalizes the path, [`host`] the authority, [`method`]
-//! the method and its overrides, including the `_method` field of url-encoded bodies.
+//! the method and its overrides, [`body`] which bodies carry a `_method` field and the
+//! streaming scans that find it.
 
 pub mod body;
 pub mod host;
