@@ -45,16 +45,22 @@ pub fn body_kind<'a>(
         .iter()
         .position(|&b| b == b';' || b.is_ascii_whitespace())
         .unwrap_or(value.len());
-    let media = value[..end].to_ascii_lowercase();
-    Ok(match media.as_slice() {
-        b"" | b"application/x-www-form-urlencoded" => BodyKind::Form,
-        m if m.starts_with(b"multipart/") => match rack_boundary(value) {
+    let media = &value[..end];
+    let starts = |prefix: &[u8]| {
+        media
+            .get(..prefix.len())
+            .is_some_and(|m| m.eq_ignore_ascii_case(prefix))
+    };
+    Ok(match media {
+        b"" => BodyKind::Form,
+        m if m.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") => BodyKind::Form,
+        _ if starts(b"multipart/") => match rack_boundary(value) {
             Some(boundary) if boundary.len() <= MAX_BOUNDARY => BodyKind::Multipart(boundary),
             Some(_) => return Err(Refusal::ContentType),
             // Rack then reads the body as url-encoded.
             None => BodyKind::Form,
         },
-        m if m.windows(4).any(|w| w == b"json") => BodyKind::Json,
+        m if m.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")) => BodyKind::Json,
         _ => BodyKind::Opaque,
     })
 }
@@ -74,15 +80,14 @@ fn has_unquoted_comma(value: &[u8]) -> bool {
     false
 }
 
-/// The boundary as Rack's `parse_boundary` reads it: after the first `boundary=` (any case), an
-/// optional quote, then everything up to `"`, `;` or `,`.
-/// Like Rack's pattern, a `boundary=` without a value gives way to a later one.
+/// The boundary as Rack's `parse_boundary` reads it: after `boundary=` (any case), an optional
+/// quote, then everything up to `"`, `;` or `,`; as in Rack's pattern, a `boundary=` without a
+/// value gives way to a later one.
 fn rack_boundary(content_type: &[u8]) -> Option<Vec<u8>> {
-    let lower = content_type.to_ascii_lowercase();
-    lower
+    content_type
         .windows(8)
         .enumerate()
-        .filter(|(_, w)| *w == b"boundary")
+        .filter(|(_, w)| w.eq_ignore_ascii_case(b"boundary"))
         .find_map(|(at, _)| {
             let rest = content_type[at + 8..].trim_ascii_start();
             let rest = rest.strip_prefix(b"=")?;
@@ -405,7 +410,7 @@ impl MultipartScan {
         ) && self.name.iter_mut().any(MethodKey::is_method)
         {
             self.head_names_method = true;
-            self.found.get_or_insert_with(Found::default);
+            Found::mark(&mut self.found);
         }
         self.name.iter_mut().for_each(MethodKey::clear);
         self.apostrophes = 0;
@@ -415,12 +420,12 @@ impl MultipartScan {
     /// Keeps the bytes of a `_method` part's value up to the declared boundary, and no more
     /// than a method and the boundary take.
     fn capture_value(&mut self, b: u8) {
-        let limit = MAX_FIELD + self.boundary.len() + 6;
         let Some(value) = &mut self.value else {
             return;
         };
         value.push(b);
         let n = self.boundary.len();
+        let limit = MAX_FIELD + n + 6;
         let ends = |tail: &[u8]| value.ends_with(tail) && value.len() >= n + 4;
         let delimited = (ends(b"\r\n") || ends(b"--"))
             && value[..value.len() - 2].ends_with(&self.boundary)
@@ -448,10 +453,7 @@ impl MultipartScan {
             }
             None => b"?".to_vec(),
         };
-        self.found
-            .get_or_insert_with(Found::default)
-            .values
-            .push(value);
+        Found::push(&mut self.found, value);
     }
 }
 
@@ -539,7 +541,7 @@ impl JsonScan {
     /// Ends the body; true if a top-level `_method` key was seen.
     pub fn finish(&mut self) -> bool {
         if self.value_next {
-            self.push_value(b"?".to_vec());
+            Found::push(&mut self.found, b"?".to_vec());
         }
         self.found.is_some()
     }
@@ -590,7 +592,7 @@ impl JsonScan {
         if b == b':' && self.key_is_method {
             self.key_is_method = false;
             self.value_next = true;
-            self.found.get_or_insert_with(Found::default);
+            Found::mark(&mut self.found);
             return;
         }
         self.key_is_method = false;
@@ -633,7 +635,7 @@ impl JsonScan {
                 false => self.string.bytes.clone(),
             };
             self.value_next = false;
-            self.push_value(value);
+            Found::push(&mut self.found, value);
         }
         self.capturing = false;
     }
@@ -642,15 +644,8 @@ impl JsonScan {
     fn not_a_string_value(&mut self) {
         if self.value_next {
             self.value_next = false;
-            self.push_value(b"?".to_vec());
+            Found::push(&mut self.found, b"?".to_vec());
         }
-    }
-
-    fn push_value(&mut self, value: Vec<u8>) {
-        self.found
-            .get_or_insert_with(Found::default)
-            .values
-            .push(value);
     }
 }
 

@@ -125,15 +125,19 @@ impl MethodKey {
         if !self.decode {
             return self.push_decoded(b);
         }
-        if !self.escape.is_empty() || b == b'%' {
-            self.escape.push(b);
-            let hex = |b: &u8| b.is_ascii_hexdigit();
-            if self.escape.len() == 3 || !self.escape[1..].iter().all(hex) {
-                self.flush();
+        if !self.escape.is_empty() {
+            if b.is_ascii_hexdigit() {
+                self.escape.push(b);
+                if self.escape.len() == 3 {
+                    self.flush();
+                }
+                return;
             }
-            return;
+            // Not an escape after all: it stands for itself, and `b` is read on its own.
+            self.flush();
         }
         match b {
+            b'%' => self.escape.push(b),
             b'+' if self.plus_is_space => self.push_decoded(b' '),
             b => self.push_decoded(b),
         }
@@ -166,12 +170,8 @@ impl MethodKey {
     /// Forgets what came so far: an RFC 5987 `charset'lang'` prefix is not part of a name.
     pub(super) fn restart(&mut self) {
         let seen = self.seen;
-        *self = MethodKey {
-            decode: self.decode,
-            plus_is_space: self.plus_is_space,
-            seen,
-            ..MethodKey::default()
-        };
+        self.clear();
+        self.seen = seen;
     }
 
     /// Whether any byte of a name arrived.
@@ -218,6 +218,18 @@ pub struct Found {
     pub values: Vec<Vec<u8>>,
 }
 
+impl Found {
+    /// Notes a `_method` field in `found`, whose value comes later or never.
+    pub(super) fn mark(found: &mut Option<Found>) -> &mut Found {
+        found.get_or_insert_with(Found::default)
+    }
+
+    /// Notes a `_method` field's value in `found`.
+    pub(super) fn push(found: &mut Option<Found>, value: Vec<u8>) {
+        Found::mark(found).values.push(value);
+    }
+}
+
 /// A streaming scan of a url-encoded body for `_method` fields, in bounded memory, fed chunk by
 /// chunk as the body passes through: a key is judged when its `=` or separator arrives, so a
 /// body is refused before a single byte of the field's value reaches the application.
@@ -251,7 +263,7 @@ impl FormScan {
                     self.in_value = true;
                     if self.key.is_method() {
                         self.value = Some(Vec::new());
-                        self.found.get_or_insert_with(Found::default);
+                        Found::mark(&mut self.found);
                     }
                 }
                 _ if self.in_value => {
@@ -276,10 +288,7 @@ impl FormScan {
     fn end_pair(&mut self) {
         if !self.in_value && self.key.seen() && self.key.is_method() {
             // `_method` with no `=`: an empty value, still an attempt.
-            self.found
-                .get_or_insert_with(Found::default)
-                .values
-                .push(Vec::new());
+            Found::push(&mut self.found, Vec::new());
         }
         if let Some(value) = self.value.take() {
             let decoded: Vec<u8> = form_urlencoded::parse(&[b"v=".as_slice(), &value].concat())
@@ -291,10 +300,7 @@ impl FormScan {
             } else {
                 decoded
             };
-            self.found
-                .get_or_insert_with(Found::default)
-                .values
-                .push(value);
+            Found::push(&mut self.found, value);
         }
         self.key.clear();
         self.in_value = false;
