@@ -180,8 +180,8 @@ enum Plan {
     Token,
     /// Answer the JWKS.
     Jwks,
-    /// Read a small form body first: its `_method` may change the method checked.
-    PreRead,
+    /// Read a small body of this kind first: its `_method` may change the method checked.
+    PreRead(BodyKind),
     /// Forward it.
     Forward,
     /// Answer this error.
@@ -302,7 +302,7 @@ impl Tokengate {
                 }
             }
             None if scanned && self.options.honor_method_override && preread_fits(header) => {
-                return Plan::PreRead;
+                return Plan::PreRead(kind);
             }
             None if scanned_body => ctx.body_scan = BodyScan::new(&kind),
             None => {}
@@ -476,9 +476,14 @@ impl Tokengate {
         }
     }
 
-    /// Reads a small form body (replayed upstream by Pingora's retry buffer) and plans again
-    /// with its `_method` fields.
-    async fn plan_after_body(&self, session: &mut Session, ctx: &mut RequestCtx) -> Plan {
+    /// Reads a small body of `kind` (replayed upstream by Pingora's retry buffer) and plans
+    /// again with its `_method` fields.
+    async fn plan_after_body(
+        &self,
+        session: &mut Session,
+        kind: &BodyKind,
+        ctx: &mut RequestCtx,
+    ) -> Plan {
         session.as_downstream_mut().enable_retry_buffering();
         let body = match token_route::read_body(session, PREREAD_LIMIT).await {
             Ok(body) => body,
@@ -487,8 +492,7 @@ impl Tokengate {
                 return Plan::Refuse(error);
             }
         };
-        let kind = content_type(session.req_header()).unwrap_or(BodyKind::Opaque);
-        let found = BodyScan::new(&kind)
+        let found = BodyScan::new(kind)
             .and_then(|mut scan| {
                 scan.feed(&body);
                 scan.finish();
@@ -700,8 +704,8 @@ impl Tokengate {
         ctx.request_id = request_id(session.req_header());
         let peer = client_ip(session);
         let mut plan = self.plan(session.req_header(), peer, None, ctx);
-        if let Plan::PreRead = plan {
-            plan = self.plan_after_body(session, ctx).await;
+        if let Plan::PreRead(kind) = &plan {
+            plan = self.plan_after_body(session, kind, ctx).await;
         }
         match plan {
             Plan::Token => {
@@ -724,7 +728,7 @@ impl Tokengate {
                     self.refuse_request(session, ctx, &error, &extra).await?;
                 }
             },
-            Plan::PreRead => {
+            Plan::PreRead(_) => {
                 let error = ApiError::new(ErrorCode::Internal, "The body was read twice.");
                 self.refuse(session, ctx, &error, &[]).await?;
             }
