@@ -51,7 +51,7 @@ impl ClaimPointer {
     /// unchanged as a header value), anything else as compact JSON; `None` when the pointer finds
     /// nothing or names a parameter the route lacks.
     pub fn value(&self, claims: &Claims, params: &[(&str, ParamValue<'_>)]) -> Option<String> {
-        let claim: Value = serde_json::from_str(claims.get(&self.segments[0])?.get()).ok()?;
+        let claim: Value = serde_json::from_str(claims.get(&self.segments[0])?).ok()?;
         let mut pointer = String::new();
         for segment in &self.segments[1..] {
             let name = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}'));

@@ -132,15 +132,14 @@ impl Key {
         &self.decoding
     }
 
-    /// HS256 of `message`, base64url without padding.
-    pub(crate) fn sign_hs256(&self, message: &[u8]) -> String {
-        let tag = self
-            .hs256
+    /// HS256 of `message`.
+    pub(crate) fn hs256_tag(&self, message: &[u8]) -> [u8; 32] {
+        self.hs256
             .clone()
             .chain_update(message)
             .finalize()
-            .into_bytes();
-        URL_SAFE_NO_PAD.encode(tag)
+            .into_bytes()
+            .into()
     }
 
     /// Whether `signature` (base64url) is the HS256 of `message`, compared in constant time.

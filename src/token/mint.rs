@@ -1,28 +1,48 @@
 //! Verified claims + permission → the signed ability token.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use serde::ser::{SerializeMap, Serializer};
-use serde::Serialize;
-use serde_json::value::RawValue;
-
 use super::keys::Key;
 use super::permission::Permission;
 use super::verify::Claims;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 
-/// One claim of the minted payload: the caller's bytes as received, the permission's compact
-/// value, or a capped `exp`.
+/// One claim of the minted payload: the caller's or the permission's raw JSON as received, a
+/// capped `exp`, or a configured string.
 enum Claim<'a> {
-    Raw(&'a RawValue),
+    Raw(&'a str),
     Exp(u64),
+    Text(&'a str),
 }
 
-impl Serialize for Claim<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Claim::Raw(raw) => raw.serialize(serializer),
-            Claim::Exp(exp) => serializer.serialize_u64(*exp),
+/// A JSON object written entry by entry: names escaped as serde_json escapes them, raw values
+/// copied as they are.
+struct ObjectWriter<'a> {
+    out: &'a mut Vec<u8>,
+    empty: bool,
+}
+
+impl<'a> ObjectWriter<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        ObjectWriter { out, empty: true }
+    }
+
+    fn entry(&mut self, name: &str, claim: Claim<'_>) -> serde_json::Result<()> {
+        if !std::mem::take(&mut self.empty) {
+            self.out.push(b',');
         }
+        serde_json::to_writer(&mut *self.out, name)?;
+        self.out.push(b':');
+        match claim {
+            Claim::Raw(raw) => self.out.extend_from_slice(raw.as_bytes()),
+            Claim::Exp(exp) => serde_json::to_writer(&mut *self.out, &exp)?,
+            Claim::Text(text) => serde_json::to_writer(&mut *self.out, text)?,
+        }
+        Ok(())
+    }
+
+    fn end(self) {
+        self.out.push(b'}');
     }
 }
 
@@ -55,41 +75,36 @@ impl Minting {
 /// The caller's claims in order, then the permission's new keys in order; a key both hold takes
 /// the permission's value in the caller's position (Ruby's `Hash#merge`, as the legacy did).
 /// Configured `iss` / `aud` replace the caller's, or follow at the end.
-struct Payload<'a> {
-    claims: &'a Claims,
-    permission: Option<&'a Permission>,
+fn write_payload(
+    out: &mut Vec<u8>,
+    claims: &Claims,
+    permission: Option<&Permission>,
     capped_exp: Option<u64>,
-    minting: &'a Minting,
-}
-
-impl Serialize for Payload<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        let overridden = |name: &str| self.minting.overrides().find(|(n, _)| *n == name);
-        for (name, raw) in self.claims.entries() {
-            if let Some((_, value)) = overridden(name) {
-                map.serialize_entry(name, value)?;
-                continue;
-            }
-            let claim = match (self.permission.and_then(|p| p.get(name)), name.as_str()) {
-                (Some(value), _) => Claim::Raw(value),
-                (None, "exp") => self.capped_exp.map_or(Claim::Raw(raw), Claim::Exp),
-                (None, _) => Claim::Raw(raw),
-            };
-            map.serialize_entry(name, &claim)?;
-        }
-        for (name, value) in self.permission.into_iter().flat_map(Permission::iter) {
-            if self.claims.get(name).is_none() {
-                map.serialize_entry(name, &Claim::Raw(value))?;
-            }
-        }
-        for (name, value) in self.minting.overrides() {
-            if self.claims.get(name).is_none() {
-                map.serialize_entry(name, value)?;
-            }
-        }
-        map.end()
+    minting: &Minting,
+) -> serde_json::Result<()> {
+    let mut object = ObjectWriter::new(out);
+    let overridden = |name: &str| minting.overrides().find(|(n, _)| *n == name);
+    for (name, raw) in claims.iter() {
+        let claim = match (overridden(name), permission.and_then(|p| p.get(name)), name) {
+            (Some((_, value)), _, _) => Claim::Text(value),
+            (None, Some(value), _) => Claim::Raw(value),
+            (None, None, "exp") => capped_exp.map_or(Claim::Raw(raw), Claim::Exp),
+            (None, None, _) => Claim::Raw(raw),
+        };
+        object.entry(name, claim)?;
     }
+    for (name, value) in permission.into_iter().flat_map(Permission::iter) {
+        if claims.get(name).is_none() {
+            object.entry(name, Claim::Raw(value))?;
+        }
+    }
+    for (name, value) in minting.overrides() {
+        if claims.get(name).is_none() {
+            object.entry(name, Claim::Text(value))?;
+        }
+    }
+    object.end();
+    Ok(())
 }
 
 /// Signs the merged claims with `key`; `exp` becomes `min(exp, now + max_ttl)` when capped.
@@ -100,11 +115,26 @@ pub fn mint(
     minting: &Minting,
     now: u64,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut token = String::new();
+    mint_into(&mut token, claims, permission, key, minting, now)?;
+    Ok(token)
+}
+
+/// [`mint`], the token appended to `out` (the response body, written around it).
+pub fn mint_into(
+    out: &mut String,
+    claims: &Claims,
+    permission: Option<&Permission>,
+    key: &Key,
+    minting: &Minting,
+    now: u64,
+) -> Result<(), jsonwebtoken::errors::Error> {
     let payload = payload(claims, permission, minting, now)?;
     match &minting.typ {
-        None => sign(key.signing_header(), key, &payload),
-        Some(typ) => sign(&key.signing_header_with_typ(typ), key, &payload),
+        None => sign(out, key.signing_header(), key, &payload),
+        Some(typ) => sign(out, &key.signing_header_with_typ(typ), key, &payload),
     }
+    Ok(())
 }
 
 /// The minted token's payload JSON: merged claims, `exp` capped by `max_ttl`.
@@ -120,15 +150,7 @@ pub fn payload(
         .filter(|cap| (*cap as f64) < claims.exp());
     // Sized for the usual claims set, so the writer does not grow the buffer step by step.
     let mut out = Vec::with_capacity(512);
-    serde_json::to_writer(
-        &mut out,
-        &Payload {
-            claims,
-            permission,
-            capped_exp,
-            minting,
-        },
-    )?;
+    write_payload(&mut out, claims, permission, capped_exp, minting)?;
     Ok(out)
 }
 
@@ -144,17 +166,24 @@ pub fn session_token(
     claims.insert("exp".into(), now.saturating_add(ttl_secs).into());
     claims.insert("iat".into(), now.into());
     claims.insert(subject_claim.into(), subject.into());
-    sign(key.signing_header(), key, &serde_json::to_vec(&claims)?)
+    let mut token = String::new();
+    sign(
+        &mut token,
+        key.signing_header(),
+        key,
+        &serde_json::to_vec(&claims)?,
+    );
+    Ok(token)
 }
 
-/// `header.payload.signature`: `header` already base64url, signed HS256 by `key`.
-fn sign(header: &str, key: &Key, payload: &[u8]) -> Result<String, jsonwebtoken::errors::Error> {
-    let mut token = String::with_capacity(header.len() + payload.len() * 4 / 3 + 48);
-    token.push_str(header);
-    token.push('.');
-    URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-    let signature = key.sign_hs256(token.as_bytes());
-    token.push('.');
-    token.push_str(&signature);
-    Ok(token)
+/// Appends `header.payload.signature` to `out`: `header` already base64url, signed HS256 by `key`.
+fn sign(out: &mut String, header: &str, key: &Key, payload: &[u8]) {
+    out.reserve(header.len() + payload.len() * 4 / 3 + 48);
+    let start = out.len();
+    out.push_str(header);
+    out.push('.');
+    URL_SAFE_NO_PAD.encode_string(payload, out);
+    let tag = key.hs256_tag(&out.as_bytes()[start..]);
+    out.push('.');
+    URL_SAFE_NO_PAD.encode_string(tag, out);
 }

@@ -7,6 +7,7 @@ pub mod asymmetric;
 pub mod extract;
 pub mod keys;
 pub mod mint;
+mod object;
 pub mod permission;
 pub mod verify;
 
@@ -183,12 +184,7 @@ impl TokenService {
         let permission =
             permission::parse_body(request.content_type, request.body, &self.permission)?;
         if let Some(permission) = &permission {
-            let held = caller
-                .claims
-                .entries()
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_ref()));
-            permission::check_attenuation(permission, held)?;
+            permission::check_attenuation(permission, caller.claims.iter())?;
         }
         Ok(Prepared {
             service: self,
@@ -230,16 +226,18 @@ impl Prepared<'_> {
     pub fn mint(self) -> Result<Minted, ApiError> {
         let service = self.service;
         let (claims, permission, now) = (&self.caller.claims, self.permission.as_ref(), self.now);
-        let token = match &service.signer {
-            Some(signer) => {
-                mint::payload(claims, permission, &service.minting, now).and_then(|payload| {
-                    match &service.minting.typ {
-                        Some(typ) => signer.sign_typed(typ, &payload),
-                        None => signer.sign(&payload),
-                    }
+        // The response body is written around the token: `{"token":"…","endpoint":…}`.
+        let mut body = String::with_capacity(640 + service.endpoint.len());
+        body.push_str("{\"token\":\"");
+        match &service.signer {
+            Some(signer) => mint::payload(claims, permission, &service.minting, now)
+                .and_then(|payload| match &service.minting.typ {
+                    Some(typ) => signer.sign_typed(typ, &payload),
+                    None => signer.sign(&payload),
                 })
-            }
-            None => mint::mint(
+                .map(|token| body.push_str(&token)),
+            None => mint::mint_into(
+                &mut body,
                 claims,
                 permission,
                 self.keys.signing(),
@@ -249,22 +247,20 @@ impl Prepared<'_> {
         }
         .map_err(|_| ApiError::new(ErrorCode::Internal, "The token could not be signed."))?;
         Ok(Minted {
-            body: response_body(&token, &service.endpoint),
+            body: close_response_body(body, &service.endpoint),
             session_token: self.caller.token.to_owned(),
-            subject: self.caller.claims.into_subject(),
+            subject: self.caller.claims.subject().to_owned(),
         })
     }
 }
 
-fn response_body(token: &str, endpoint: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(token.len() + endpoint.len() + 32);
-    // Every signer writes the compact form, base64url and dots, which JSON never escapes: the
-    // token is copied, not scanned byte by byte.
-    debug_assert!(token
+/// Ends the response body after the token. Every signer writes the compact form, base64url and
+/// dots, which JSON never escapes: the token is written as it is, not escaped byte by byte.
+fn close_response_body(body: String, endpoint: &str) -> Vec<u8> {
+    debug_assert!(body[10..]
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
-    out.extend_from_slice(b"{\"token\":\"");
-    out.extend_from_slice(token.as_bytes());
+    let mut out = body.into_bytes();
     out.extend_from_slice(b"\",\"endpoint\":");
     if serde_json::to_writer(&mut out, endpoint).is_err() {
         return Vec::new();

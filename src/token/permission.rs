@@ -1,7 +1,7 @@
 //! Request body + content type → the requested permission, and the rules it must obey.
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::object::Object;
 use crate::error::{ApiError, ErrorCode};
 
 /// Claims a permission may never set, whatever the configuration says.
@@ -18,35 +19,33 @@ pub const RESERVED_CLAIMS: [&str; 7] = ["exp", "iat", "nbf", "iss", "aud", "sub"
 /// The requested permission: its top-level keys in order, each value as compact JSON.
 #[derive(Debug, Default)]
 pub struct Permission {
-    entries: Vec<(String, Box<RawValue>)>,
+    object: Object,
 }
 
 impl Permission {
     /// The raw JSON of one top-level key.
-    pub fn get(&self, name: &str) -> Option<&RawValue> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_ref())
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.object.get(name)
     }
 
-    /// Top-level keys and values, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &RawValue)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_ref()))
+    /// Top-level keys and raw JSON values, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.object.iter()
     }
 
     /// Top-level keys, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|(k, _)| k.as_str())
+        self.object.iter().map(|(k, _)| k)
     }
 }
 
 impl serde::Serialize for Permission {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
-        for (key, value) in &self.entries {
-            map.serialize_entry(key, value)?;
+        use serde::ser::{Error, SerializeMap};
+        let mut map = serializer.serialize_map(Some(self.object.len()))?;
+        for (key, value) in self.iter() {
+            let raw: &RawValue = serde_json::from_str(value).map_err(S::Error::custom)?;
+            map.serialize_entry(key, raw)?;
         }
         map.end()
     }
@@ -128,7 +127,7 @@ pub fn parse_body(
         Some(MediaType::Json) => json_permission(body)?,
         None => return Err(UNSUPPORTED),
     };
-    text.map(|text| parse_permission(&text, policy)).transpose()
+    text.map(|text| permission_from(text, policy)).transpose()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -239,21 +238,20 @@ fn json_permission(body: &[u8]) -> Result<Option<String>, ApiError> {
 
 /// Parses permission JSON text and applies every rule that needs no caller claims.
 pub fn parse_permission(text: &str, policy: &PermissionPolicy) -> Result<Permission, ApiError> {
-    let form = validate(text, policy)?;
+    permission_from(text.to_owned(), policy)
+}
+
+fn permission_from(text: String, policy: &PermissionPolicy) -> Result<Permission, ApiError> {
+    let text = match validate(&text, policy)? {
+        Form::Compact => text,
+        Form::Rewritten => compact(&text)?,
+    };
     // Valid JSON now, without duplicates: only a non-object fails here.
-    let top: TopLevel = serde_json::from_str(text).map_err(|_| NOT_OBJECT)?;
-    let mut entries = Vec::with_capacity(top.0.len());
-    for (key, raw) in top.0 {
-        if policy.is_reserved(&key) {
-            return Err(RESERVED);
-        }
-        let value = match form {
-            Form::Compact => raw.to_owned(),
-            Form::Rewritten => compact(raw)?,
-        };
-        entries.push((key.into_owned(), value));
+    let object = Object::parse(text).map_err(|_| NOT_OBJECT)?;
+    if object.iter().any(|(key, _)| policy.is_reserved(key)) {
+        return Err(RESERVED);
     }
-    let permission = Permission { entries };
+    let permission = Permission { object };
     if let Some(allowed) = &policy.abilities {
         let abilities = permission.get("abilities").map(tree).transpose()?;
         check_ability_names(abilities.as_ref(), allowed)?;
@@ -261,41 +259,21 @@ pub fn parse_permission(text: &str, policy: &PermissionPolicy) -> Result<Permiss
     Ok(permission)
 }
 
-/// The value re-serialized compact (the payload has no whitespace), streamed without a tree.
-fn compact(raw: &RawValue) -> Result<Box<RawValue>, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
-    serde_json::value::to_raw_value(&serde_transcode::Transcoder::new(&mut deserializer))
-        .map_err(|_| NOT_JSON)
+/// The text re-serialized compact (the payload has no whitespace), streamed without a tree.
+fn compact(text: &str) -> Result<String, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let mut out = Vec::with_capacity(text.len());
+    serde_transcode::transcode(
+        &mut deserializer,
+        &mut serde_json::Serializer::new(&mut out),
+    )
+    .map_err(|_| NOT_JSON)?;
+    String::from_utf8(out).map_err(|_| NOT_JSON)
 }
 
 /// A value as a tree, for the few rules that need one.
-fn tree(raw: &RawValue) -> Result<Value, ApiError> {
-    serde_json::from_str(raw.get()).map_err(|_| NOT_JSON)
-}
-
-/// The permission object's top-level entries, borrowed from the text.
-struct TopLevel<'de>(Vec<(Cow<'de, str>, &'de RawValue)>);
-
-impl<'de> Deserialize<'de> for TopLevel<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TopVisitor;
-        impl<'de> Visitor<'de> for TopVisitor {
-            type Value = TopLevel<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(Key(key)) = map.next_key()? {
-                    entries.push((key, map.next_value()?));
-                }
-                Ok(TopLevel(entries))
-            }
-        }
-        deserializer.deserialize_map(TopVisitor)
-    }
+fn tree(raw: &str) -> Result<Value, ApiError> {
+    serde_json::from_str(raw).map_err(|_| NOT_JSON)
 }
 
 /// An object key, borrowed from the input unless it holds escapes.
@@ -353,7 +331,7 @@ fn check_ability_names(abilities: Option<&Value>, allowed: &[String]) -> Result<
 /// claim the caller already holds may not be changed (that would be a grant of its own).
 pub fn check_attenuation<'a, I>(permission: &Permission, caller: I) -> Result<(), ApiError>
 where
-    I: IntoIterator<Item = (&'a str, &'a RawValue)>,
+    I: IntoIterator<Item = (&'a str, &'a str)>,
 {
     for (name, raw) in caller {
         let Some(requested) = permission.get(name) else {
@@ -413,7 +391,9 @@ fn validate(text: &str, policy: &PermissionPolicy) -> Result<Form, ApiError> {
     let keys = Cell::new(0usize);
     let rewritten = Cell::new(false);
     let spaces_in_strings = Cell::new(0usize);
+    let names = RefCell::new(Vec::with_capacity(SCAN_LIMIT));
     let seed = Strict {
+        names: &names,
         depth: 0,
         policy,
         keys: &keys,
@@ -452,8 +432,10 @@ fn json_spaces(text: &str) -> usize {
 const SCAN_LIMIT: usize = 16;
 
 #[derive(Clone, Copy)]
-struct Strict<'a> {
+struct Strict<'a, 'de> {
     depth: usize,
+    /// The keys of the objects being read, outermost first: one buffer for every level.
+    names: &'a RefCell<Vec<Key<'de>>>,
     policy: &'a PermissionPolicy,
     keys: &'a Cell<usize>,
     violation: &'a Cell<Option<ApiError>>,
@@ -463,7 +445,7 @@ struct Strict<'a> {
     spaces_in_strings: &'a Cell<usize>,
 }
 
-impl Strict<'_> {
+impl Strict<'_, '_> {
     fn string_as_sent(self, text: &str) {
         self.spaces_in_strings
             .set(self.spaces_in_strings.get() + json_spaces(text));
@@ -485,7 +467,7 @@ impl Strict<'_> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Strict<'_> {
+impl<'de> DeserializeSeed<'de> for Strict<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -493,7 +475,7 @@ impl<'de> DeserializeSeed<'de> for Strict<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Strict<'_> {
+impl<'de> Visitor<'de> for Strict<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -541,8 +523,9 @@ impl<'de> Visitor<'de> for Strict<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let inner = self.deeper()?;
-        // A short scan for the usual small objects; a set once an object grows.
-        let mut seen: Vec<Key<'de>> = Vec::new();
+        // A short scan for the usual small objects; a set once an object grows. An object's
+        // keys sit above its parent's on the shared stack while it is read.
+        let start = self.names.borrow().len();
         let mut index: Option<HashSet<Key<'de>>> = None;
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match &key.0 {
@@ -556,10 +539,11 @@ impl<'de> Visitor<'de> for Strict<'_> {
             let duplicate = match &mut index {
                 Some(set) => !set.insert(key),
                 None => {
-                    let duplicate = seen.contains(&key);
-                    seen.push(key);
-                    if seen.len() > SCAN_LIMIT {
-                        index = Some(seen.drain(..).collect());
+                    let mut names = self.names.borrow_mut();
+                    let duplicate = names[start..].contains(&key);
+                    names.push(key);
+                    if names.len() - start > SCAN_LIMIT {
+                        index = Some(names.drain(start..).collect());
                     }
                     duplicate
                 }
@@ -569,6 +553,7 @@ impl<'de> Visitor<'de> for Strict<'_> {
             }
             map.next_value_seed(inner)?;
         }
+        self.names.borrow_mut().truncate(start);
         Ok(())
     }
 }
@@ -815,12 +800,7 @@ mod tests {
 
     fn attenuate(requested: &str, caller: &[(&str, &str)]) -> Result<(), ErrorCode> {
         let permission = parse_permission(requested, &PermissionPolicy::default()).unwrap();
-        let raw: Vec<(&str, Box<RawValue>)> = caller
-            .iter()
-            .map(|(k, v)| (*k, RawValue::from_string(v.to_string()).unwrap()))
-            .collect();
-        check_attenuation(&permission, raw.iter().map(|(k, v)| (*k, v.as_ref())))
-            .map_err(|e| e.code)
+        check_attenuation(&permission, caller.iter().copied()).map_err(|e| e.code)
     }
 
     #[test]

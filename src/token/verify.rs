@@ -1,16 +1,14 @@
 //! Session token + keyring + clock → verified claims, in their original order and bytes.
 
-use std::fmt;
 use std::str::FromStr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::Algorithm;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::keys::Keyring;
+use super::object::Object;
 use crate::error::{ApiError, ErrorCode};
 
 pub(crate) const MALFORMED: ApiError = ApiError::new(
@@ -91,33 +89,40 @@ impl Default for VerifyPolicy {
 /// A verified token's claims: original order, original bytes of every value.
 #[derive(Debug)]
 pub struct Claims {
-    entries: Vec<(String, Box<RawValue>)>,
-    subject: String,
+    object: Object,
+    subject: Subject,
     exp: f64,
 }
 
+/// The subject: the claim's text when it holds no escapes, else decoded.
+#[derive(Debug)]
+enum Subject {
+    /// Between the quotes of the raw value of the claim at this index.
+    AsSent(usize),
+    Decoded(String),
+}
+
 impl Claims {
-    /// Every claim, in the token's order.
-    pub fn entries(&self) -> &[(String, Box<RawValue>)] {
-        &self.entries
+    /// Every claim as (name, raw JSON value), in the token's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.object.iter()
     }
 
     /// The raw JSON of one claim.
-    pub fn get(&self, name: &str) -> Option<&RawValue> {
-        self.entries
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_ref())
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.object.get(name)
     }
 
     /// The subject: a non-empty string.
     pub fn subject(&self) -> &str {
-        &self.subject
-    }
-
-    /// The subject, taking it out of the claims.
-    pub fn into_subject(self) -> String {
-        self.subject
+        match &self.subject {
+            Subject::Decoded(subject) => subject,
+            Subject::AsSent(index) => self
+                .object
+                .entry(*index)
+                .and_then(|(_, raw)| raw.get(1..raw.len().saturating_sub(1)))
+                .unwrap_or_default(),
+        }
     }
 
     /// The `exp` claim, in seconds since the epoch.
@@ -128,7 +133,7 @@ impl Claims {
     /// The `iat` claim, when the token has a numeric one.
     pub fn issued_at(&self) -> Option<f64> {
         self.get("iat")
-            .and_then(|raw| serde_json::from_str::<f64>(raw.get()).ok())
+            .and_then(|raw| serde_json::from_str::<f64>(raw).ok())
     }
 }
 
@@ -207,8 +212,23 @@ pub fn verify_as(
     if header_b64.is_empty() || payload_b64.is_empty() || signature.is_empty() {
         return Err(MALFORMED);
     }
-    let header_json = decode_segment(header_b64)?;
-    let header: JoseHeader = serde_json::from_slice(&header_json).map_err(|_| MALFORMED)?;
+    // A JOSE header is a few dozen bytes: decoded on the stack unless it is unusually long.
+    let mut stack = [0u8; HEADER_ON_STACK];
+    let heap;
+    let header = match COMMON_HEADERS.contains(&header_b64) {
+        true => common_header(),
+        false => {
+            let header_json = match URL_SAFE_NO_PAD.decode_slice(header_b64, &mut stack) {
+                Ok(len) => &stack[..len],
+                Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+                    heap = decode_segment(header_b64)?;
+                    &heap[..]
+                }
+                Err(_) => return Err(MALFORMED),
+            };
+            serde_json::from_slice::<JoseHeader>(header_json).map_err(|_| MALFORMED)?
+        }
+    };
     if header.crit.is_some() {
         return Err(CRITICAL);
     }
@@ -219,34 +239,41 @@ pub fn verify_as(
     }
     let alg = Algorithm::from_str(&header.alg).map_err(|_| BAD_ALGORITHM)?;
     keys.check(alg, header.kid.as_deref(), message.as_bytes(), signature)?;
-    let payload = decode_segment(payload_b64)?;
-    let entries = serde_json::from_slice::<OrderedClaims>(&payload)
-        .map_err(|_| MALFORMED)?
-        .0;
-    check_claims(entries, policy, now)
+    let payload = String::from_utf8(decode_segment(payload_b64)?).map_err(|_| MALFORMED)?;
+    let object = Object::parse(payload).map_err(|_| MALFORMED)?;
+    check_claims(object, policy, now)
 }
 
-fn check_claims(
-    entries: Vec<(String, Box<RawValue>)>,
-    policy: &VerifyPolicy,
-    now: u64,
-) -> Result<Claims, ApiError> {
-    let find = |name: &str| {
-        entries
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.get())
-    };
+/// The JOSE headers nearly every HS256 session token carries, base64url: `{"typ":"JWT",
+/// "alg":"HS256"}` (Rails' `JWT.encode`, the seed's) and `{"alg":"HS256","typ":"JWT"}` (PyJWT,
+/// jsonwebtoken). Either is read without decoding it; any other header is decoded and parsed.
+const COMMON_HEADERS: [&str; 2] = [
+    "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9",
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9",
+];
+
+/// What [`COMMON_HEADERS`] say.
+fn common_header() -> JoseHeader<'static> {
+    JoseHeader {
+        alg: "HS256".into(),
+        kid: None,
+        typ: Some("JWT".into()),
+        crit: None,
+    }
+}
+
+/// Bytes of decoded JOSE header kept on the stack.
+const HEADER_ON_STACK: usize = 384;
+
+fn check_claims(object: Object, policy: &VerifyPolicy, now: u64) -> Result<Claims, ApiError> {
+    let find = |name: &str| object.get(name);
     let exp: f64 = find("exp")
         .and_then(|raw| serde_json::from_str(raw).ok())
         .ok_or(NO_EXP)?;
     let nbf: Option<f64> = find("nbf")
         .map(|raw| serde_json::from_str(raw).map_err(|_| BAD_NBF))
         .transpose()?;
-    let subject: String = find(&policy.subject_claim)
-        .and_then(|raw| serde_json::from_str::<String>(raw).ok())
-        .filter(|s| !s.is_empty())
-        .ok_or(NO_SUBJECT)?;
+    let subject = subject(&object, &policy.subject_claim).ok_or(NO_SUBJECT)?;
     let (now, leeway) = (now as f64, policy.leeway_secs as f64);
     if now >= exp + leeway {
         return Err(EXPIRED);
@@ -272,10 +299,24 @@ fn check_claims(
         }
     }
     Ok(Claims {
-        entries,
+        object,
         subject,
         exp,
     })
+}
+
+/// The subject claim when it is a non-empty string: read in place unless it holds escapes.
+fn subject(object: &Object, name: &str) -> Option<Subject> {
+    let index = (0..object.len()).find(|&i| object.entry(i).is_some_and(|(n, _)| n == name))?;
+    let (_, raw) = object.entry(index)?;
+    let plain = raw.len() > 2 && raw.starts_with('"') && !raw.contains('\\');
+    if plain {
+        return Some(Subject::AsSent(index));
+    }
+    serde_json::from_str::<String>(raw)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(Subject::Decoded)
 }
 
 /// `aud`: one audience or several (RFC 7519 §4.1.3).
@@ -288,36 +329,6 @@ enum Audience {
 
 fn decode_segment(segment: &str) -> Result<Vec<u8>, ApiError> {
     URL_SAFE_NO_PAD.decode(segment).map_err(|_| MALFORMED)
-}
-
-/// A JSON object kept as ordered `(name, raw value)` pairs; a repeated name is refused, since a
-/// claim set with two `exp` means whatever each reader wants it to mean.
-struct OrderedClaims(Vec<(String, Box<RawValue>)>);
-
-impl<'de> Deserialize<'de> for OrderedClaims {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ClaimsVisitor;
-        impl<'de> Visitor<'de> for ClaimsVisitor {
-            type Value = OrderedClaims;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object of claims")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries: Vec<(String, Box<RawValue>)> = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if entries.iter().any(|(k, _)| *k == key) {
-                        return Err(de::Error::custom("duplicate claim"));
-                    }
-                    let value: Box<RawValue> = map.next_value()?;
-                    entries.push((key, value));
-                }
-                Ok(OrderedClaims(entries))
-            }
-        }
-        deserializer.deserialize_map(ClaimsVisitor)
-    }
 }
 
 #[cfg(test)]
@@ -372,11 +383,7 @@ pub(crate) mod tests {
             SECRET,
         );
         let claims = check(&token, 1500).unwrap();
-        let got: Vec<(&str, &str)> = claims
-            .entries()
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.get()))
-            .collect();
+        let got: Vec<(&str, &str)> = claims.iter().collect();
         assert_eq!(
             got,
             [
@@ -534,6 +541,46 @@ pub(crate) mod tests {
             1500
         )
         .is_ok());
+    }
+
+    #[test]
+    fn common_headers_read_as_they_decode() {
+        for header in COMMON_HEADERS {
+            let json = URL_SAFE_NO_PAD.decode(header).unwrap();
+            let parsed: JoseHeader = serde_json::from_slice(&json).unwrap();
+            let common = common_header();
+            assert_eq!(
+                (parsed.alg, parsed.kid, parsed.typ, parsed.crit.is_some()),
+                (common.alg, common.kid, common.typ, common.crit.is_some())
+            );
+        }
+        // The fast path still meets every other check: the signature, then the claims.
+        let token = sign_raw(HS256, CLAIMS, Algorithm::HS256, SECRET);
+        assert!(token.starts_with(COMMON_HEADERS[0]));
+        assert!(check(&token, 1500).is_ok());
+        let forged = sign_raw(
+            HS256,
+            CLAIMS,
+            Algorithm::HS256,
+            "another-secret-another-secret-0000",
+        );
+        assert_eq!(check(&forged, 1500).err(), Some(ErrorCode::InvalidToken));
+        let typed = VerifyPolicy {
+            refused_typ: Some("jwt".into()),
+            ..VerifyPolicy::default()
+        };
+        let refused = verify(&token, &ring(&[Algorithm::HS256]), &typed, 1500);
+        assert_eq!(refused.err().map(|e| e.message), Some(WRONG_TYP.message));
+        let hs384_only = verify(
+            &token,
+            &ring(&[Algorithm::HS384]),
+            &VerifyPolicy::default(),
+            1500,
+        );
+        assert_eq!(
+            hs384_only.err().map(|e| e.message),
+            Some(BAD_ALGORITHM.message)
+        );
     }
 
     #[test]
