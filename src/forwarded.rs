@@ -81,7 +81,7 @@ pub struct Received<'a> {
 
 /// The forwarding headers to send upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forwarding {
+pub struct Forwarding<'a> {
     /// `Forwarded` (RFC 7239).
     pub forwarded: String,
     /// `X-Forwarded-For`.
@@ -89,19 +89,19 @@ pub struct Forwarding {
     /// `X-Real-IP`: the client as the first trusted hop saw it.
     pub x_real_ip: String,
     /// `X-Forwarded-Proto`.
-    pub x_forwarded_proto: String,
+    pub x_forwarded_proto: &'a str,
     /// `X-Forwarded-Host`, when the request named a host.
-    pub x_forwarded_host: Option<String>,
+    pub x_forwarded_host: Option<&'a str>,
 }
 
 /// The headers for a request from `peer` over `proto` to `host`; `received` is what a trusted
 /// peer sent (empty for an untrusted one, whose headers are not read at all).
-pub fn forwarding(
+pub fn forwarding<'a>(
     peer: IpAddr,
-    proto: &str,
-    host: Option<&str>,
-    received: &Received<'_>,
-) -> Forwarding {
+    proto: &'a str,
+    host: Option<&'a str>,
+    received: &Received<'a>,
+) -> Forwarding<'a> {
     let peer_text = peer.to_string();
     // RFC 7239: an IPv6 node is quoted and bracketed.
     let mut element = String::with_capacity(peer_text.len() + host.map_or(0, str::len) + 32);
@@ -125,8 +125,8 @@ pub fn forwarding(
         forwarded: extend(&received.forwarded, element),
         x_forwarded_for: extend(&received.x_forwarded_for, peer_text.clone()),
         x_real_ip: received.x_real_ip.map_or(peer_text, str::to_owned),
-        x_forwarded_proto: received.x_forwarded_proto.unwrap_or(proto).to_owned(),
-        x_forwarded_host: received.x_forwarded_host.or(host).map(str::to_owned),
+        x_forwarded_proto: received.x_forwarded_proto.unwrap_or(proto),
+        x_forwarded_host: received.x_forwarded_host.or(host),
     }
 }
 
@@ -215,8 +215,8 @@ mod tests {
                 forwarded: "for=127.0.0.1;proto=http;host=\"images.example\"".into(),
                 x_forwarded_for: "127.0.0.1".into(),
                 x_real_ip: "127.0.0.1".into(),
-                x_forwarded_proto: "http".into(),
-                x_forwarded_host: Some("images.example".into()),
+                x_forwarded_proto: "http",
+                x_forwarded_host: Some("images.example"),
             }
         );
         let v6 = forwarding(ip("::1"), "http", None, &Received::default());
@@ -241,6 +241,6 @@ mod tests {
         assert_eq!(f.x_forwarded_for, "10.0.0.1, 10.0.0.7, 127.0.0.2");
         assert_eq!(f.x_real_ip, "10.0.0.1");
         assert_eq!(f.x_forwarded_proto, "https");
-        assert_eq!(f.x_forwarded_host.as_deref(), Some("app.example"));
+        assert_eq!(f.x_forwarded_host, Some("app.example"));
     }
 }

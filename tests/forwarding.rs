@@ -36,6 +36,44 @@ fn a_valid_token_sets_identity_and_x_token_and_spoofs_are_stripped() {
 }
 
 #[test]
+fn x_token_is_on_the_final_answer_after_an_informational_one() {
+    // An upstream that sends `103 Early Hints` before its answer, on one connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match std::io::Read::read(&mut conn, &mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+                  HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+            );
+        }
+    });
+    let tg = Tokengate::start(addr, &[]);
+    let session = session("frank");
+    let raw =
+        format!("GET /albums/7 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {session}\r\n\r\n");
+    let mut conn = Pipelined::new(tg.connect());
+    std::io::Write::write_all(&mut conn.stream, raw.as_bytes()).unwrap();
+    // An informational answer has no body: read as the answer to a HEAD.
+    let hints = conn.next(true).unwrap();
+    assert_eq!(hints.status, 103);
+    assert_eq!(hints.header("X-token"), Some(session.as_str()));
+    let answer = conn.next(false).unwrap();
+    assert_eq!((answer.status, answer.text().as_str()), (200, "hi"));
+    assert_eq!(answer.header("X-token"), Some(session.as_str()));
+    assert!(answer.header("X-Request-Id").is_some());
+}
+
+#[test]
 fn without_a_valid_token_nothing_identifies_the_caller() {
     let up = Upstream::start();
     let tg = Tokengate::start(up.addr, &[]);

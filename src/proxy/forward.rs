@@ -129,20 +129,43 @@ pub fn rewrite(
         let host = rewrite.authority.and_then(|a| a.to_str().ok());
         let f = forwarded::forwarding(ip, rewrite.proto, host, &values);
         // A trusted peer's values were read above; every copy is replaced.
-        let set = |upstream: &mut RequestHeader, name: &Name, value: String| match trusted {
+        let set = |upstream: &mut RequestHeader, name: &Name, value: HeaderValue| match trusted {
             true => upstream.insert_header(name.clone(), value),
             false => upstream.append_header(name.clone(), value).map(|_| ()),
         };
-        set(upstream, &FORWARDED, f.forwarded)?;
-        set(upstream, &X_FORWARDED_FOR, f.x_forwarded_for)?;
-        set(upstream, &X_REAL_IP, f.x_real_ip)?;
-        set(upstream, &X_FORWARDED_PROTO, f.x_forwarded_proto)?;
-        if let Some(host) = f.x_forwarded_host {
-            set(upstream, &X_FORWARDED_HOST, host)?;
+        let text = |value: &str| HeaderValue::from_str(value).map_err(invalid_value);
+        set(upstream, &FORWARDED, owned(f.forwarded)?)?;
+        set(upstream, &X_FORWARDED_FOR, owned(f.x_forwarded_for)?)?;
+        set(upstream, &X_REAL_IP, owned(f.x_real_ip)?)?;
+        // Tokengate's own scheme and the request's own Host are sent without a copy.
+        let proto = match f.x_forwarded_proto == rewrite.proto {
+            true => HeaderValue::from_static(rewrite.proto),
+            false => text(f.x_forwarded_proto)?,
+        };
+        set(upstream, &X_FORWARDED_PROTO, proto)?;
+        if let Some(forwarded_host) = f.x_forwarded_host {
+            let value = match (rewrite.authority, host == Some(forwarded_host)) {
+                (Some(authority), true) => authority.clone(),
+                _ => text(forwarded_host)?,
+            };
+            set(upstream, &X_FORWARDED_HOST, value)?;
         }
     }
     upstream.append_header(X_REQUEST_ID.clone(), rewrite.request_id.clone())?;
     Ok(())
+}
+
+/// A built forwarding value as a header value, without a copy.
+fn owned(value: String) -> pingora::Result<HeaderValue> {
+    HeaderValue::try_from(value).map_err(invalid_value)
+}
+
+fn invalid_value(e: http::header::InvalidHeaderValue) -> Box<pingora::Error> {
+    pingora::Error::because(
+        pingora::ErrorType::InvalidHTTPHeader,
+        "a forwarding header value",
+        e,
+    )
 }
 
 /// Identical duplicate `Content-Length` values (two fields, or `5, 5`), which the HTTP parser

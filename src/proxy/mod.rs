@@ -139,8 +139,8 @@ pub struct RequestCtx {
     route: RouteKind,
     /// The propagated or generated request id, ready to be sent (upstream, and back).
     request_id: HeaderValue,
-    /// The valid token a forwarded request carried, for `X-token`.
-    token: Option<String>,
+    /// The valid token a forwarded request carried, ready to be sent back as `X-token`.
+    token: Option<HeaderValue>,
     /// The verified subject, on either route: the identity header and the access log.
     subject: Option<String>,
     /// The error code tokengate answered with, if any.
@@ -367,7 +367,8 @@ impl Tokengate {
         }
         if let Authentication::Valid(caller) = &auth {
             ctx.subject = Some(caller.claims.subject().to_owned());
-            ctx.token = Some(caller.token.to_owned());
+            // The extractor admits only visible ASCII, which a header value always takes.
+            ctx.token = HeaderValue::from_str(caller.token).ok();
         }
         match verdict.action {
             Action::Refuse(error) => Plan::Refuse(error),
@@ -838,8 +839,14 @@ impl Tokengate {
     ) -> pingora::Result<()> {
         response.reserve_headers(2)?;
         response.append_header(respond::X_REQUEST_ID.clone(), ctx.request_id.clone())?;
-        if let Some(token) = &ctx.token {
-            response.insert_header(respond::X_TOKEN.clone(), token.as_str())?;
+        // An informational answer (`100`, `103`) comes before the final one, which needs the
+        // token too.
+        let token = match response.status.is_informational() {
+            true => ctx.token.clone(),
+            false => ctx.token.take(),
+        };
+        if let Some(token) = token {
+            response.insert_header(respond::X_TOKEN.clone(), token)?;
         }
         Ok(())
     }
