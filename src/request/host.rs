@@ -31,9 +31,20 @@ impl Authority<'_> {
             Some(port) => raw
                 .strip_prefix(self.name.as_bytes())
                 .and_then(|rest| rest.strip_prefix(b":"))
-                .is_some_and(|digits| digits == port.to_string().as_bytes()),
+                .is_some_and(|digits| is_decimal(digits, port)),
         }
     }
+}
+
+/// Whether `digits` is `port` written as `Display` writes it: digits only, no leading zero.
+fn is_decimal(digits: &[u8], port: u16) -> bool {
+    let canonical = digits.first() != Some(&b'0') || digits.len() == 1;
+    canonical
+        && digits.iter().all(u8::is_ascii_digit)
+        && std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse().ok())
+            == Some(port)
 }
 
 /// Parses a Host value (or an absolute-form authority): `None` for an empty one.
@@ -133,6 +144,16 @@ mod tests {
         assert_eq!((a.name.as_ref(), a.port), ("images.example", Some(80)));
         assert!(a.spelled_as(b"images.example:80"));
         assert!(!a.spelled_as(b"Images.example:80"));
+        for other in [
+            "images.example:080",
+            "images.example:+80",
+            "images.example:8",
+            "",
+        ] {
+            assert!(!a.spelled_as(other.as_bytes()), "{other}");
+        }
+        let zero = canonical_authority(b"a:0").unwrap().unwrap();
+        assert!(zero.spelled_as(b"a:0") && !zero.spelled_as(b"a:00"));
     }
 
     #[test]
