@@ -1,10 +1,11 @@
 //! Verified claims + permission → the signed ability token.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
 use super::keys::Key;
 use super::permission::Permission;
 use super::verify::Claims;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 
 /// One claim of the minted payload: the caller's or the permission's raw JSON as received, a
 /// capped `exp`, or a configured string.
