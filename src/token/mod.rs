@@ -7,7 +7,7 @@ pub mod asymmetric;
 pub mod extract;
 pub mod keys;
 pub mod mint;
-mod object;
+pub(crate) mod object;
 pub mod permission;
 pub mod verify;
 

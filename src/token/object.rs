@@ -77,6 +77,52 @@ impl Name {
     }
 }
 
+/// The raw JSON value of member `name` of the JSON object `object`, read without building the
+/// object; `None` when it is absent, named twice (which readers disagree on), or `object` is no
+/// object.
+pub(crate) fn member<'a>(object: &'a str, name: &str) -> Option<&'a str> {
+    let mut deserializer = serde_json::Deserializer::from_str(object);
+    Member { name }
+        .deserialize(&mut deserializer)
+        .ok()
+        .flatten()
+}
+
+/// Looks for one member, skipping the others' values unread.
+struct Member<'n> {
+    name: &'n str,
+}
+
+impl<'de> DeserializeSeed<'de> for Member<'_> {
+    type Value = Option<&'de str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Member<'_> {
+    type Value = Option<&'de str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(NameText(name)) = map.next_key()? {
+            if name != self.name {
+                map.next_value::<de::IgnoredAny>()?;
+            } else if found.is_some() {
+                return Err(de::Error::custom("a name repeated"));
+            } else {
+                found = Some(map.next_value::<&RawValue>()?.get());
+            }
+        }
+        Ok(found)
+    }
+}
+
 /// `base[span]`; spans come from the parse of `base`, so they always fall on characters.
 fn slice<'a>(base: &'a str, span: &Range<usize>) -> &'a str {
     base.get(span.clone()).unwrap_or_default()
@@ -174,6 +220,28 @@ mod tests {
         assert_eq!(object.get("exp"), Some("2000"));
         assert_eq!(object.get("b"), None);
         assert_eq!(object.len(), 3);
+    }
+
+    #[test]
+    fn one_member_is_found_without_reading_the_others() {
+        let object = r#"{"a":{"x":[1,{"y":2}]},"\u0062":true, "c" : "t"}"#;
+        for (name, want) in [
+            ("a", Some(r#"{"x":[1,{"y":2}]}"#)),
+            ("b", Some("true")),
+            ("c", Some(r#""t""#)),
+            ("x", None),
+        ] {
+            assert_eq!(member(object, name), want, "{name}");
+        }
+        for object in [
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":1,"\u0061":2}"#,
+            "[1]",
+            "7",
+            r#"{"a":"#,
+        ] {
+            assert_eq!(member(object, "a"), None, "{object}");
+        }
     }
 
     #[test]
