@@ -110,7 +110,7 @@ impl<'de> Visitor<'de> for Member<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = None;
-        while let Some(NameText(name)) = map.next_key()? {
+        while let Some(Key(name)) = map.next_key()? {
             if name != self.name {
                 map.next_value::<de::IgnoredAny>()?;
             } else if found.is_some() {
@@ -156,7 +156,7 @@ impl<'de> Visitor<'de> for Spans<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Entry>, A::Error> {
         let mut entries: Vec<Entry> = Vec::with_capacity(8);
-        while let Some(NameText(name)) = map.next_key()? {
+        while let Some(Key(name)) = map.next_key()? {
             if entries.iter().any(|e| e.name.text(self.base) == name) {
                 return Err(de::Error::custom("a name repeated"));
             }
@@ -174,28 +174,33 @@ impl<'de> Visitor<'de> for Spans<'_> {
     }
 }
 
-/// A name, borrowed from the text unless it holds escapes.
-struct NameText<'de>(Cow<'de, str>);
+/// A member name, borrowed from the text unless it holds escapes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Key<'de>(pub(crate) Cow<'de, str>);
 
-impl<'de> Deserialize<'de> for NameText<'de> {
+impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-        impl<'de> Visitor<'de> for NameVisitor {
-            type Value = NameText<'de>;
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string")
             }
 
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<NameText<'de>, E> {
-                Ok(NameText(Cow::Borrowed(v)))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
             }
 
-            fn visit_str<E>(self, v: &str) -> Result<NameText<'de>, E> {
-                Ok(NameText(Cow::Owned(v.to_owned())))
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
             }
         }
-        deserializer.deserialize_str(NameVisitor)
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 

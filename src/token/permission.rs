@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::object::Object;
+use super::object::{Key, Object};
 use crate::error::{ApiError, ErrorCode};
 
 /// Claims a permission may never set, whatever the configuration says.
@@ -274,36 +274,6 @@ fn compact(text: &str) -> Result<String, ApiError> {
 /// A value as a tree, for the few rules that need one.
 fn tree(raw: &str) -> Result<Value, ApiError> {
     serde_json::from_str(raw).map_err(|_| NOT_JSON)
-}
-
-/// An object key, borrowed from the input unless it holds escapes.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-
-            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v)))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
-    }
 }
 
 /// `abilities.<resource>.Access` may hold only allowed names, each a boolean.
