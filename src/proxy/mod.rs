@@ -837,7 +837,8 @@ impl Tokengate {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        response.reserve_headers(2)?;
+        // No `reserve_headers`: the parsed response header (vendor/README.md) has room for the
+        // one or two added here at most sizes, where reserving would grow and rehash both maps.
         response.append_header(respond::X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         // An informational answer (`100`, `103`) comes before the final one, which needs the
         // token too.

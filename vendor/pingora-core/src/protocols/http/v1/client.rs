@@ -437,8 +437,12 @@ impl HttpSession {
     /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
+        // The caller gets the header as parsed and the session keeps a copy: the parsed
+        // header's maps were sized with room to spare, which a clone's lack, so headers the
+        // caller appends (a proxy's response filter) do not grow and rehash both maps.
         // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        let copy = Box::new(self.resp_header().unwrap().clone());
+        Ok(self.response_header.replace(copy).unwrap())
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
