@@ -64,8 +64,9 @@ pub fn canonical_authority(raw: &[u8]) -> Result<Option<Authority<'_>>, Refusal>
 
 /// `name[:port]` → name and port; an IPv6 literal keeps its colons.
 fn split_port(text: &str) -> Result<(&str, Option<u16>), Refusal> {
-    let colon = match text.rfind(':') {
-        Some(i) if !text[i..].contains(']') => i,
+    let bytes = text.as_bytes();
+    let colon = match bytes.iter().rposition(|&b| b == b':') {
+        Some(i) if !bytes[i..].contains(&b']') => i,
         _ => return Ok((text, None)),
     };
     let digits = &text[colon + 1..];
@@ -95,17 +96,25 @@ fn ipv6_literal(name: &str) -> Result<Cow<'_, str>, Refusal> {
 /// one trailing dot, which is dropped (`example.com.` is `example.com`).
 fn reg_name(name: &str) -> Result<Cow<'_, str>, Refusal> {
     let name = name.strip_suffix('.').unwrap_or(name);
-    let valid = !name.is_empty()
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if !valid {
+    // One pass over the bytes: a dot may not start or end the name or follow another dot
+    // (every label is non-empty), and upper case is noted for `lower`.
+    let (mut previous, mut upper) = (b'.', false);
+    let valid = name.bytes().all(|b| {
+        let allowed = match b {
+            b'.' => previous != b'.',
+            _ => b.is_ascii_alphanumeric() || b == b'-' || b == b'_',
+        };
+        upper |= b.is_ascii_uppercase();
+        previous = b;
+        allowed
+    });
+    if !valid || previous == b'.' {
         return Err(Refusal::BadHost);
     }
-    Ok(lower(name))
+    Ok(match upper {
+        true => Cow::Owned(name.to_ascii_lowercase()),
+        false => Cow::Borrowed(name),
+    })
 }
 
 fn lower(name: &str) -> Cow<'_, str> {
@@ -136,6 +145,7 @@ mod tests {
             ("[::1]:8080", Some("[::1]:8080")),
             ("[2001:DB8::1]", Some("[2001:db8::1]")),
             ("under_score", Some("under_score")),
+            ("a-.b_.C.-.", Some("a-.b_.c.-")),
             ("", None),
         ] {
             assert_eq!(canon(raw), Ok(want.map(str::to_owned)), "{raw}");
@@ -175,6 +185,8 @@ mod tests {
             "h%41st",
             "\u{e9}.example",
             ".",
+            ":80",
+            "a..:80",
         ] {
             assert_eq!(canon(raw), Err(Refusal::BadHost), "{raw:?}");
         }
