@@ -627,7 +627,8 @@ fn unix_now() -> u64 {
 
 /// The caller's `X-Request-Id` when it is 1–200 visible ASCII characters, else a new UUID v4.
 pub fn request_id(header: &RequestHeader) -> HeaderValue {
-    let given = header.headers.get("x-request-id").filter(|v| {
+    // The parsed name: looking up by `&str` parses it on every request.
+    let given = header.headers.get(&respond::X_REQUEST_ID.0).filter(|v| {
         let v = v.as_bytes();
         (1..=200).contains(&v.len()) && v.iter().all(|b| b.is_ascii_graphic())
     });
