@@ -97,24 +97,20 @@ fn ipv6_literal(name: &str) -> Result<Cow<'_, str>, Refusal> {
 fn reg_name(name: &str) -> Result<Cow<'_, str>, Refusal> {
     let name = name.strip_suffix('.').unwrap_or(name);
     // One pass over the bytes: a dot may not start or end the name or follow another dot
-    // (every label is non-empty), and upper case is noted for `lower`.
-    let (mut previous, mut upper) = (b'.', false);
+    // (every label is non-empty).
+    let mut previous = b'.';
     let valid = name.bytes().all(|b| {
         let allowed = match b {
             b'.' => previous != b'.',
             _ => b.is_ascii_alphanumeric() || b == b'-' || b == b'_',
         };
-        upper |= b.is_ascii_uppercase();
         previous = b;
         allowed
     });
     if !valid || previous == b'.' {
         return Err(Refusal::BadHost);
     }
-    Ok(match upper {
-        true => Cow::Owned(name.to_ascii_lowercase()),
-        false => Cow::Borrowed(name),
-    })
+    Ok(lower(name))
 }
 
 fn lower(name: &str) -> Cow<'_, str> {
