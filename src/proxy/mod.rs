@@ -22,6 +22,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
+use smallvec::SmallVec;
 
 use crate::access_log::{self, AccessLog, Entry};
 use crate::config::SecretSource;
@@ -163,8 +164,9 @@ pub struct RequestCtx {
     group: usize,
     /// The route's request limit to apply: its rank in the table and the key counted.
     limit: Option<(usize, String)>,
-    /// Addresses tried so far, so a retry goes elsewhere.
-    tried: Vec<SocketAddr>,
+    /// Addresses tried so far, so a retry goes elsewhere; inline, as a request rarely tries
+    /// more than two.
+    tried: SmallVec<[SocketAddr; 2]>,
     /// This request's span, when tracing: its context, start (Unix ns) and the caller's
     /// `tracestate`.
     trace: Option<(TraceContext, u64, String)>,
@@ -667,7 +669,7 @@ impl Tokengate {
             upstream_error: None,
             group: 0,
             limit: None,
-            tried: Vec::new(),
+            tried: SmallVec::new(),
             trace: None,
             route_name: None,
             _in_flight: InFlight::new(self.state.clone()),
@@ -1102,3 +1104,4 @@ impl ProxyHttp for Proxy {
         gate.logging(session, e, request).await
     }
 }
+
