@@ -8,6 +8,7 @@ mod state;
 mod token_route;
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Version};
 use jsonwebtoken::Algorithm;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -639,7 +640,29 @@ pub fn request_id(header: &RequestHeader) -> HeaderValue {
     }
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("unknown"))
+    HeaderValue::from_maybe_shared(carve_id(id.as_bytes()))
+        .unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Generated ids per slab: one allocation for this many requests.
+const IDS_PER_SLAB: usize = 64;
+
+thread_local! {
+    /// The current slab generated ids are cut from, per worker thread.
+    static ID_SLAB: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// `id` copied into a shared per-thread slab: an id's own buffer would be one allocation,
+/// and its first clone (upstream, then the response) a second one to make it shared; ids
+/// cut from one slab share its reference count, and the slab goes with its last id.
+fn carve_id(id: &[u8]) -> Bytes {
+    ID_SLAB.with_borrow_mut(|slab| {
+        if slab.capacity() - slab.len() < id.len() {
+            *slab = BytesMut::with_capacity(id.len() * IDS_PER_SLAB);
+        }
+        slab.extend_from_slice(id);
+        slab.split().freeze()
+    })
 }
 
 impl RequestCtx {
@@ -1105,3 +1128,55 @@ impl ProxyHttp for Proxy {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_id(id: Option<&[u8]>) -> RequestHeader {
+        let mut header = RequestHeader::build("GET", b"/", None).unwrap();
+        if let Some(id) = id {
+            let value = HeaderValue::from_bytes(id).unwrap();
+            header.insert_header("x-request-id", value).unwrap();
+        }
+        header
+    }
+
+    fn is_uuid(v: &HeaderValue) -> bool {
+        v.to_str()
+            .is_ok_and(|s| uuid::Uuid::parse_str(s).is_ok() && s.len() == 36)
+    }
+
+    #[test]
+    fn a_valid_request_id_is_kept_and_any_other_replaced() {
+        let long = "a".repeat(201);
+        let max = "a".repeat(200);
+        let cases: [(Option<&[u8]>, Option<&str>); 6] = [
+            (Some(b"abc-123"), Some("abc-123")),
+            (Some(max.as_bytes()), Some(max.as_str())),
+            (Some(long.as_bytes()), None),
+            (Some(b""), None),
+            (Some(b"a b"), None),
+            (None, None),
+        ];
+        for (given, kept) in cases {
+            let id = request_id(&with_id(given));
+            match kept {
+                Some(kept) => assert_eq!(id, kept, "{given:?}"),
+                None => assert!(is_uuid(&id), "{given:?} gave {id:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_distinct_across_slabs() {
+        // Three slabs' worth, all held at once, so none is reused while its ids live.
+        let ids: Vec<HeaderValue> = (0..IDS_PER_SLAB * 3)
+            .map(|_| request_id(&with_id(None)))
+            .collect();
+        let copies: Vec<HeaderValue> = ids.to_vec();
+        let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(distinct.len(), IDS_PER_SLAB * 3);
+        assert!(ids.iter().all(is_uuid));
+        assert_eq!(ids, copies);
+    }
+}
