@@ -654,7 +654,8 @@ thread_local! {
 
 /// `id` copied into a shared per-thread slab: an id's own buffer would be one allocation,
 /// and its first clone (upstream, then the response) a second one to make it shared; ids
-/// cut from one slab share its reference count, and the slab goes with its last id.
+/// cut from one slab share its reference count, and the slab goes with its last id (so a
+/// long-lived request keeps its 2.3 KiB slab, not 36 bytes, until it ends).
 fn carve_id(id: &[u8]) -> Bytes {
     ID_SLAB.with_borrow_mut(|slab| {
         if slab.capacity() - slab.len() < id.len() {
@@ -1169,7 +1170,7 @@ mod tests {
 
     #[test]
     fn generated_ids_are_distinct_across_slabs() {
-        // Three slabs' worth, all held at once, so none is reused while its ids live.
+        // Three slabs' worth held at once: ids from full slabs beside those of a fresh one.
         let ids: Vec<HeaderValue> = (0..IDS_PER_SLAB * 3)
             .map(|_| request_id(&with_id(None)))
             .collect();
