@@ -128,17 +128,17 @@ impl PathTemplate {
         exact: bool,
         semicolons: bool,
     ) -> Option<Vec<(&str, ParamValue<'p>)>> {
-        let count = segments(path).count();
-        if count < self.segments.len() || (exact && count != self.segments.len()) {
-            return None;
-        }
-        let parts = segments(path).map(|s| match semicolons {
-            true => s.split(';').next().unwrap_or(s),
-            false => s,
-        });
+        // One pass, which a template's first literal usually ends at once.
+        let mut parts = segments(path)
+            .map(|s| match semicolons {
+                true => s.split(';').next().unwrap_or(s),
+                false => s,
+            })
+            .peekable();
         let mut params = Vec::new();
-        for (i, (segment, part)) in self.segments.iter().zip(parts).enumerate() {
-            let last = i + 1 == count;
+        for segment in &self.segments {
+            let part = parts.next()?;
+            let last = parts.peek().is_none();
             let decoded = decode_segment(part);
             match segment {
                 Segment::Literal(lit) => {
@@ -154,6 +154,9 @@ impl PathTemplate {
                     },
                 )),
             }
+        }
+        if exact && parts.next().is_some() {
+            return None;
         }
         Some(params)
     }
@@ -557,10 +560,17 @@ mod tests {
             "/api/v1/tokens",
             "/api/v1",
             "/api/v1/token%2F",
+            "/api/v2/token",
+            "/",
+            "",
         ] {
             assert!(token.matches(path, true, false).is_none(), "{path}");
         }
         assert!(token.matches("/api/v1/token;x", true, true).is_some());
+        let root = PathTemplate::parse("/").unwrap();
+        assert_eq!(root.matches("/", true, false), Some(vec![]));
+        assert_eq!(root.matches("/a", true, false), None);
+        assert_eq!(root.matches("/a", false, false), Some(vec![]));
         assert!(PathTemplate::parse("albums").is_err());
         assert!(PathTemplate::parse("/albums/x{id}").is_err());
         assert!(PathTemplate::parse("/albums/{}").is_err());
