@@ -40,6 +40,27 @@ impl Object {
         Ok(Object { text, entries })
     }
 
+    /// The object whose top-level names sit at `names` in `text`, which must be valid compact
+    /// JSON (no whitespace between tokens) with no escape in those names, as a strict check of
+    /// `text` found: each value then runs from after its name's `":` to before the next `,"`,
+    /// or the closing `}`.
+    pub(crate) fn from_compact(text: String, names: Vec<Range<usize>>) -> Object {
+        let ends = names
+            .iter()
+            .skip(1)
+            .map(|next| next.start.saturating_sub(2))
+            .chain([text.len().saturating_sub(1)]);
+        let entries = names
+            .iter()
+            .zip(ends)
+            .map(|(name, end)| Entry {
+                name: Name::Span(name.clone()),
+                value: name.end + 2..end,
+            })
+            .collect();
+        Object { text, entries }
+    }
+
     /// Every entry as (name, raw JSON value), in order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries
@@ -129,7 +150,7 @@ fn slice<'a>(base: &'a str, span: &Range<usize>) -> &'a str {
 }
 
 /// Where `part`, borrowed from `base`, starts and ends in it.
-fn span_of(base: &str, part: &str) -> Range<usize> {
+pub(crate) fn span_of(base: &str, part: &str) -> Range<usize> {
     let start = part.as_ptr() as usize - base.as_ptr() as usize;
     start..start + part.len()
 }

@@ -4,13 +4,14 @@ use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fmt;
+use std::ops::Range;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::object::{Key, Object};
+use super::object::{span_of, Key, Object};
 use crate::error::{ApiError, ErrorCode};
 
 /// Claims a permission may never set, whatever the configuration says.
@@ -242,12 +243,14 @@ pub fn parse_permission(text: &str, policy: &PermissionPolicy) -> Result<Permiss
 }
 
 fn permission_from(text: String, policy: &PermissionPolicy) -> Result<Permission, ApiError> {
-    let text = match validate(&text, policy)? {
-        Form::Compact => text,
-        Form::Rewritten => compact(&text)?,
-    };
+    let checked = validate(&text, policy)?;
     // Valid JSON now, without duplicates: only a non-object fails here.
-    let object = Object::parse(text).map_err(|_| NOT_OBJECT)?;
+    let object = match (checked.form, checked.names) {
+        // The check already saw where each top-level name sits; compact text needs no second read.
+        (Form::Compact, Some(names)) => Object::from_compact(text, names),
+        (Form::Compact, None) => return Err(NOT_OBJECT),
+        (Form::Rewritten, _) => Object::parse(compact(&text)?).map_err(|_| NOT_OBJECT)?,
+    };
     if object.iter().any(|(key, _)| policy.is_reserved(key)) {
         return Err(RESERVED);
     }
@@ -352,17 +355,29 @@ enum Form {
     Rewritten,
 }
 
+/// What [`validate`] learned of valid JSON text.
+#[derive(Debug, PartialEq, Eq)]
+struct Checked {
+    form: Form,
+    /// Where each top-level name sits in the text, in order, when the text is an object whose
+    /// names hold no escapes; `None` for any other value.
+    names: Option<Vec<Range<usize>>>,
+}
+
 /// Checks JSON without building it: duplicate keys at any depth (which `serde_json::Value` would
 /// silently collapse), nesting past the limit and too many keys are refused with 422, anything
 /// that is not JSON with 400. Also tells whether the text is already compact, so the usual
 /// request (a browser's `JSON.stringify`) is copied instead of re-serialized.
-fn validate(text: &str, policy: &PermissionPolicy) -> Result<Form, ApiError> {
+fn validate(text: &str, policy: &PermissionPolicy) -> Result<Checked, ApiError> {
     let violation = Cell::new(None);
+    let top = RefCell::new(None);
     let keys = Cell::new(0usize);
     let rewritten = Cell::new(false);
     let spaces_in_strings = Cell::new(0usize);
     let names = RefCell::new(Vec::with_capacity(SCAN_LIMIT));
     let seed = Strict {
+        base: text,
+        top: &top,
         names: &names,
         depth: 0,
         policy,
@@ -382,10 +397,14 @@ fn validate(text: &str, policy: &PermissionPolicy) -> Result<Form, ApiError> {
             // Strings cannot hold raw tabs or line breaks, so whitespace beyond the spaces inside
             // strings sits between tokens.
             let compact = !rewritten.get() && json_spaces(text) == spaces_in_strings.get();
-            Ok(if compact {
+            let form = if compact {
                 Form::Compact
             } else {
                 Form::Rewritten
+            };
+            Ok(Checked {
+                form,
+                names: top.into_inner(),
             })
         }
     }
@@ -404,6 +423,10 @@ const SCAN_LIMIT: usize = 16;
 #[derive(Clone, Copy)]
 struct Strict<'a, 'de> {
     depth: usize,
+    /// The text being read, which every borrowed string points into.
+    base: &'de str,
+    /// The top-level object's names as spans of `base`, once it turns out to be an object.
+    top: &'a RefCell<Option<Vec<Range<usize>>>>,
     /// The keys of the objects being read, outermost first: one buffer for every level.
     names: &'a RefCell<Vec<Key<'de>>>,
     policy: &'a PermissionPolicy,
@@ -497,9 +520,20 @@ impl<'de> Visitor<'de> for Strict<'_, 'de> {
         // keys sit above its parent's on the shared stack while it is read.
         let start = self.names.borrow().len();
         let mut index: Option<HashSet<Key<'de>>> = None;
+        let top_level = self.depth == 0;
+        if top_level {
+            *self.top.borrow_mut() = Some(Vec::with_capacity(8));
+        }
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match &key.0 {
-                Cow::Borrowed(text) => self.string_as_sent(text),
+                Cow::Borrowed(text) => {
+                    self.string_as_sent(text);
+                    if top_level {
+                        if let Some(top) = self.top.borrow_mut().as_mut() {
+                            top.push(span_of(self.base, text));
+                        }
+                    }
+                }
                 Cow::Owned(_) => self.rewritten.set(true),
             }
             self.keys.set(self.keys.get() + 1);
@@ -645,7 +679,7 @@ mod tests {
         ];
         let policy = PermissionPolicy::default();
         for (text, form) in cases {
-            assert_eq!(validate(text, &policy), Ok(*form), "{text}");
+            assert_eq!(validate(text, &policy).map(|c| c.form), Ok(*form), "{text}");
             let mut deserializer = serde_json::Deserializer::from_str(text);
             let transcoder = serde_transcode::Transcoder::new(&mut deserializer);
             let rewritten = serde_json::value::to_raw_value(&transcoder).unwrap();
@@ -656,6 +690,41 @@ mod tests {
             let permission = parse_permission(text, &policy).unwrap();
             let held = serde_json::to_string(&permission).unwrap();
             assert_eq!(held, rewritten.get(), "{text}");
+        }
+    }
+
+    #[test]
+    fn compact_text_is_split_where_the_check_saw_its_names() {
+        let policy = PermissionPolicy::default();
+        for text in [
+            r#"{}"#,
+            r#"{"a":1}"#,
+            r#"{"a":",","b":{"c":"d,e:"},"f":[{"g":1}],"h":"}"}"#,
+            r#"{"":null,"x y":"a b","é":{"Access":{"see":true}}}"#,
+        ] {
+            let checked = validate(text, &policy).unwrap();
+            let entries: Vec<(String, String)> = match (checked.form, checked.names) {
+                (Form::Compact, Some(names)) => Object::from_compact(text.to_owned(), names)
+                    .iter()
+                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                    .collect(),
+                other => panic!("{text}: {other:?}"),
+            };
+            let parsed = Object::parse(text.to_owned()).unwrap();
+            let want: Vec<(String, String)> = parsed
+                .iter()
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect();
+            assert_eq!(entries, want, "{text}");
+        }
+        // Not an object, or an object only below the top: no names, so no permission.
+        for text in ["1", "[{\"a\":1}]", "\"{}\""] {
+            assert_eq!(validate(text, &policy).unwrap().names, None, "{text}");
+            assert_eq!(
+                parse_permission(text, &policy).err(),
+                Some(NOT_OBJECT),
+                "{text}"
+            );
         }
     }
 
