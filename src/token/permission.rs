@@ -696,6 +696,12 @@ mod tests {
     #[test]
     fn compact_text_is_split_where_the_check_saw_its_names() {
         let policy = PermissionPolicy::default();
+        let pairs = |object: &Object| -> Vec<(String, String)> {
+            object
+                .iter()
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect()
+        };
         for text in [
             r#"{}"#,
             r#"{"a":1}"#,
@@ -703,19 +709,12 @@ mod tests {
             r#"{"":null,"x y":"a b","é":{"Access":{"see":true}}}"#,
         ] {
             let checked = validate(text, &policy).unwrap();
-            let entries: Vec<(String, String)> = match (checked.form, checked.names) {
-                (Form::Compact, Some(names)) => Object::from_compact(text.to_owned(), names)
-                    .iter()
-                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                    .collect(),
+            let split = match (checked.form, checked.names) {
+                (Form::Compact, Some(names)) => Object::from_compact(text.to_owned(), names),
                 other => panic!("{text}: {other:?}"),
             };
             let parsed = Object::parse(text.to_owned()).unwrap();
-            let want: Vec<(String, String)> = parsed
-                .iter()
-                .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                .collect();
-            assert_eq!(entries, want, "{text}");
+            assert_eq!(pairs(&split), pairs(&parsed), "{text}");
         }
         // Not an object, or an object only below the top: no names, so no permission.
         for text in ["1", "[{\"a\":1}]", "\"{}\""] {
@@ -726,6 +725,28 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_reserved_claim_is_refused_in_every_place_and_spelling() {
+        let policy = PermissionPolicy::default();
+        for text in [
+            r#"{"exp":1}"#,
+            r#"{"a":1,"sub":"x"}"#,
+            r#"{"a":{"exp":1},"iat":1,"b":2}"#,
+            r#"{"a":1,"user_id":"someone-else"}"#,
+            r#"{"a":1, "jti":"x"}"#,
+            r#"{"\u0065xp":1}"#,
+            r#"{"a":1,"us\u0065r_id":"x"}"#,
+        ] {
+            assert_eq!(
+                parse_permission(text, &policy).err(),
+                Some(RESERVED),
+                "{text}"
+            );
+        }
+        // Below the top level, a reserved name is only data.
+        assert!(parse_permission(r#"{"a":{"exp":1}}"#, &policy).is_ok());
     }
 
     #[test]
