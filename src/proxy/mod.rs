@@ -310,18 +310,21 @@ impl Tokengate {
             None if scanned_body => ctx.body_scan = BodyScan::new(&kind),
             None => {}
         }
-        self.decide(header, &canonical, peer, ctx)
+        self.decide(header, &canonical, host.as_ref(), peer, ctx)
     }
 
-    /// Authenticates, asks the policy, and records the verdict on `ctx`.
+    /// Authenticates, asks the policy, and records the verdict on `ctx`; `host` is the
+    /// authority `plan` read, forwarded as it came when it was canonical.
     fn decide(
         &self,
         header: &RequestHeader,
         canonical: &Canonical<'_>,
+        host: Option<&HeaderValue>,
         peer: Option<IpAddr>,
         ctx: &mut RequestCtx,
     ) -> Plan {
-        let authorization = authorization_values(header);
+        // Inline: nearly every request carries none or one, and a `Vec` allocates for one.
+        let authorization: SmallVec<[&[u8]; 2]> = authorization_values(header);
         let auth = match authorization.is_empty() {
             true => Authentication::Missing,
             false => match self.tokens.authenticate(&authorization, unix_now()) {
@@ -377,7 +380,7 @@ impl Tokengate {
             Action::Refuse(error) => Plan::Refuse(error),
             Action::Forward => {
                 let authority = match canonical.host_rewritten {
-                    false => host_of(header).ok().flatten(),
+                    false => host.cloned(),
                     true => canonical
                         .authority
                         .as_ref()
@@ -613,7 +616,7 @@ fn override_values(header: &RequestHeader) -> Vec<&[u8]> {
 }
 
 /// Every `Authorization` header value, in order: more than one is refused later, not merged.
-fn authorization_values(header: &RequestHeader) -> Vec<&[u8]> {
+fn authorization_values<'a, B: FromIterator<&'a [u8]>>(header: &'a RequestHeader) -> B {
     header
         .headers
         .get_all(http::header::AUTHORIZATION)

@@ -61,7 +61,8 @@ impl Tokengate {
             }
         };
         let header = session.req_header();
-        let authorization = authorization_values(header);
+        // A `Vec`, not inline: what is prepared borrows it across the refusals below.
+        let authorization: Vec<&[u8]> = authorization_values(header);
         let request = TokenRequest {
             authorization: &authorization,
             content_type: header
