@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::wire::{BodyFraming, EveryProtocol, Protocol, Req, PROTOCOLS};
 use common::*;
 
 fn conf(name: &str, yaml: &str) -> String {
@@ -412,4 +413,302 @@ fn semicolons_pass_literally_when_allowed() {
     let r = tg.request(b"GET /api/v1/token;x HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
     assert_eq!(up.seen().len(), 1);
+}
+
+/// What one request of the every-protocol table must come to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect<'a> {
+    /// Forwarded: the upstream saw this method, target, Host and body length.
+    Forward(&'a str, &'a str, &'a str, usize),
+    /// Refused by tokengate with this status and error code, the upstream never reading a byte.
+    Refuse(u16, &'a str),
+    /// HTTP/2 only: refused below tokengate's hooks by the `h2` library, which resets a stream
+    /// whose pseudo-headers make no URI (PROTOCOL_ERROR, 1).
+    Reset(u32),
+    /// HTTP/2 only: refused below tokengate's hooks by Pingora's HTTP/2 session, which answers
+    /// a request without `:authority` or `host` with a bare 400 before any hook runs.
+    Bare(u16),
+}
+
+/// The `h2` library's flood guard: a body sent a byte a DATA frame may exhaust its budget for
+/// small frames buffered at once, and the connection goes away with ENHANCE_YOUR_CALM (11).
+const ENHANCE_YOUR_CALM: u32 = 11;
+
+/// The rules of the tests above as one table, each request with the answer it must get.
+fn canonical_table() -> Vec<(Req, Expect<'static>, Option<Expect<'static>>)> {
+    use Expect::*;
+    let mut table = Vec::new();
+    let get = |target: &str, host: Option<&str>| {
+        let mut r = Req::new("GET", target);
+        r.host = host.map(str::to_owned);
+        r
+    };
+    for (target, host, url, want_host) in [
+        (
+            "/x/../albums/./b//images/",
+            "Images.Example.",
+            "/albums/b/images/",
+            "images.example",
+        ),
+        (
+            "/%61lbums/b/%69mages?q=%2e%2e/x",
+            "h:8080",
+            "/albums/b/images?q=%2e%2e/x",
+            "h:8080",
+        ),
+        ("/a/%c3%a9/%7e", "h", "/a/%C3%A9/~", "h"),
+    ] {
+        table.push((
+            get(target, Some(host)),
+            Forward("GET", url, want_host, 0),
+            None,
+        ));
+    }
+    table.push((
+        get("albums/b/images", Some("h")),
+        Refuse(400, "invalid_request"),
+        Some(Reset(1)),
+    ));
+    for target in [
+        "/albums%2Fb%2Fimages",
+        "/albums/b%5Cimages",
+        "/albums/b\\images",
+        "/albums/b%00",
+        "/albums/b%0d%0aX:1",
+        "/albums/b%zz",
+        "/../etc/passwd",
+        "/albums/b/images;x",
+    ] {
+        table.push((get(target, Some("h")), Refuse(400, "invalid_request"), None));
+    }
+    for (method, target) in [
+        ("post", "/albums/b/images"),
+        ("Get", "/albums"),
+        ("POST", "/albums?_method=DELETE"),
+        ("OPTIONS", "*"),
+    ] {
+        let mut r = get(target, Some("h"));
+        r.method = method.to_owned();
+        table.push((r, Refuse(400, "invalid_request"), None));
+    }
+    for (host, h2) in [
+        (None, Some(Bare(400))),
+        (Some("other, images.example.com"), Some(Reset(1))),
+        (Some("a b"), Some(Reset(1))),
+        (Some("h.."), None),
+    ] {
+        table.push((get("/albums", host), Refuse(400, "invalid_request"), h2));
+    }
+    let post = |content_type: Option<&str>| {
+        let r = Req::new("POST", "/albums/a/images/7");
+        match content_type {
+            Some(ct) => r.header("Content-Type", ct),
+            None => r,
+        }
+    };
+    table.push((
+        [
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("x_http_method", "DELETE"),
+            ("X-Method-Override", "GET"),
+            ("X-Original-URL", "/admin"),
+            ("X_Rewrite_URL", "/admin"),
+        ]
+        .iter()
+        .fold(post(None), |r, (k, v)| r.header(k, v)),
+        Forward("POST", "/albums/a/images/7", "images.example.com", 0),
+        None,
+    ));
+    // Bodies, each sent with its length, without one, a byte at a time, and without a body.
+    let compressed = b"\x1f\x8b\x08\x00compressed".as_slice();
+    // (request, body, with the body, without it)
+    let mut bodies: Vec<(Req, &[u8], Expect, Expect)> = Vec::new();
+    let bodiless = Forward("POST", "/albums/a/images/7", "images.example.com", 0);
+    for (ct, coding) in [
+        (Some("application/x-www-form-urlencoded"), "gzip"),
+        (None, "deflate"),
+        (Some("application/x-www-form-urlencoded"), "identity, br"),
+        (Some("multipart/form-data; boundary=b"), "gzip"),
+        (Some("application/json"), "gzip"),
+    ] {
+        let r = post(ct).header("Content-Encoding", coding);
+        bodies.push((
+            r,
+            compressed,
+            Refuse(415, "unsupported_media_type"),
+            bodiless,
+        ));
+    }
+    for (ct, body) in [
+        (
+            Some("application/x-www-form-urlencoded"),
+            "caption=x&_method=delete",
+        ),
+        (None, "_method=delete"),
+        (Some(""), "_method=delete"),
+        (
+            Some("application/x-www-form-urlencoded; charset=utf-8"),
+            "%5Fmethod=DELETE",
+        ),
+        (Some("multipart/form-data"), "_method=delete"),
+        (Some("multipart/form-data; boundary=b"), MULTIPART_METHOD),
+        (
+            Some("application/json"),
+            r#"{"caption":"x","\u005fmethod":"delete"}"#,
+        ),
+    ] {
+        let refused = Refuse(400, "invalid_request");
+        bodies.push((post(ct), body.as_bytes(), refused, bodiless));
+    }
+    for two_ways in [
+        &["application/x-www-form-urlencoded, text/plain"][..],
+        &["text/plain,application/x-www-form-urlencoded"],
+        &["text/plain", "application/x-www-form-urlencoded"],
+    ] {
+        let r = two_ways
+            .iter()
+            .fold(post(None), |r, ct| r.header("Content-Type", ct));
+        // Refused whether or not a body follows: the type alone is read two ways.
+        let refused = Refuse(400, "invalid_request");
+        bodies.push((r, b"caption=x", refused, refused));
+    }
+    for (ct, body) in [
+        ("application/json", r#"{"caption":"_method","a":{"_method":1}}"#),
+        ("application/x-www-form-urlencoded", "caption=nice&method=x"),
+        (
+            "multipart/form-data; boundary=b",
+            "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"_method.jpg\"\r\n\r\nname=_method\r\n--b--\r\n",
+        ),
+        ("text/plain", "_method=delete"),
+        ("application/octet-stream", "\u{1f}\u{8b}\u{8}\u{0}compressed"),
+        (
+            "multipart/form-data; boundary=\"a,b\"",
+            "--a,b\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx\r\n--a,b--\r\n",
+        ),
+    ] {
+        let expect = Forward("POST", "/albums/a/images/7", "images.example.com", body.len());
+        bodies.push((post(Some(ct)), body.as_bytes(), expect, bodiless));
+    }
+    let identity_req =
+        post(Some("application/x-www-form-urlencoded")).header("Content-Encoding", "identity");
+    let identity = Forward("POST", "/albums/a/images/7", "images.example.com", 9);
+    bodies.push((identity_req, b"caption=x", identity, bodiless));
+    for (request, body, with_body, without) in bodies {
+        for framing in [
+            BodyFraming::Length,
+            BodyFraming::Unframed,
+            BodyFraming::Bytes,
+        ] {
+            table.push((request.clone().body(body, framing), with_body, None));
+        }
+        table.push((request, without, None));
+    }
+    table
+}
+
+/// Sends the table over `protocol` and returns what went wrong, a line each.
+fn run_table(
+    gate: &EveryProtocol,
+    up: &Upstream,
+    protocol: Protocol,
+    table: &[(Req, Expect, Option<Expect>)],
+) -> Vec<String> {
+    let tag = format!("{protocol:?}").to_lowercase();
+    let requests: Vec<Req> = table
+        .iter()
+        .enumerate()
+        .map(|(i, (r, _, _))| {
+            r.clone()
+                .header("X-Request-Id", &format!("canon-{tag}-{i}"))
+        })
+        .collect();
+    let answers = gate.send_all(protocol, &requests);
+    let mut wrong = Vec::new();
+    for (i, ((request, http1, http2), answer)) in table.iter().zip(&answers).enumerate() {
+        let expect = match protocol {
+            Protocol::Http1 => http1,
+            _ => http2.as_ref().unwrap_or(http1),
+        };
+        let id = format!("canon-{tag}-{i}");
+        let seen: Vec<Seen> = up
+            .seen()
+            .into_iter()
+            .filter(|s| s.all("X-Request-Id") == [id.as_str()])
+            .collect();
+        let what = format!(
+            "{}: {} {} host {:?} {:?} body {:?}",
+            protocol.name(),
+            request.method,
+            request.target,
+            request.host,
+            request.headers,
+            request.body.as_ref().map(|(b, f)| (text(b), *f))
+        );
+        let got = (
+            answer.status,
+            answer.json()["error"].as_str().map(str::to_owned),
+        );
+        match *expect {
+            Expect::Forward(method, url, host, body_len) => {
+                let upstream: Vec<(&str, &str, Vec<&str>, usize)> = seen
+                    .iter()
+                    .map(|s| (s.method.as_str(), s.url.as_str(), s.all("Host"), s.body_len))
+                    .collect();
+                if got.0 != Some(200) || upstream != [(method, url, vec![host], body_len)] {
+                    wrong.push(format!("{what}: got {got:?}, upstream saw {upstream:?}"));
+                }
+            }
+            Expect::Refuse(status, code) => {
+                let read = seen.iter().any(|s| s.body_len > 0);
+                let byte_frames = protocol != Protocol::Http1
+                    && matches!(request.body, Some((_, BodyFraming::Bytes)));
+                let calmed = byte_frames && answer.reset == Some(ENHANCE_YOUR_CALM);
+                if (got != (Some(status), Some(code.to_owned())) && !calmed) || read {
+                    wrong.push(format!(
+                        "{what}: got {got:?} (reset {:?}), want {status} {code}; upstream read a body: {read}",
+                        answer.reset
+                    ));
+                }
+            }
+            Expect::Reset(code) => {
+                if answer.status.is_some() || answer.reset != Some(code) || !seen.is_empty() {
+                    wrong.push(format!(
+                        "{what}: got {got:?} (reset {:?}), want reset {code}",
+                        answer.reset
+                    ));
+                }
+            }
+            Expect::Bare(status) => {
+                if got != (Some(status), None) || !seen.is_empty() {
+                    wrong.push(format!("{what}: got {got:?}, want a bare {status}"));
+                }
+            }
+        }
+    }
+    wrong
+}
+
+#[test]
+fn every_canonicalization_and_body_rule_holds_on_every_protocol() {
+    let up = Upstream::start();
+    let gate = EveryProtocol::start("canon", up.addr, "tokengate:\n", &[]);
+    let table = canonical_table();
+    let mut wrong = Vec::new();
+    for protocol in PROTOCOLS {
+        let found = run_table(&gate, &up, protocol, &table);
+        println!(
+            "{}: {} requests, {} as expected",
+            protocol.name(),
+            table.len(),
+            table.len() - found.len()
+        );
+        wrong.extend(found);
+    }
+    gate.tg.assert_no_panic();
+    assert!(
+        wrong.is_empty(),
+        "{} wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }

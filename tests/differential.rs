@@ -7,6 +7,10 @@
 //! token does not grant is sent through tokengate: every request an app served on a protected
 //! route must be for an album and ability the token grants, and every spelling of the token
 //! path must be answered by tokengate itself, never forwarded.
+//!
+//! The corpus runs on every protocol a listener speaks: HTTP/1.1, h2c and HTTP/2 over TLS, one
+//! tokengate serving all three. Every body case is sent with its length, without one (chunked;
+//! on HTTP/2 DATA frames without `content-length`, also one byte a frame) and without a body.
 
 mod common;
 
@@ -15,6 +19,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::wire::{self, BodyFraming, EveryProtocol, Protocol, Req, PROTOCOLS};
 use common::*;
 
 /// The token grants album `a`: `see` and `image_upload`, nothing else.
@@ -100,7 +105,8 @@ impl Drop for App {
 /// One request of the corpus.
 struct Case {
     label: String,
-    raw: Vec<u8>,
+    /// The request, whatever the protocol; its `X-Request-Id` is added as it is sent.
+    request: Req,
     /// A spelling of the token path: tokengate must answer it itself.
     token_path: bool,
 }
@@ -156,32 +162,37 @@ impl<'a> Request<'a> {
         req
     }
 
-    fn build(&self, id: usize) -> Vec<u8> {
-        let mut r = format!("{} {} HTTP/1.1\r\n", self.method, self.target);
-        if let Some(host) = self.host {
-            r.push_str(&format!("Host: {host}\r\n"));
-        }
-        r.push_str(&format!("X-Request-Id: diff-{id}\r\nConnection: close\r\n"));
+    /// The request in the protocol-independent form: a chunked body is sent without a length
+    /// (on HTTP/2, one byte a DATA frame).
+    fn wire(&self) -> Req {
+        let mut req = Req::new(self.method, self.target);
+        req.host = self.host.map(str::to_owned);
         for (k, v) in &self.headers {
-            r.push_str(&format!("{k}: {v}\r\n"));
+            req = req.header(k, v);
         }
-        let mut r = r.into_bytes();
         match (&self.body, self.chunked) {
-            (Some(body), true) => {
-                r.extend_from_slice(
-                    format!("Transfer-Encoding: chunked\r\n\r\n{:x}\r\n", body.len()).as_bytes(),
-                );
-                r.extend_from_slice(body);
-                r.extend_from_slice(b"\r\n0\r\n\r\n");
-            }
-            (Some(body), false) => {
-                r.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
-                r.extend_from_slice(body);
-            }
-            (None, _) => r.extend_from_slice(b"Content-Length: 0\r\n\r\n"),
+            (Some(body), true) => req.body(body, BodyFraming::Bytes),
+            (Some(body), false) => req.body(body, BodyFraming::Length),
+            (None, _) => req,
         }
-        r
     }
+}
+
+/// What is sent for `case` over `protocol`: the case itself and, for a body sent with its
+/// length, the same body without a length and the same request without a body.
+fn variants(case: &Case, protocol: Protocol) -> Vec<(String, Req)> {
+    let mut out = vec![(case.label.clone(), case.request.clone())];
+    if let Some((body, BodyFraming::Length)) = &case.request.body {
+        if protocol != Protocol::Http1 {
+            let mut unframed = case.request.clone();
+            unframed.body = Some((body.clone(), BodyFraming::Unframed));
+            out.push((format!("{} [no length]", case.label), unframed));
+        }
+        let mut bodiless = case.request.clone();
+        bodiless.body = None;
+        out.push((format!("{} [no body]", case.label), bodiless));
+    }
+    out
 }
 
 /// Ways to spell the path `/seg/seg/…` that some server reads as that path.
@@ -266,9 +277,8 @@ fn corpus(token: &str, session: &str) -> Vec<Case> {
     let bearer = format!("Bearer {token}");
     let mut cases = Vec::new();
     let mut add = |label: String, req: Request<'_>, token_path: bool| {
-        let id = cases.len();
         cases.push(Case {
-            raw: req.build(id),
+            request: req.wire(),
             label,
             token_path,
         });
@@ -604,130 +614,157 @@ fn parse_served(value: &str) -> (String, String) {
 }
 
 struct Outcome {
+    protocol: Protocol,
     corpus: usize,
     disagreements: Vec<String>,
     served: usize,
-    unanswered: usize,
+    unanswered: Vec<String>,
 }
 
-fn run_against(app: &App) -> Outcome {
-    let conf =
-        std::env::temp_dir().join(format!("tokengate-diff-{}-{}.yaml", app.name, free_port()));
-    std::fs::write(&conf, ROUTES).unwrap();
-    let tg = Tokengate::start_with_args(
-        app.addr,
-        &[("TOKENGATE_ACCESS_LOG", "true")],
-        &["-c", conf.to_str().unwrap()],
-    );
-    let session = session("diff");
-    let minted = tg.request(&token_request(
-        &[&format!("Bearer {session}")],
-        Some("application/json"),
-        r#"{"permission":{"abilities":{"a":{"Access":{"see":true,"image_upload":true}}}}}"#,
-    ));
-    assert_eq!(minted.status, 200, "{}", minted.text());
-    let token = minted.json()["token"].as_str().unwrap().to_owned();
+/// The first value of `x-served`, as (route, album).
+fn served_by(answer: &wire::Answer) -> Option<(String, String)> {
+    answer.header("x-served").map(parse_served)
+}
 
+/// Runs the corpus through `gate` over `protocol`.
+fn run_over(
+    app: &App,
+    gate: &EveryProtocol,
+    protocol: Protocol,
+    token: &str,
+    session: &str,
+) -> Outcome {
+    let bearer = format!("Bearer {token}");
     // Controls: what the token does grant is served, so the harness can tell served from not.
-    for (raw, want) in [
-        (
-            Request::new("POST", "/albums/a/images")
-                .header("Authorization", &format!("Bearer {token}")),
-            ("upload", "a"),
-        ),
-        (
-            Request::new("GET", "/albums/a").header("Authorization", &format!("Bearer {token}")),
-            ("album", "a"),
-        ),
-        (
-            Request::new("HEAD", "/albums/a").header("Authorization", &format!("Bearer {token}")),
-            ("album", "a"),
-        ),
-    ] {
-        let (status, headers) = send(tg.addr, &raw.build(usize::MAX)).expect("control answered");
-        let served = headers
-            .iter()
-            .find(|(k, _)| k == "x-served")
-            .map(|(_, v)| parse_served(v));
+    let controls = [
+        (Request::new("POST", "/albums/a/images"), ("upload", "a")),
+        (Request::new("GET", "/albums/a"), ("album", "a")),
+        (Request::new("HEAD", "/albums/a"), ("album", "a")),
+    ];
+    for (req, want) in controls {
+        let (method, target) = (req.method, req.target);
+        let answer = gate.send(protocol, &req.header("Authorization", &bearer).wire());
         assert_eq!(
-            (status, served),
-            (200, Some((want.0.to_owned(), want.1.to_owned()))),
-            "{}: control {} {}",
+            (answer.status, served_by(&answer)),
+            (Some(200), Some((want.0.to_owned(), want.1.to_owned()))),
+            "{} over {}: control {method} {target}: {answer:?}",
             app.name,
-            raw.method,
-            raw.target
+            protocol.name(),
         );
     }
 
-    let cases = corpus(&token, &session);
+    let cases = corpus(token, session);
+    let tag = protocol.name().replace([' ', '/'], "-");
+    let mut sent: Vec<(String, bool, String)> = Vec::new();
+    let mut requests = Vec::new();
+    for case in &cases {
+        for (label, req) in variants(case, protocol) {
+            let id = format!("diff-{tag}-{}", sent.len());
+            requests.push(req.header("X-Request-Id", &id));
+            sent.push((label, case.token_path, id));
+        }
+    }
+    let answers = gate.send_all(protocol, &requests);
     let mut disagreements = Vec::new();
     let mut served_count = 0;
-    let mut unanswered = 0;
-    for case in &cases {
-        let Some((status, headers)) = send(tg.addr, &case.raw) else {
-            unanswered += 1;
+    let mut unanswered = Vec::new();
+    for ((label, _, _), answer) in sent.iter().zip(&answers) {
+        if !answer.answered() {
+            unanswered.push(format!("{label}: {:?}", answer.error));
             continue;
-        };
-        let Some((_, value)) = headers.iter().find(|(k, _)| k == "x-served") else {
+        }
+        let Some((route, album)) = served_by(answer) else {
             continue;
         };
         served_count += 1;
-        let (route, album) = parse_served(value);
         let granted = ability(&route).is_some_and(|ab| GRANTED.contains(&(album.as_str(), ab)));
         if !granted {
             disagreements.push(format!(
-                "{}: {} → {status}, app served {route} on album {album:?}",
-                app.name, case.label
+                "{} over {}: {label} → {:?}, app served {route} on album {album:?}",
+                app.name,
+                protocol.name(),
+                answer.status
             ));
         }
     }
     // The token path, in every spelling, never reached the app: its access-log line shows no
     // upstream contact (or there is none: the HTTP parser refused it outright).
-    let lines = tg.access_log(1);
-    for (id, case) in cases.iter().enumerate().filter(|(_, c)| c.token_path) {
-        let tag = format!("\"request_id\":\"diff-{id}\"");
+    let lines = gate.tg.access_log(1);
+    for (label, _, id) in sent.iter().filter(|(_, token_path, _)| *token_path) {
+        let tag = format!("\"request_id\":\"{id}\"");
         if let Some(line) = lines.iter().find(|l| l.contains(&tag)) {
             let entry: serde_json::Value = serde_json::from_str(line).unwrap();
             if !entry["upstream_duration"].is_null() {
                 disagreements.push(format!(
-                    "{}: {} was forwarded to the app",
-                    app.name, case.label
+                    "{} over {}: {label} was forwarded to the app",
+                    app.name,
+                    protocol.name()
                 ));
             }
         }
     }
-    tg.assert_no_panic();
-    std::fs::remove_file(conf).unwrap();
     Outcome {
-        corpus: cases.len(),
+        protocol,
+        corpus: sent.len(),
         disagreements,
         served: served_count,
         unanswered,
     }
 }
 
+/// Runs the corpus through one tokengate in front of `app`, over every protocol.
+fn run_against(app: &App) -> Vec<Outcome> {
+    let gate = EveryProtocol::start(
+        &format!("diff-{}", app.name),
+        app.addr,
+        ROUTES,
+        &[("TOKENGATE_ACCESS_LOG", "true")],
+    );
+    let session = session("diff");
+    let minted = gate.tg.request(&token_request(
+        &[&format!("Bearer {session}")],
+        Some("application/json"),
+        r#"{"permission":{"abilities":{"a":{"Access":{"see":true,"image_upload":true}}}}}"#,
+    ));
+    assert_eq!(minted.status, 200, "{}", minted.text());
+    let token = minted.json()["token"].as_str().unwrap().to_owned();
+    let outcomes = PROTOCOLS
+        .iter()
+        .map(|&protocol| run_over(app, &gate, protocol, &token, &session))
+        .collect();
+    gate.tg.assert_no_panic();
+    outcomes
+}
+
 fn check(app: App) {
-    let outcome = run_against(&app);
-    println!(
-        "{}: corpus {} requests, {} served by the app, {} unanswered, disagreements {}",
-        app.name,
-        outcome.corpus,
-        outcome.served,
-        outcome.unanswered,
-        outcome.disagreements.len()
-    );
-    assert!(outcome.corpus >= 300, "corpus of {} only", outcome.corpus);
-    assert_eq!(
-        outcome.unanswered, 0,
-        "{}: requests without an answer",
-        app.name
-    );
-    assert!(
-        outcome.disagreements.is_empty(),
-        "{} disagreements:\n{}",
-        outcome.disagreements.len(),
-        outcome.disagreements.join("\n")
-    );
+    let outcomes = run_against(&app);
+    for outcome in &outcomes {
+        println!(
+            "{} over {}: corpus {} requests, {} served by the app, {} unanswered, disagreements {}",
+            app.name,
+            outcome.protocol.name(),
+            outcome.corpus,
+            outcome.served,
+            outcome.unanswered.len(),
+            outcome.disagreements.len()
+        );
+    }
+    for outcome in outcomes {
+        assert!(outcome.corpus >= 300, "corpus of {} only", outcome.corpus);
+        assert!(
+            outcome.unanswered.is_empty(),
+            "{} over {}: requests without an answer:\n{}",
+            app.name,
+            outcome.protocol.name(),
+            outcome.unanswered.join("\n")
+        );
+        assert!(
+            outcome.disagreements.is_empty(),
+            "{} disagreements:\n{}",
+            outcome.disagreements.len(),
+            outcome.disagreements.join("\n")
+        );
+    }
 }
 
 #[test]

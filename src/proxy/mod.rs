@@ -35,7 +35,7 @@ use crate::metrics::{self, RouteKind, UpstreamErrorKind};
 use crate::policy::{self, Action, Authentication};
 use crate::request::body::{body_is_encoded, body_kind};
 use crate::request::method::OVERRIDE_HEADERS;
-use crate::request::{self, canonicalize, BodyKind, BodyScan, Canonical, Head, Refusal};
+use crate::request::{self, canonicalize, BodyKind, BodyScan, Canonical, Framing, Head, Refusal};
 use crate::respond::{self, Response};
 use crate::routes::{Decision, LimitKey, PathTemplate, RouteTable};
 use crate::shared::{Admission, Shared, Standing};
@@ -233,11 +233,12 @@ impl Tokengate {
         &self.groups
     }
 
-    /// Canonicalizes the request and decides what to do with it; `body` holds `_method` fields
-    /// of a body read ahead.
+    /// Canonicalizes the request and decides what to do with it; `framing` is how its protocol
+    /// frames the body, and `body` holds `_method` fields of a body read ahead.
     fn plan(
         &self,
         header: &RequestHeader,
+        framing: Framing,
         peer: Option<IpAddr>,
         body: Option<&request::method::Found>,
         ctx: &mut RequestCtx,
@@ -290,7 +291,7 @@ impl Tokengate {
         };
         // Only a `POST` body is read for `_method`, by Rack, `method-override` and Symfony.
         let scanned = canonical.method == "POST" && kind != BodyKind::Opaque;
-        let scanned_body = scanned && has_body(header);
+        let scanned_body = scanned && framing.has_body();
         let encoded = || {
             let codings = header.headers.get_all(http::header::CONTENT_ENCODING);
             body_is_encoded(codings.iter().map(|v| v.as_bytes()))
@@ -304,7 +305,7 @@ impl Tokengate {
                     return Plan::Refuse(refusal.api_error());
                 }
             }
-            None if scanned && self.options.honor_method_override && preread_fits(header) => {
+            None if scanned && self.options.honor_method_override && preread_fits(framing) => {
                 return Plan::PreRead(kind);
             }
             None if scanned_body => ctx.body_scan = BodyScan::new(&kind),
@@ -444,7 +445,7 @@ impl Tokengate {
             .headers
             .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if has_body(session.req_header())
+        if body_framing(session).has_body()
             && (expects_continue || self.read_body(session).await.is_err())
         {
             session.set_keepalive(None);
@@ -488,6 +489,7 @@ impl Tokengate {
     async fn plan_after_body(
         &self,
         session: &mut Session,
+        framing: Framing,
         kind: &BodyKind,
         ctx: &mut RequestCtx,
     ) -> Plan {
@@ -507,7 +509,7 @@ impl Tokengate {
             })
             .unwrap_or_default();
         let peer = client_ip(session);
-        self.plan(session.req_header(), peer, Some(&found), ctx)
+        self.plan(session.req_header(), framing, peer, Some(&found), ctx)
     }
 }
 
@@ -552,24 +554,25 @@ fn content_type(header: &RequestHeader) -> Result<BodyKind, Refusal> {
     body_kind(fields.iter().map(|v| v.as_bytes()))
 }
 
-/// Whether the request announces a body.
-fn has_body(header: &RequestHeader) -> bool {
-    header.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || header
-            .headers
+/// How the request's body is framed, from the protocol: before any of it is read, Pingora's
+/// session says whether the message ended with its header (HTTP/1.1 by its framing rules,
+/// HTTP/2 by `END_STREAM` on HEADERS).
+fn body_framing(session: &mut Session) -> Framing {
+    let ended = session.as_downstream_mut().is_body_done();
+    let headers = &session.req_header().headers;
+    Framing::of(
+        ended,
+        headers.contains_key(http::header::TRANSFER_ENCODING),
+        headers
             .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
+            .map(|v| v.as_bytes()),
+    )
 }
 
-/// Whether a body can be read ahead and replayed: a `Content-Length` within the limit.
-fn preread_fits(header: &RequestHeader) -> bool {
-    !header.headers.contains_key(http::header::TRANSFER_ENCODING)
-        && header
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .is_some_and(|len| len > 0 && len <= PREREAD_LIMIT)
+/// Whether a body can be read ahead and replayed: its length announced and within the limit.
+/// A body of unknown length is scanned as it streams instead, where a `_method` is refused.
+fn preread_fits(framing: Framing) -> bool {
+    matches!(framing, Framing::Length(len) if len <= PREREAD_LIMIT as u64)
 }
 
 /// Whether the client is a gRPC library, which reads `grpc-status` rather than HTTP statuses.
@@ -734,9 +737,10 @@ impl Tokengate {
     ) -> pingora::Result<bool> {
         ctx.request_id = request_id(session.req_header());
         let peer = client_ip(session);
-        let mut plan = self.plan(session.req_header(), peer, None, ctx);
+        let framing = body_framing(session);
+        let mut plan = self.plan(session.req_header(), framing, peer, None, ctx);
         if let Plan::PreRead(kind) = &plan {
-            plan = self.plan_after_body(session, kind, ctx).await;
+            plan = self.plan_after_body(session, framing, kind, ctx).await;
         }
         match plan {
             Plan::Token => {

@@ -105,6 +105,49 @@ fn rack_boundary(content_type: &[u8]) -> Option<Vec<u8>> {
         })
 }
 
+/// How a request's body is framed, as its protocol says: never guessed from headers alone, since
+/// an HTTP/2 body needs no `content-length` and announces itself only by the stream staying open
+/// after HEADERS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: the message ended with its header section.
+    Empty,
+    /// A body of this many bytes, announced up front.
+    Length(u64),
+    /// A body whose end is known only when it comes: chunked, or an HTTP/2 stream without a
+    /// `content-length`.
+    Unknown,
+}
+
+impl Framing {
+    /// The framing of a request whose protocol says the body `ended` with the header (HTTP/1.1:
+    /// neither a length above zero nor a chunked coding; HTTP/2: `END_STREAM` on HEADERS), with
+    /// `chunked` set when a transfer coding frames it and its `Content-Length` value if any.
+    pub fn of(ended: bool, chunked: bool, content_length: Option<&[u8]>) -> Framing {
+        let length = || {
+            std::str::from_utf8(content_length?)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        };
+        match (ended, chunked) {
+            (true, _) => Framing::Empty,
+            (false, true) => Framing::Unknown,
+            (false, false) => match length() {
+                Some(0) => Framing::Empty,
+                Some(n) => Framing::Length(n),
+                None => Framing::Unknown,
+            },
+        }
+    }
+
+    /// Whether a body follows the header.
+    pub fn has_body(self) -> bool {
+        self != Framing::Empty
+    }
+}
+
 /// Whether `Content-Encoding` values name a coding (`identity` is none): the body's `_method`
 /// cannot be read on the way, while Express' body parsers inflate it for the application.
 pub fn body_is_encoded<'a>(content_encoding: impl IntoIterator<Item = &'a [u8]>) -> bool {
@@ -652,6 +695,31 @@ impl JsonScan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_is_known_from_the_protocol_not_from_headers_alone() {
+        use Framing::*;
+        for (ended, chunked, length, want) in [
+            // HTTP/1.1: the header fields are the protocol's framing.
+            (true, false, None, Empty),
+            (true, false, Some("0"), Empty),
+            (false, false, Some("12"), Length(12)),
+            (false, false, Some(" 12 "), Length(12)),
+            (false, true, None, Unknown),
+            (false, true, Some("12"), Unknown),
+            // HTTP/2: a stream left open is a body, with or without a length.
+            (false, false, None, Unknown),
+            (false, false, Some("0"), Empty),
+            (false, false, Some("x"), Unknown),
+            // A stream ended on HEADERS has no body, whatever a header says.
+            (true, false, Some("12"), Empty),
+            (true, true, None, Empty),
+        ] {
+            let framing = Framing::of(ended, chunked, length.map(str::as_bytes));
+            assert_eq!(framing, want, "{ended} {chunked} {length:?}");
+            assert_eq!(framing.has_body(), want != Empty);
+        }
+    }
 
     #[test]
     fn a_coding_other_than_identity_encodes_the_body() {

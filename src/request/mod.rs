@@ -14,7 +14,7 @@ pub mod path;
 use std::borrow::Cow;
 
 use crate::error::{ApiError, ErrorCode};
-pub use body::{BodyKind, BodyScan};
+pub use body::{BodyKind, BodyScan, Framing};
 pub use host::Authority;
 pub use method::{FormScan, Overrides};
 
