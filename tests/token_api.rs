@@ -456,3 +456,49 @@ fn minted_tokens_verify_in_pyjwt() {
         "{claims}"
     );
 }
+
+#[test]
+fn a_token_issued_in_the_future_is_refused_wherever_it_is_verified() {
+    let up = Upstream::start();
+    let conf = std::env::temp_dir().join(format!("tokengate-iat-{}.yaml", free_port()));
+    std::fs::write(
+        &conf,
+        "tokengate:\n  routes:\n    - {name: private, path: /private, auth: required}\n",
+    )
+    .unwrap();
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
+    let at = |iat: u64| {
+        let claims = format!(r#"{{"exp":{},"iat":{iat},"user_id":"fut"}}"#, now() + 7200);
+        sign_raw(r#"{"typ":"JWT","alg":"HS256"}"#, &claims, SECRET)
+    };
+    // A minute ahead: past the default leeway of 0 s, so it would outlive a sign-out.
+    let future = at(now() + 60);
+    let minted = tg.request(&token_request(&[&format!("Bearer {future}")], None, ""));
+    assert_eq!(
+        (
+            minted.status,
+            minted.json()["error"].as_str(),
+            minted.json()["message"].as_str()
+        ),
+        (
+            401,
+            Some("invalid_token"),
+            Some("The token's iat claim lies in the future.")
+        )
+    );
+    let raw = format!("GET /private HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {future}\r\n\r\n");
+    let forwarded = tg.request(raw.as_bytes());
+    assert_eq!(
+        (forwarded.status, forwarded.json()["error"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    assert!(up.seen().is_empty());
+    // Issued now, it is served on both.
+    let current = at(now());
+    let minted = tg.request(&token_request(&[&format!("Bearer {current}")], None, ""));
+    assert_eq!(minted.status, 200, "{}", minted.text());
+    let raw =
+        format!("GET /private HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {current}\r\n\r\n");
+    assert_eq!(tg.request(raw.as_bytes()).status, 200);
+    std::fs::remove_file(conf).unwrap();
+}

@@ -39,6 +39,15 @@ const BAD_NBF: ApiError = ApiError::new(
     ErrorCode::InvalidToken,
     "The token's nbf claim is not numeric.",
 );
+const BAD_IAT: ApiError = ApiError::new(
+    ErrorCode::InvalidToken,
+    "The token's iat claim is not numeric.",
+);
+/// A token issued in the future would outlive a sign-out, which compares `iat` with its time.
+const FUTURE_IAT: ApiError = ApiError::new(
+    ErrorCode::InvalidToken,
+    "The token's iat claim lies in the future.",
+);
 const NO_SUBJECT: ApiError = ApiError::new(
     ErrorCode::InvalidToken,
     "The token lacks its subject claim, or it is not a non-empty string.",
@@ -273,6 +282,9 @@ fn check_claims(object: Object, policy: &VerifyPolicy, now: u64) -> Result<Claim
     let nbf: Option<f64> = find("nbf")
         .map(|raw| serde_json::from_str(raw).map_err(|_| BAD_NBF))
         .transpose()?;
+    let iat: Option<f64> = find("iat")
+        .map(|raw| serde_json::from_str(raw).map_err(|_| BAD_IAT))
+        .transpose()?;
     let subject = subject(&object, &policy.subject_claim).ok_or(NO_SUBJECT)?;
     let (now, leeway) = (now as f64, policy.leeway_secs as f64);
     if now >= exp + leeway {
@@ -280,6 +292,9 @@ fn check_claims(object: Object, policy: &VerifyPolicy, now: u64) -> Result<Claim
     }
     if nbf.is_some_and(|nbf| nbf > now + leeway) {
         return Err(NOT_YET);
+    }
+    if iat.is_some_and(|iat| iat > now + leeway) {
+        return Err(FUTURE_IAT);
     }
     if let Some(issuer) = &policy.issuer {
         let iss: Option<String> = find("iss").and_then(|raw| serde_json::from_str(raw).ok());
@@ -414,6 +429,33 @@ pub(crate) mod tests {
         );
         assert_eq!(check(&nbf, 1599).err(), Some(ErrorCode::TokenNotYetValid));
         assert!(check(&nbf, 1600).is_ok());
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_refused_beyond_the_leeway() {
+        let at = |iat: &str| {
+            let claims = format!(r#"{{"exp":2000,"iat":{iat},"user_id":"u"}}"#);
+            sign_raw(HS256, &claims, Algorithm::HS256, SECRET)
+        };
+        let future = at("1600");
+        assert!(check(&future, 1600).is_ok());
+        assert_eq!(check(&future, 1599).err(), Some(ErrorCode::InvalidToken));
+        assert_eq!(
+            check(&at("1600.5"), 1600).err(),
+            Some(ErrorCode::InvalidToken)
+        );
+        assert_eq!(
+            check(&at("\"1500\""), 1600).err(),
+            Some(ErrorCode::InvalidToken)
+        );
+        let leeway = VerifyPolicy {
+            leeway_secs: 5,
+            ..VerifyPolicy::default()
+        };
+        let ring = ring(&[Algorithm::HS256]);
+        assert!(verify(&future, &ring, &leeway, 1595).is_ok());
+        let refused = verify(&future, &ring, &leeway, 1594).err();
+        assert_eq!(refused.map(|e| e.message), Some(FUTURE_IAT.message));
     }
 
     #[test]
