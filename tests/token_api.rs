@@ -502,3 +502,42 @@ fn a_token_issued_in_the_future_is_refused_wherever_it_is_verified() {
     assert_eq!(tg.request(raw.as_bytes()).status, 200);
     std::fs::remove_file(conf).unwrap();
 }
+
+#[test]
+fn a_permission_that_would_mint_a_token_too_long_to_read_is_refused() {
+    let up = Upstream::start();
+    let conf = std::env::temp_dir().join(format!("tokengate-long-{}.yaml", free_port()));
+    std::fs::write(&conf, "tokengate:\n  max_token_bytes: 600\n").unwrap();
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
+    let session = session("long");
+    let mint = |filler: usize| {
+        let body = format!(r#"{{"permission":{{"note":"{}"}}}}"#, "x".repeat(filler));
+        tg.request(&token_request(
+            &[&format!("Bearer {session}")],
+            Some("application/json"),
+            &body,
+        ))
+    };
+    // The longest permission that still mints (a binary search, well within the mint limit's
+    // burst), then one byte more.
+    let (mut fits, mut too_long) = (0, 400);
+    assert_eq!((mint(fits).status, mint(too_long).status), (200, 422));
+    while too_long - fits > 1 {
+        let middle = (fits + too_long) / 2;
+        match mint(middle).status {
+            200 => fits = middle,
+            _ => too_long = middle,
+        }
+    }
+    let token = mint(fits).json()["token"].as_str().unwrap().to_owned();
+    assert!(token.len() <= 600 && token.len() > 596, "{}", token.len());
+    let raw = format!("GET /x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let r = tg.request(raw.as_bytes());
+    assert_eq!((r.status, r.header("X-token")), (200, Some(token.as_str())));
+    let refused = mint(fits + 1);
+    assert_eq!(
+        (refused.status, refused.json()["error"].as_str()),
+        (422, Some("invalid_permission"))
+    );
+    std::fs::remove_file(conf).unwrap();
+}

@@ -80,6 +80,11 @@ const TOKEN_TOO_LONG: ApiError = ApiError::new(
     ErrorCode::InvalidRequest,
     "The token is longer than this gate accepts.",
 );
+/// The gate never mints what it would refuse to read back.
+const MINTED_TOO_LONG: ApiError = ApiError::new(
+    ErrorCode::InvalidPermission,
+    "The permission makes a token longer than this gate accepts (max_token_bytes).",
+);
 const NO_IDENTITY: ApiError = ApiError::new(
     ErrorCode::InvalidToken,
     "The token's subject cannot be sent as an identity header.",
@@ -228,7 +233,7 @@ impl Prepared<'_> {
         let (claims, permission, now) = (&self.caller.claims, self.permission.as_ref(), self.now);
         // The response body is written around the token: `{"token":"…","endpoint":…}`.
         let mut body = String::with_capacity(640 + service.endpoint.len());
-        body.push_str("{\"token\":\"");
+        body.push_str(TOKEN_OPENING);
         match &service.signer {
             Some(signer) => mint::payload(claims, permission, &service.minting, now)
                 .and_then(|payload| match &service.minting.typ {
@@ -246,6 +251,9 @@ impl Prepared<'_> {
             ),
         }
         .map_err(|_| ApiError::new(ErrorCode::Internal, "The token could not be signed."))?;
+        if body.len() - TOKEN_OPENING.len() > service.max_token_bytes {
+            return Err(MINTED_TOO_LONG);
+        }
         Ok(Minted {
             body: close_response_body(body, &service.endpoint),
             session_token: self.caller.token.to_owned(),
@@ -254,10 +262,13 @@ impl Prepared<'_> {
     }
 }
 
+/// The response body up to the token.
+const TOKEN_OPENING: &str = "{\"token\":\"";
+
 /// Ends the response body after the token. Every signer writes the compact form, base64url and
 /// dots, which JSON never escapes: the token is written as it is, not escaped byte by byte.
 fn close_response_body(body: String, endpoint: &str) -> Vec<u8> {
-    debug_assert!(body[10..]
+    debug_assert!(body[TOKEN_OPENING.len()..]
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
     let mut out = body.into_bytes();
@@ -321,6 +332,23 @@ mod tests {
             },
             SEED_IAT,
         )
+    }
+
+    #[test]
+    fn a_token_longer_than_the_gate_reads_is_never_minted() {
+        let session = sign_raw(SEED_HEADER, SEED_CLAIMS, Algorithm::HS256, SECRET);
+        let minted = seed_request(&session, |r| service().handle(r, SEED_IAT)).unwrap();
+        // The seed's token: its two segments, a dot, 43 characters of signature.
+        let length = SEED_MINTED.len() + 1 + 43;
+        assert_eq!(minted.body.len(), TOKEN_OPENING.len() + length + 30);
+        let at_most = |max_token_bytes: usize| TokenService {
+            max_token_bytes,
+            ..service()
+        };
+        assert!(seed_request(&session, |r| at_most(length).handle(r, SEED_IAT)).is_ok());
+        let refused = seed_request(&session, |r| at_most(length - 1).handle(r, SEED_IAT));
+        assert_eq!(refused.err(), Some(MINTED_TOO_LONG));
+        assert_eq!(MINTED_TOO_LONG.code.status(), 422);
     }
 
     #[test]
