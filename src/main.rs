@@ -32,6 +32,9 @@ fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     init_logging(&config);
+    for warning in config.warnings() {
+        log::warn!("{warning}");
+    }
     match cli.command {
         Some(Command::Sign { user_id, ttl }) => sign(&config, &user_id, ttl.as_secs()),
         Some(Command::Keys { .. }) => ExitCode::SUCCESS,
@@ -77,12 +80,6 @@ fn serve(config: Config, cli: &Cli) -> ExitCode {
         config.admin_listen,
         config.upstream_groups[0].addresses.join(", ")
     );
-    if config.development_secret {
-        log::warn!(
-            "the public development secret is in use: anyone can mint tokens; it is only \
-             accepted because every listener is on loopback"
-        );
-    }
     let built = match server::build(config, cli.conf.clone(), Some(opt)) {
         Ok(built) => built,
         Err(e) => return fail(e),

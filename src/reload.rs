@@ -207,6 +207,9 @@ impl Reloader {
     /// Reads, validates and swaps in the configuration; `running` becomes the new groups.
     async fn reload(&self, running: &mut Vec<Running>) -> Result<String, ConfigError> {
         let config = Config::load(self.path.as_deref(), &ProcessEnv)?;
+        for warning in config.warnings() {
+            log::warn!("configuration reload: {warning}");
+        }
         let changed = self.restart.changed(&NeedsRestart::of(&config));
         if !changed.is_empty() {
             log::warn!(

@@ -622,6 +622,9 @@ fn tls_to_upstreams_verifies_names_and_cas_and_presents_a_client_certificate() {
         .replace("CLIENT", p(&pki.path("tokengate-client")));
     let conf = pki.config(&yaml);
     let tg = Tokengate::start_with_args(dead_upstream(), &[], &["-c", &conf]);
+    // Said at start, not only after a reload: the configuration is read before logging is set
+    // up, so its warnings are derived from it and written once it is.
+    tg.logged("tokengate.upstreams.skip.tls: insecure_skip_verify is on: any server certificate is accepted");
     let get = |path: &str| tg.request(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
     for (path, client) in [
         ("/verified/x", None),

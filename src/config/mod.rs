@@ -452,6 +452,30 @@ impl Config {
         })
     }
 
+    /// What an operator must be told about this configuration at every start and reload:
+    /// settings that are allowed but weaken the gate. Derived from the resolved values, so it is
+    /// written once logging is set up, whatever order start-up runs in.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.development_secret {
+            warnings.push(
+                "the public development secret is in use: anyone can mint tokens; it is only \
+                 accepted because every listener is on loopback"
+                    .to_owned(),
+            );
+        }
+        for group in &self.upstream_groups {
+            if group.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+                warnings.push(format!(
+                    "tokengate.upstreams.{}.tls: insecure_skip_verify is on: any server \
+                     certificate is accepted",
+                    group.name
+                ));
+            }
+        }
+        warnings
+    }
+
     /// The upstream groups' names, in index order.
     pub fn group_names(&self) -> Vec<String> {
         self.upstream_groups

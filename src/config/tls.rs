@@ -174,9 +174,6 @@ pub(super) fn resolve_upstream_tls(
             ))
         }
     };
-    if raw.insecure_skip_verify {
-        log::warn!("{key}: insecure_skip_verify is on: any server certificate is accepted");
-    }
     Ok(UpstreamTls {
         sni,
         ca,
