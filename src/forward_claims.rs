@@ -23,6 +23,18 @@ pub struct ClaimHeader {
     pub header: String,
 }
 
+/// A claim as a header value, or why the request goes without the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimValue {
+    /// The pointer finds nothing (or names a parameter the route lacks).
+    Absent,
+    /// The value, ready to send.
+    Header(String),
+    /// A string no header value can carry unchanged (a control character, white space at an
+    /// end, empty): left out, never a failed request.
+    Unsendable,
+}
+
 /// Why a mapping was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimMapError(pub String);
@@ -47,10 +59,9 @@ impl ClaimPointer {
         Ok(ClaimPointer { segments })
     }
 
-    /// The value in `claims` on a route with `params`: a string as it is (when it would arrive
-    /// unchanged as a header value), anything else as compact JSON; `None` when the pointer finds
-    /// nothing or names a parameter the route lacks.
-    pub fn value(&self, claims: &Claims, params: &[(&str, ParamValue<'_>)]) -> Option<String> {
+    /// The value in `claims` on a route with `params`: a string as it is, anything else as
+    /// compact JSON; `None` when the pointer finds nothing or names a parameter the route lacks.
+    pub fn value(&self, claims: &Claims, params: &[(&str, ParamValue<'_>)]) -> Option<Value> {
         let claim: Value = serde_json::from_str(claims.get(&self.segments[0])?).ok()?;
         let mut pointer = String::new();
         for segment in &self.segments[1..] {
@@ -66,11 +77,39 @@ impl ClaimPointer {
             pointer.push('/');
             pointer.push_str(&part.replace('~', "~0").replace('/', "~1"));
         }
-        match claim.pointer(&pointer)? {
-            Value::String(s) => is_identity(s).then(|| s.clone()),
-            other => Some(other.to_string()),
-        }
+        claim.pointer(&pointer).cloned()
     }
+
+    /// [`ClaimPointer::value`] as text: a string as it is, anything else as compact JSON.
+    pub fn text(&self, claims: &Claims, params: &[(&str, ParamValue<'_>)]) -> Option<String> {
+        Some(match self.value(claims, params)? {
+            Value::String(s) => s,
+            other => other.to_string(),
+        })
+    }
+}
+
+/// `value` as a header value: a string as it is when a header carries it unchanged; anything
+/// else as compact JSON with DEL escaped (`\u007f`, which serde_json leaves raw, inside a
+/// string where the escape means the same), then checked against the header-value grammar.
+fn header_value(value: Value) -> ClaimValue {
+    let text = match value {
+        Value::String(s) if is_identity(&s) => s,
+        Value::String(_) => return ClaimValue::Unsendable,
+        other => other.to_string().replace('\u{7f}', "\\u007f"),
+    };
+    match is_header_value(text.as_bytes()) {
+        true => ClaimValue::Header(text),
+        false => ClaimValue::Unsendable,
+    }
+}
+
+/// RFC 9110 §5.5 field-value: visible ASCII, obs-text, and space or tab inside, never at an
+/// end; what `http::HeaderValue` accepts, and what arrives unchanged.
+fn is_header_value(value: &[u8]) -> bool {
+    let inner = |b: &u8| matches!(b, b'\t' | 0x20..=0x7e | 0x80..=0xff);
+    let edge = |b: Option<&u8>| b.is_none_or(|b| !matches!(b, b' ' | b'\t'));
+    value.iter().all(inner) && edge(value.first()) && edge(value.last())
 }
 
 impl ClaimHeader {
@@ -89,8 +128,11 @@ impl ClaimHeader {
     }
 
     /// The header value for `claims` on a route with `params` (see [`ClaimPointer::value`]).
-    pub fn value(&self, claims: &Claims, params: &[(&str, ParamValue<'_>)]) -> Option<String> {
-        self.pointer.value(claims, params)
+    pub fn value(&self, claims: &Claims, params: &[(&str, ParamValue<'_>)]) -> ClaimValue {
+        match self.pointer.value(claims, params) {
+            Some(value) => header_value(value),
+            None => ClaimValue::Absent,
+        }
     }
 }
 
@@ -125,7 +167,10 @@ mod tests {
                 last: false,
             },
         )];
-        let value = |p: &str| ClaimHeader::parse(p, "X-H").unwrap().value(&c, &album);
+        let value = |p: &str| match ClaimHeader::parse(p, "X-H").unwrap().value(&c, &album) {
+            ClaimValue::Header(v) => Some(v),
+            _ => None,
+        };
         assert_eq!(value("/Id").as_deref(), Some("a/1"));
         assert_eq!(
             value("/abilities/{album}/Access").as_deref(),
@@ -138,8 +183,46 @@ mod tests {
         let odd = claims(r#"{"exp":9,"user_id":"u","s":"line\nbreak"}"#);
         assert_eq!(
             ClaimHeader::parse("/s", "X-S").unwrap().value(&odd, &[]),
-            None
+            ClaimValue::Unsendable
         );
+    }
+
+    #[test]
+    fn every_character_in_a_claim_becomes_a_header_value_or_is_left_out() {
+        for code in 0u32..=0xff {
+            let c = char::from_u32(code).unwrap();
+            // JSON text of a string holding `a`, the character, `b`: escaped where JSON must.
+            let quoted = serde_json::to_string(&format!("a{c}b")).unwrap();
+            let c = claims(&format!(
+                r#"{{"exp":9,"user_id":"u","s":{quoted},"o":{{{quoted}:1}},"a":[{quoted}],"n":{{"x":[{{"y":{quoted}}}]}}}}"#
+            ));
+            for pointer in ["/s", "/o", "/a", "/n"] {
+                let mapping = ClaimHeader::parse(pointer, "X-C").unwrap();
+                let original = mapping.pointer.value(&c, &[]).unwrap();
+                match mapping.value(&c, &[]) {
+                    ClaimValue::Header(v) => {
+                        assert!(is_header_value(v.as_bytes()), "{code:#x} {pointer}: {v:?}");
+                        #[cfg(feature = "server")]
+                        assert!(
+                            http::HeaderValue::from_str(&v).is_ok(),
+                            "{code:#x} {pointer}"
+                        );
+                        // The header means what the claim said.
+                        let read = match pointer {
+                            "/s" => Value::String(v.clone()),
+                            _ => serde_json::from_str(&v).unwrap(),
+                        };
+                        assert_eq!(read, original, "{code:#x} {pointer}");
+                    }
+                    // Only a bare string with a control character is left out; JSON always goes.
+                    ClaimValue::Unsendable => assert!(
+                        pointer == "/s" && char::from_u32(code).unwrap().is_control(),
+                        "{code:#x} {pointer} left out"
+                    ),
+                    ClaimValue::Absent => panic!("{code:#x} {pointer} not found"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub enforcement: IntCounterVec,
     /// `tokengate_redis_errors_total{feature}`: Redis calls that failed or timed out.
     pub redis_errors: IntCounterVec,
+    /// `tokengate_claim_headers_omitted_total{header}`: claims no header value can carry.
+    pub claim_headers_omitted: IntCounterVec,
     /// `tokengate_redis_up`: 1 while Redis is connected (when configured).
     pub redis_up: IntGauge,
     /// `tokengate_spans_dropped_total`: spans not exported because the queue was full.
@@ -185,6 +187,11 @@ fn register() -> Result<Metrics, prometheus::Error> {
             "tokengate_redis_errors_total",
             "Redis calls that failed or timed out, by feature (limits, revocation).",
             &["feature"]
+        )?,
+        claim_headers_omitted: register_int_counter_vec!(
+            "tokengate_claim_headers_omitted_total",
+            "Claims left out of forward_claims headers because no header value carries them unchanged, by configured header.",
+            &["header"]
         )?,
         spans_dropped: register_int_counter!(
             "tokengate_spans_dropped_total",

@@ -439,3 +439,47 @@ fn forward_claims_send_exactly_the_configured_headers_and_never_spoofed_ones() {
     }
     std::fs::remove_file(conf).unwrap();
 }
+
+#[test]
+fn a_claim_no_header_can_carry_is_escaped_or_left_out_never_a_5xx() {
+    let up = Upstream::start();
+    let conf = std::env::temp_dir().join(format!("tokengate-claim-bytes-{}.yaml", free_port()));
+    std::fs::write(
+        &conf,
+        "tokengate:\n  forward_claims:\n    /Id: X-Album-Id\n    /Name: X-Name\n",
+    )
+    .unwrap();
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
+    // DEL inside an object, which serde_json writes raw; a bare string with DEL, which no
+    // escape leaves unchanged.
+    let body = r#"{"permission":{"Id":{"x":"a\u007fb"},"Name":"c\u007fd"}}"#;
+    let r = tg.request(&token_request(
+        &[&format!("Bearer {}", session("dell"))],
+        Some("application/json"),
+        body,
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let minted = r.json()["token"].as_str().unwrap().to_owned();
+    for round in 1..=2 {
+        let raw = format!("GET /x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {minted}\r\n\r\n");
+        let r = tg.request(raw.as_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+        let s = up.seen().pop().unwrap();
+        assert_eq!(s.all("X-Album-Id"), [r#"{"x":"a\u007fb"}"#]);
+        assert!(s.all("X-Name").is_empty(), "{:?}", s.all("X-Name"));
+        assert_eq!(
+            tg.metric(r#"tokengate_claim_headers_omitted_total{header="x-name"}"#),
+            f64::from(round)
+        );
+    }
+    let errors: Vec<String> = tg
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("ERROR"))
+        .cloned()
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    std::fs::remove_file(conf).unwrap();
+}

@@ -28,7 +28,7 @@ use smallvec::SmallVec;
 use crate::access_log::{self, AccessLog, Entry};
 use crate::config::SecretSource;
 use crate::error::{ApiError, ErrorCode};
-use crate::forward_claims::ClaimHeader;
+use crate::forward_claims::{ClaimHeader, ClaimValue};
 use crate::forwarded::TrustedProxies;
 use crate::limits::{retry_after_secs, Limiter, RateLimit};
 use crate::metrics::{self, RouteKind, UpstreamErrorKind};
@@ -37,9 +37,9 @@ use crate::request::body::{body_is_encoded, body_kind};
 use crate::request::method::OVERRIDE_HEADERS;
 use crate::request::{self, canonicalize, BodyKind, BodyScan, Canonical, Framing, Head, Refusal};
 use crate::respond::{self, Response};
-use crate::routes::{Decision, LimitKey, PathTemplate, RouteTable};
+use crate::routes::{Decision, LimitKey, ParamValue, PathTemplate, RouteTable};
 use crate::shared::{Admission, Shared, Standing};
-use crate::token::TokenService;
+use crate::token::{Caller, TokenService};
 use crate::trace::{self, Exporter, SpanRecord, TraceContext};
 use crate::upstreams::UpstreamGroup;
 pub use forward::same_header;
@@ -352,7 +352,7 @@ impl Tokengate {
                     Some(format!("sub:{}", caller.claims.subject()))
                 }
                 (LimitKey::Claim(pointer), Authentication::Valid(caller)) => pointer
-                    .value(&caller.claims, &verdict.params)
+                    .text(&caller.claims, &verdict.params)
                     .map(|v| format!("claim:{v}")),
                 _ => None,
             };
@@ -388,14 +388,7 @@ impl Tokengate {
                         .and_then(|a| HeaderValue::from_str(&a.to_string()).ok()),
                 };
                 let claims = match &auth {
-                    Authentication::Valid(caller) => self
-                        .forward_claims
-                        .iter()
-                        .filter_map(|m| {
-                            let value = m.value(&caller.claims, &verdict.params)?;
-                            Some((m.header.clone(), value))
-                        })
-                        .collect(),
+                    Authentication::Valid(caller) => self.claim_headers(caller, &verdict.params),
                     _ => Vec::new(),
                 };
                 ctx.forward = Forward {
@@ -408,6 +401,27 @@ impl Tokengate {
                 Plan::Forward
             }
         }
+    }
+
+    /// The `forward_claims` headers for `caller` on a route with `params`; a claim no header
+    /// value can carry is left out and counted, never a failed request.
+    fn claim_headers(
+        &self,
+        caller: &Caller<'_>,
+        params: &[(&str, ParamValue<'_>)],
+    ) -> Vec<(String, String)> {
+        let mut headers = Vec::new();
+        for mapping in &self.forward_claims {
+            match mapping.value(&caller.claims, params) {
+                ClaimValue::Header(value) => headers.push((mapping.header.clone(), value)),
+                ClaimValue::Unsendable => metrics::get()
+                    .claim_headers_omitted
+                    .with_label_values(&[mapping.header.as_str()])
+                    .inc(),
+                ClaimValue::Absent => {}
+            }
+        }
+        headers
     }
 
     /// Answers an error of tokengate's own and counts it.
