@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::wire::{EveryProtocol, Protocol, Req};
 use common::*;
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -345,4 +346,71 @@ fn dashboard_and_alerts_query_only_exported_metrics() {
             );
         }
     }
+}
+
+/// Every WARN or ERROR line tokengate wrote so far.
+fn alarms(tg: &Tokengate) -> Vec<String> {
+    let lines = tg.stderr.lock().unwrap();
+    lines
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn healthy_keep_alive_traffic_writes_no_warn_or_error_line() {
+    let up = Upstream::start();
+    let gate = EveryProtocol::start(
+        "quiet",
+        up.addr,
+        "tokengate:\n",
+        &[("TOKENGATE_LOG", "info")],
+    );
+    let tg = &gate.tg;
+    let started = alarms(tg);
+    assert!(started.is_empty(), "{started:?}");
+    // Keep-alive requests from 4 connections at once, through a healthy upstream: curl's URL
+    // globbing reuses connections.
+    let url = format!("http://{}/quiet/[1-2000]", tg.addr);
+    let out = Command::new("curl")
+        .args(["-s", "-Z", "--parallel-max", "4", "--http1.1"])
+        .args(["-o", "/dev/null", "-w", "%{http_code}\n", &url])
+        .output()
+        .expect("curl");
+    let codes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        codes.lines().filter(|c| *c == "200").count(),
+        2000,
+        "{codes}"
+    );
+    // HTTP/2 on both listeners, a stream a connection.
+    let requests: Vec<Req> = (0..300)
+        .map(|i| Req::new("GET", &format!("/quiet/h2/{i}")))
+        .collect();
+    for protocol in [Protocol::H2c, Protocol::H2Tls] {
+        let answers = gate.send_all(protocol, &requests);
+        let ok = answers.iter().filter(|a| a.status == Some(200)).count();
+        assert_eq!(
+            ok,
+            300,
+            "{}: {:?}",
+            protocol.name(),
+            answers.iter().find(|a| a.status != Some(200))
+        );
+    }
+    assert_eq!(
+        tg.metric_eventually(
+            r#"tokengate_requests_total{code="200",route="proxy"}"#,
+            2600.0
+        ),
+        2600.0
+    );
+    let alarms = alarms(tg);
+    assert!(
+        alarms.is_empty(),
+        "{} lines:\n{}",
+        alarms.len(),
+        alarms.join("\n")
+    );
 }

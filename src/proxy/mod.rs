@@ -22,7 +22,7 @@ use jsonwebtoken::Algorithm;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorSource, ErrorType};
 use smallvec::SmallVec;
 
 use crate::access_log::{self, AccessLog, Entry};
@@ -1147,6 +1147,27 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let ProxyCtx { gate, request } = &mut **ctx;
         gate.logging(session, e, request).await
+    }
+
+    /// Pingora's `Fail to proxy` ERROR line, kept for tokengate's own faults only: a refusal
+    /// of the client's request or a client gone is ordinary traffic (the access log and
+    /// metrics have it), an upstream failure is a WARN an operator can act on, not a page.
+    fn suppress_error_log(&self, session: &Session, ctx: &Self::CTX, e: &Error) -> bool {
+        let status = ctx.request.reason.map(ErrorCode::status);
+        if status.is_some_and(|s| s < 500) || *e.esource() == ErrorSource::Downstream {
+            log::debug!("request refused or abandoned: {e}");
+            return true;
+        }
+        if ctx.request.upstream_error.is_some() {
+            let header = session.req_header();
+            log::warn!(
+                "upstream failed for {} {}: {e}",
+                header.method,
+                header.uri.path()
+            );
+            return true;
+        }
+        false
     }
 }
 

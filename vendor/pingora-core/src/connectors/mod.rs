@@ -30,7 +30,7 @@ use crate::upstreams::peer::{Peer, ALPN};
 use crate::offload::OffloadRuntime;
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
@@ -183,6 +183,9 @@ pub struct TransportConnector {
 
 const DEFAULT_POOL_SIZE: usize = 128;
 
+/// How often taking a pooled stream yields to let its idle poll drop its reference.
+const IDLE_POLL_RELEASE_YIELDS: usize = 16;
+
 impl TransportConnector {
     /// Create a new [TransportConnector] with the given [ConnectorOptions]
     pub fn new(mut options: Option<ConnectorOptions>) -> Self {
@@ -265,7 +268,20 @@ impl TransportConnector {
                 {
                     let _ = s.lock().await;
                 } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
+                // The idle poll's guard unlocks before it drops its own reference to the stream,
+                // so under load the unwrap below can lose that race to a task on another thread:
+                // let it finish instead of throwing a healthy connection away.
+                let mut unwrapped = Arc::try_unwrap(s);
+                for _ in 0..IDLE_POLL_RELEASE_YIELDS {
+                    match unwrapped {
+                        Ok(_) => break,
+                        Err(held) => {
+                            tokio::task::yield_now().await;
+                            unwrapped = Arc::try_unwrap(held);
+                        }
+                    }
+                }
+                match unwrapped {
                     Ok(l) => {
                         let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
@@ -300,7 +316,8 @@ impl TransportConnector {
                         }
                     }
                     Err(_) => {
-                        error!("failed to acquire reusable stream");
+                        // Not a fault: the connection is not reused and a new one is opened.
+                        debug!("failed to acquire reusable stream");
                         None
                     }
                 }
