@@ -4,6 +4,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How many tokens one subject may mint.
@@ -30,6 +31,11 @@ pub struct Limiter {
     tolerance: u64,
     /// Per slot, the theoretical arrival time of the next mint, in nanoseconds since `epoch`.
     slots: Box<[AtomicU64]>,
+    /// One lock per slot of the first row: a subject's check and update happen under the lock
+    /// of its first-row slot, so simultaneous requests of one subject are decided one after the
+    /// other. Another subject sharing its second-row slot only ever raises that slot
+    /// (`fetch_max`), which can only make this one stricter.
+    locks: Box<[Mutex<()>]>,
     hashers: [RandomState; ROWS],
     epoch: Instant,
 }
@@ -43,6 +49,7 @@ impl Limiter {
             emission,
             tolerance: emission.saturating_mul(u64::from(limit.burst.max(1) - 1)),
             slots: (0..WIDTH * ROWS).map(|_| AtomicU64::new(0)).collect(),
+            locks: (0..WIDTH).map(|_| Mutex::new(())).collect(),
             hashers: std::array::from_fn(|_| RandomState::new()),
             epoch: Instant::now(),
         }
@@ -56,6 +63,11 @@ impl Limiter {
             let hash = self.hashers[row].hash_one(subject);
             row * WIDTH + usize::try_from(hash % WIDTH as u64).unwrap_or(0)
         });
+        // Load, check and raise as one step: done apart, N simultaneous requests could all read
+        // the same schedule and one more than the burst get through.
+        let _decided_alone = self.locks[slots[0]]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let tat = slots
             .iter()
             .map(|&i| self.slots[i].load(Ordering::Acquire))
@@ -124,6 +136,33 @@ mod tests {
             .count();
         // 100 at once, then 10 a second for 3 s.
         assert!((129..=131).contains(&admitted), "{admitted}");
+    }
+
+    #[test]
+    fn simultaneous_requests_never_get_more_than_the_burst() {
+        use std::sync::Barrier;
+        const CALLERS: usize = 16;
+        let burst_two = RateLimit {
+            mints: 1,
+            per: Duration::from_secs(3600),
+            burst: 2,
+        };
+        for round in 0..300 {
+            let limiter = Limiter::new(burst_two);
+            let start = Barrier::new(CALLERS);
+            let admitted: usize = std::thread::scope(|scope| {
+                let callers: Vec<_> = (0..CALLERS)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            start.wait();
+                            usize::from(limiter.admit("same", Instant::now()).is_ok())
+                        })
+                    })
+                    .collect();
+                callers.into_iter().map(|c| c.join().unwrap_or(0)).sum()
+            });
+            assert_eq!(admitted, 2, "round {round}");
+        }
     }
 
     #[test]
