@@ -6,12 +6,6 @@ mod common;
 use common::wire::{BodyFraming, EveryProtocol, Protocol, Req, PROTOCOLS};
 use common::*;
 
-fn conf(name: &str, yaml: &str) -> String {
-    let path = std::env::temp_dir().join(format!("tokengate-{name}-{}.yaml", free_port()));
-    std::fs::write(&path, yaml).unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
 #[test]
 fn the_upstream_receives_the_canonical_target_and_host() {
     let up = Upstream::start();

@@ -443,13 +443,11 @@ fn forward_claims_send_exactly_the_configured_headers_and_never_spoofed_ones() {
 #[test]
 fn a_claim_no_header_can_carry_is_escaped_or_left_out_never_a_5xx() {
     let up = Upstream::start();
-    let conf = std::env::temp_dir().join(format!("tokengate-claim-bytes-{}.yaml", free_port()));
-    std::fs::write(
-        &conf,
+    let conf = conf(
+        "claim-bytes",
         "tokengate:\n  forward_claims:\n    /Id: X-Album-Id\n    /Name: X-Name\n",
-    )
-    .unwrap();
-    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
+    );
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", &conf]);
     // DEL inside an object, which serde_json writes raw; a bare string with DEL, which no
     // escape leaves unchanged.
     let body = r#"{"permission":{"Id":{"x":"a\u007fb"},"Name":"c\u007fd"}}"#;

@@ -10,12 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn conf(name: &str, yaml: &str) -> String {
-    let path = std::env::temp_dir().join(format!("tokengate-{name}-{}.yaml", free_port()));
-    std::fs::write(&path, yaml).unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
 /// One request of every kind tokengate handles, each with the answer it must get.
 fn kinds(session: &str) -> Vec<(Vec<u8>, u16, bool)> {
     let body = r#"{"permission":{"Id":"p"}}"#;

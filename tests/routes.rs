@@ -8,12 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn conf(name: &str, yaml: &str) -> String {
-    let path = std::env::temp_dir().join(format!("tokengate-{name}-{}.yaml", free_port()));
-    std::fs::write(&path, yaml).unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
 /// Mints, through tokengate itself, a token for `abilities` on top of a fresh session.
 fn mint(tg: &Tokengate, user: &str, abilities: &str) -> String {
     let body = format!(r#"{{"permission":{{"abilities":{abilities}}}}}"#);

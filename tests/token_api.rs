@@ -460,13 +460,11 @@ fn minted_tokens_verify_in_pyjwt() {
 #[test]
 fn a_token_issued_in_the_future_is_refused_wherever_it_is_verified() {
     let up = Upstream::start();
-    let conf = std::env::temp_dir().join(format!("tokengate-iat-{}.yaml", free_port()));
-    std::fs::write(
-        &conf,
+    let conf = conf(
+        "iat",
         "tokengate:\n  routes:\n    - {name: private, path: /private, auth: required}\n",
-    )
-    .unwrap();
-    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
+    );
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", &conf]);
     let at = |iat: u64| {
         let claims = format!(r#"{{"exp":{},"iat":{iat},"user_id":"fut"}}"#, now() + 7200);
         sign_raw(r#"{"typ":"JWT","alg":"HS256"}"#, &claims, SECRET)
@@ -506,9 +504,8 @@ fn a_token_issued_in_the_future_is_refused_wherever_it_is_verified() {
 #[test]
 fn a_permission_that_would_mint_a_token_too_long_to_read_is_refused() {
     let up = Upstream::start();
-    let conf = std::env::temp_dir().join(format!("tokengate-long-{}.yaml", free_port()));
-    std::fs::write(&conf, "tokengate:\n  max_token_bytes: 600\n").unwrap();
-    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", conf.to_str().unwrap()]);
+    let conf = conf("long", "tokengate:\n  max_token_bytes: 600\n");
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", &conf]);
     let session = session("long");
     let mint = |filler: usize| {
         let body = format!(r#"{{"permission":{{"note":"{}"}}}}"#, "x".repeat(filler));

@@ -40,6 +40,21 @@ pub fn on_a_free_port<T>(what: &str, mut try_start: impl FnMut(u16) -> Option<T>
     panic!("{what} never answered as itself on three ports");
 }
 
+/// Writes `yaml` to a new configuration file in the temporary folder; its path.
+pub fn conf(name: &str, yaml: &str) -> String {
+    let path = std::env::temp_dir().join(format!("tokengate-{name}-{}.yaml", free_port()));
+    std::fs::write(&path, yaml).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// The first value of header `name` among `headers`, case-insensitively.
+pub fn first_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// Bytes as text, for messages.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -383,10 +398,7 @@ pub struct Resp {
 impl Resp {
     /// The first value of a header, case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        first_header(&self.headers, name)
     }
 
     /// The body as text.
