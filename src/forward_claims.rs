@@ -59,6 +59,11 @@ impl ClaimPointer {
         Ok(ClaimPointer { segments })
     }
 
+    /// The top-level claim the pointer starts at.
+    pub fn claim(&self) -> &str {
+        &self.segments[0]
+    }
+
     /// The value in `claims` on a route with `params`: a string as it is, anything else as
     /// compact JSON; `None` when the pointer finds nothing or names a parameter the route lacks.
     pub fn value(&self, claims: &Claims, params: &[(&str, ParamValue<'_>)]) -> Option<Value> {

@@ -253,7 +253,9 @@ pub struct Requirement {
 pub enum LimitKey {
     /// The verified subject.
     Subject,
-    /// A claim of the verified token (`claim:/Id`).
+    /// A path parameter the route's `require` checked the grant against (`param:album`).
+    Param(String),
+    /// A claim only the session token's issuer sets (`claim:/iss`).
     Claim(ClaimPointer),
 }
 

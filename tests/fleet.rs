@@ -79,8 +79,12 @@ fn conf(redis_port: u16) -> String {
       path: /private
       auth: required
     - name: limited
-      path: /limited
-      limit: {{key: 'claim:/Id', requests: 1, per: 60s, burst: 3}}
+      path: /limited/{{album}}
+      require: {{resource: '{{album}}', access: see}}
+      limit: {{key: 'param:album', requests: 1, per: 60s, burst: 3}}
+    - name: open
+      path: /open
+      limit: {{key: subject, requests: 1, per: 60s, burst: 3}}
 "
     );
     let path = std::env::temp_dir().join(format!("tokengate-fleet-{}.yaml", free_port()));
@@ -114,7 +118,9 @@ fn fleet() -> (Redis, Upstream, String, Tokengate, Tokengate) {
 }
 
 fn mint_status(tg: &Tokengate, session: &str, id: &str) -> (u16, Option<String>) {
-    let body = format!(r#"{{"permission":{{"Id":"{id}"}}}}"#);
+    let body = format!(
+        r#"{{"permission":{{"Id":"{id}","abilities":{{"{id}":{{"Access":{{"see":true}}}}}}}}}}"#
+    );
     let r = tg.request(&token_request(
         &[&format!("Bearer {session}")],
         Some("application/json"),
@@ -173,21 +179,46 @@ fn the_mint_limit_holds_across_replicas() {
 }
 
 #[test]
-fn a_route_limit_keyed_by_a_claim_holds_across_replicas() {
+fn a_route_limit_keyed_by_the_checked_album_holds_across_replicas() {
     let (_redis, _up, _conf, a, b) = fleet();
     let (_, album_a) = mint_status(&a, &session("lim"), "A");
     let (_, album_b) = mint_status(&a, &session("lim2"), "B");
     let (album_a, album_b) = (album_a.unwrap(), album_b.unwrap());
     let statuses: Vec<u16> = (0..6)
-        .map(|i| get(if i % 2 == 0 { &a } else { &b }, "/limited", Some(&album_a)).status)
+        .map(|i| {
+            get(
+                if i % 2 == 0 { &a } else { &b },
+                "/limited/A",
+                Some(&album_a),
+            )
+            .status
+        })
         .collect();
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
-    let refused = get(&b, "/limited", Some(&album_a));
+    // Another token for the same album, minted with another Id by the same user or by someone
+    // else, is no way around the limit: the key is the album the grant was checked against.
+    for (user, id) in [("lim", "A2"), ("lim3", "A3")] {
+        let body = format!(
+            r#"{{"permission":{{"Id":"{id}","abilities":{{"A":{{"Access":{{"see":true}}}}}}}}}}"#
+        );
+        let r = a.request(&token_request(
+            &[&format!("Bearer {}", session(user))],
+            Some("application/json"),
+            &body,
+        ));
+        let other = r.json()["token"].as_str().unwrap().to_owned();
+        assert_eq!(
+            get(&b, "/limited/A", Some(&other)).status,
+            429,
+            "{user} {id}"
+        );
+    }
+    let refused = get(&b, "/limited/A", Some(&album_a));
     assert_eq!(refused.json()["error"], "rate_limited");
     let retry: u64 = refused.header("Retry-After").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     // Another claim value counts on its own.
-    assert_eq!(get(&b, "/limited", Some(&album_b)).status, 200);
+    assert_eq!(get(&b, "/limited/B", Some(&album_b)).status, 200);
 }
 
 #[test]
@@ -261,7 +292,7 @@ fn redis_going_away_follows_the_failure_modes_and_its_return_is_picked_up() {
     assert!(a.alive() && b.alive());
     // Limits fail open: counted locally by nobody, every anonymous limited request is served.
     let served = (0..5)
-        .filter(|_| get(&a, "/limited", None).status == 200)
+        .filter(|_| get(&a, "/open", None).status == 200)
         .count();
     assert_eq!(served, 5);
     assert!(a.metric(r#"tokengate_redis_errors_total{feature="limits"}"#) >= 1.0);
@@ -273,7 +304,7 @@ fn redis_going_away_follows_the_failure_modes_and_its_return_is_picked_up() {
         assert_eq!(tg.metric("tokengate_redis_up"), 1.0);
     }
     let statuses: Vec<u16> = (0..4)
-        .map(|_| get(&b, "/limited", Some(&token)).status)
+        .map(|_| get(&b, "/limited/R", Some(&token)).status)
         .collect();
     assert_eq!(statuses, [200, 200, 200, 429]);
     a.logged("sign-out checks fail closed");

@@ -244,3 +244,61 @@ fn dash_t_refuses_routes_that_cannot_be_chosen_or_name_unknown_abilities() {
         std::fs::remove_file(conf).unwrap();
     }
 }
+
+#[test]
+fn dash_t_refuses_a_limit_key_the_caller_chooses_with_one_line_naming_it() {
+    let route = |key: &str| {
+        format!(
+            "tokengate:\n  reserved_claims: [tenant]\n  routes:\n    - name: upload\n      path: /albums/{{album}}/images\n      require: {{resource: '{{album}}', access: image_upload}}\n      limit: {{key: '{key}', requests: 1, per: 1s}}\n"
+        )
+    };
+    let env = [("TOKENGATE_SECRET", SECRET)];
+    for key in [
+        "subject",
+        "param:album",
+        "claim:/iss",
+        "claim:/user_id",
+        "claim:/tenant/x",
+    ] {
+        let conf = conf("limit-key", &route(key));
+        let out = tokengate(&["-t", "-c", &conf], &env);
+        assert!(out.status.success(), "{key}: {}", stderr(&out));
+    }
+    for (key, said) in [
+        (
+            "claim:/Id",
+            "tokengate: invalid tokengate.routes.upload.limit.key: \"claim:/Id\" names a claim the \
+             token endpoint lets a caller set, so one user could mint a token per value; key the \
+             limit by `subject`, `param:NAME`, or a claim only the issuer sets (exp, iat, nbf, \
+             iss, aud, sub, jti, user_id, tenant)\n",
+        ),
+        (
+            "claim:/abilities/{album}/Access",
+            "names a claim the token endpoint lets a caller set",
+        ),
+        (
+            "param:other",
+            "tokengate: invalid tokengate.routes.upload.limit.key: \"param:other\": {other} must \
+             be a parameter of /albums/{album}/images that the route's require checks \
+             (resource: \"{other}\")\n",
+        ),
+    ] {
+        let conf = conf("limit-key", &route(key));
+        let out = tokengate(&["-t", "-c", &conf], &env);
+        assert_eq!(out.status.code(), Some(2), "{key}");
+        let said_it = match said.starts_with("tokengate: ") {
+            true => stderr(&out) == said,
+            false => stderr(&out).lines().count() == 1 && stderr(&out).contains(said),
+        };
+        assert!(said_it, "{key}: {}", stderr(&out));
+    }
+    // A parameter the route does not check against the token is no key either.
+    let unchecked = "tokengate:\n  routes:\n    - name: list\n      path: /albums/{album}\n      limit: {key: 'param:album', requests: 1, per: 1s}\n";
+    let out = tokengate(&["-t", "-c", &conf("limit-key", unchecked)], &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("that the route's require checks"),
+        "{}",
+        stderr(&out)
+    );
+}

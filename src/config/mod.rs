@@ -30,6 +30,7 @@ use crate::request;
 use crate::routes::{AuthMode, RouteTable};
 use crate::shared::RedisSettings;
 use crate::token::mint::Minting;
+use crate::token::permission::RESERVED_CLAIMS;
 use crate::token::{
     KeyError, Keyring, PermissionPolicy, Secret, SharedKeyring, TokenService, VerifyPolicy,
     DEFAULT_MAX_TOKEN_BYTES,
@@ -824,7 +825,14 @@ fn resolve(
     let (secret_source, secrets, development_secret) = resolve_secrets(&mut raw, env, &listeners)?;
     let process = resolve_process(&mut raw, env)?;
     let token = resolve_token_section(&mut raw, env)?;
-    let proxy = resolve_proxy_section(&mut raw, env, network.upstream)?;
+    // What the session token's issuer alone sets: the names no permission may set.
+    let issuer_claims: Vec<String> = RESERVED_CLAIMS
+        .iter()
+        .map(|c| (*c).to_owned())
+        .chain([token.subject_claim.clone()])
+        .chain(token.reserved_claims.iter().cloned())
+        .collect();
+    let proxy = resolve_proxy_section(&mut raw, env, network.upstream, &issuer_claims)?;
     server.threads = process.threads;
     // Pingora's grace sleep is fixed; the drain watcher exits as soon as in-flight work is done.
     server.grace_period_seconds = Some(process.grace_period.as_secs());
@@ -986,6 +994,7 @@ fn resolve_proxy_section(
     raw: &mut RawConfig,
     env: &impl Env,
     upstream: String,
+    issuer_claims: &[String],
 ) -> Result<ProxySection, ConfigError> {
     let request = request::Options {
         allow_semicolon: raw.allow_semicolon.unwrap_or(false),
@@ -1004,6 +1013,7 @@ fn resolve_proxy_section(
             default_auth: raw.auth.unwrap_or(AuthMode::Passthrough),
             abilities: raw.abilities.as_deref(),
             allow_semicolon: request.allow_semicolon,
+            issuer_claims,
         },
     )?;
     let header_timeout = raw.header_timeout.as_deref();

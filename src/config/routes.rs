@@ -193,6 +193,9 @@ pub(super) struct RouteContext<'a> {
     pub default_auth: AuthMode,
     pub abilities: Option<&'a [String]>,
     pub allow_semicolon: bool,
+    /// Claims only the session token's issuer sets (no permission may): what a limit may be
+    /// keyed by.
+    pub issuer_claims: &'a [String],
 }
 
 /// The ranked route table, a catch-all to the default group last.
@@ -244,6 +247,10 @@ fn resolve_route(
         .require
         .map(|r| resolve_requirement(r, &path, key, context.abilities))
         .transpose()?;
+    let limit = raw
+        .limit
+        .map(|l| resolve_limit(l, key, &path, require.as_ref(), context.issuer_claims))
+        .transpose()?;
     let host = raw
         .host
         .map(|h| {
@@ -277,24 +284,20 @@ fn resolve_route(
         auth: raw.auth.unwrap_or(context.default_auth),
         require,
         shadow: raw.shadow,
-        limit: raw.limit.map(|l| resolve_limit(l, key)).transpose()?,
+        limit,
     })
 }
 
-fn resolve_limit(raw: RawLimit, key: &str) -> Result<RouteLimit, ConfigError> {
+fn resolve_limit(
+    raw: RawLimit,
+    key: &str,
+    path: &PathTemplate,
+    require: Option<&Requirement>,
+    issuer_claims: &[String],
+) -> Result<RouteLimit, ConfigError> {
     let key = format!("{key}.limit");
-    let limit_key = match raw.key.strip_prefix("claim:") {
-        _ if raw.key == "subject" => LimitKey::Subject,
-        Some(pointer) => LimitKey::Claim(
-            ClaimPointer::parse(pointer).map_err(|e| invalid(&format!("{key}.key"), e.0))?,
-        ),
-        None => {
-            return Err(invalid(
-                &format!("{key}.key"),
-                format!("{:?} is not `subject` or `claim:/pointer`", raw.key),
-            ))
-        }
-    };
+    let limit_key = limit_key(&raw.key, path, require, issuer_claims)
+        .map_err(|problem| invalid(&format!("{key}.key"), problem))?;
     let per = parse_duration(&format!("{key}.per"), &raw.per)?;
     if raw.requests == 0 || per.is_zero() {
         return Err(invalid(&key, "requests and per must be above zero"));
@@ -307,6 +310,47 @@ fn resolve_limit(raw: RawLimit, key: &str) -> Result<RouteLimit, ConfigError> {
             burst: raw.burst.unwrap_or(raw.requests).max(1),
         },
     })
+}
+
+/// What a limit counts by, when the caller cannot choose it: the subject; a path parameter the
+/// route's `require` checked the token's grant against (another value is another resource, not
+/// another try at the same one); a claim only the session token's issuer sets. A claim the token
+/// endpoint lets a caller set in its permission (`claim:/Id`) is refused: one user could mint
+/// a token per value and multiply the limit.
+fn limit_key(
+    written: &str,
+    path: &PathTemplate,
+    require: Option<&Requirement>,
+    issuer_claims: &[String],
+) -> Result<LimitKey, String> {
+    if written == "subject" {
+        return Ok(LimitKey::Subject);
+    }
+    if let Some(name) = written.strip_prefix("param:") {
+        let checked = matches!(require, Some(r) if r.resource == Resource::Param(name.to_owned()));
+        return match path.has_param(name) && checked {
+            true => Ok(LimitKey::Param(name.to_owned())),
+            false => Err(format!(
+                "{written:?}: {{{name}}} must be a parameter of {path} that the route's require \
+                 checks (resource: \"{{{name}}}\")"
+            )),
+        };
+    }
+    let Some(pointer) = written.strip_prefix("claim:") else {
+        return Err(format!(
+            "{written:?} is not `subject`, `param:NAME` or `claim:/pointer`"
+        ));
+    };
+    let pointer = ClaimPointer::parse(pointer).map_err(|e| e.0)?;
+    match issuer_claims.iter().any(|c| c == pointer.claim()) {
+        true => Ok(LimitKey::Claim(pointer)),
+        false => Err(format!(
+            "{written:?} names a claim the token endpoint lets a caller set, so one user could \
+             mint a token per value; key the limit by `subject`, `param:NAME`, or a claim only \
+             the issuer sets ({})",
+            issuer_claims.join(", ")
+        )),
+    }
 }
 
 fn resolve_requirement(

@@ -351,6 +351,14 @@ impl Tokengate {
                 (LimitKey::Subject, Authentication::Valid(caller)) => {
                     Some(format!("sub:{}", caller.claims.subject()))
                 }
+                // The shortest reading (`a` of a last segment `a.json`): every spelling of
+                // one resource counts against the same key.
+                (LimitKey::Param(name), Authentication::Valid(_)) => verdict
+                    .params
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .and_then(|(_, v)| v.readings().into_iter().min_by_key(|r| r.len()))
+                    .map(|v| format!("param:{v}")),
                 (LimitKey::Claim(pointer), Authentication::Valid(caller)) => pointer
                     .text(&caller.claims, &verdict.params)
                     .map(|v| format!("claim:{v}")),
