@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::wire::{BodyFraming, EveryProtocol, Protocol, Req};
 use common::*;
 
 /// A real `redis-server` on a loopback port, without persistence; killed when dropped.
@@ -341,4 +342,98 @@ fn a_redis_that_accepts_but_never_answers_is_retried_until_a_real_one_answers() 
     let _redis = Redis::start_on(port);
     wait_connected(&tg);
     assert!(tg.alive());
+}
+
+/// A mint limit and an album-keyed route limit, both with a burst of two and no refill.
+const BURST_OF_TWO: &str = "tokengate:
+  rate_limit: {mints: 1, per: 3600s, burst: 2}
+  routes:
+    - name: lim
+      path: /lim/{album}
+      require: {resource: '{album}', access: see}
+      limit: {key: 'param:album', requests: 1, per: 3600s, burst: 2}
+";
+
+/// Half the requests over HTTP/1.1, each on its own connection, half as streams of one h2c
+/// connection, all released at once; their statuses.
+fn all_at_once(gate: &EveryProtocol, requests: &[Req]) -> Vec<Option<u16>> {
+    let (http1, http2) = requests.split_at(requests.len() / 2);
+    let start = std::sync::Barrier::new(http1.len() + 1);
+    std::thread::scope(|scope| {
+        let streams = scope.spawn(|| {
+            start.wait();
+            gate.multiplex(false, http2)
+        });
+        let connections: Vec<_> = http1
+            .iter()
+            .map(|r| {
+                let start = &start;
+                scope.spawn(move || {
+                    start.wait();
+                    common::wire::http1_answer(gate.tg.addr, r)
+                })
+            })
+            .collect();
+        let mut answers: Vec<_> = connections.into_iter().map(|c| c.join().unwrap()).collect();
+        answers.extend(streams.join().unwrap());
+        answers.iter().map(|a| a.status).collect()
+    })
+}
+
+fn mint_request(user: &str, album: &str) -> Req {
+    let body =
+        format!(r#"{{"permission":{{"abilities":{{"{album}":{{"Access":{{"see":true}}}}}}}}}}"#);
+    Req::new("POST", "/api/v1/token")
+        .header("Authorization", &format!("Bearer {}", session(user)))
+        .header("Content-Type", "application/json")
+        .body(body.as_bytes(), BodyFraming::Length)
+}
+
+#[test]
+fn simultaneous_requests_never_pass_more_than_the_burst_locally_or_through_redis() {
+    let redis = Redis::start();
+    let shared = BURST_OF_TWO.replace(
+        "tokengate:\n",
+        &format!(
+            "tokengate:\n  redis: {{url: 'redis://127.0.0.1:{}', timeout: 2s, key_prefix: 'burst:'}}\n",
+            redis.port
+        ),
+    );
+    let up = Upstream::start();
+    for (mode, yaml) in [("local", BURST_OF_TWO), ("redis", shared.as_str())] {
+        let gate = EveryProtocol::start(&format!("burst-{mode}"), up.addr, yaml, &[]);
+        if mode == "redis" {
+            wait_connected(&gate.tg);
+        }
+        let want = |n: usize| {
+            let mut statuses = vec![Some(200); 2];
+            statuses.extend(vec![Some(429); n - 2]);
+            statuses
+        };
+        for round in 0..15 {
+            // Mints of one subject: 10 HTTP/1.1 connections and 10 HTTP/2 streams at once.
+            let subject = format!("{mode}-minter-{round}");
+            let mints: Vec<Req> = (0..20).map(|_| mint_request(&subject, "x")).collect();
+            let mut got = all_at_once(&gate, &mints);
+            got.sort();
+            assert_eq!(got, want(20), "{mode} mints, round {round}");
+            // Requests for one album, with tokens of two users.
+            let album = format!("{mode}-album-{round}");
+            let token = |user: &str| {
+                let answer = gate.send(Protocol::Http1, &mint_request(user, &album));
+                answer.json()["token"].as_str().unwrap().to_owned()
+            };
+            let tokens = [token(&format!("{album}-u1")), token(&format!("{album}-u2"))];
+            let uploads: Vec<Req> = (0..20)
+                .map(|i| {
+                    Req::new("GET", &format!("/lim/{album}"))
+                        .header("Authorization", &format!("Bearer {}", tokens[i % 2]))
+                })
+                .collect();
+            let mut got = all_at_once(&gate, &uploads);
+            got.sort();
+            assert_eq!(got, want(20), "{mode} route limit, round {round}");
+        }
+        gate.tg.assert_no_panic();
+    }
 }

@@ -1,8 +1,9 @@
 """A raw HTTP/2 client for the tests: sends requests exactly as described, hostile ones included.
 
-Usage: h2_client.py HOST PORT [--tls]. Reads one JSON request a line on stdin and writes one JSON
-answer a line on stdout, in order, each request on a new connection (h2c with prior knowledge,
-or TLS with ALPN h2 and no certificate check). A request:
+Usage: h2_client.py HOST PORT [--tls] [--multiplex]. Reads one JSON request a line on stdin and
+writes one JSON answer a line on stdout, in order, each request on a new connection (h2c with
+prior knowledge, or TLS with ALPN h2 and no certificate check); with --multiplex, every request is
+a stream of one connection, all sent at once (bodies with their length). A request:
 
   {"method": "POST", "path": "/x", "authority": "h" or null,
    "headers": [["name", "value"], ...], "body": "<base64>" or null,
@@ -131,13 +132,65 @@ def exchange(host, port, tls, request):
     return answer
 
 
+def multiplex(host, port, tls, requests):
+    """Every request as a stream of one connection, all sent before any answer is read."""
+    config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    conn = h2.connection.H2Connection(config=config)
+    sock = connect(host, port, tls)
+    conn.initiate_connection()
+    streams = {}
+    for i, request in enumerate(requests):
+        stream = conn.get_next_available_stream_id()
+        streams[stream] = {"status": None, "headers": [], "body": b"", "reset": None, "error": None}
+        data = base64.b64decode(request["body"]) if request.get("body") else b""
+        headers = [(":method", request["method"]), (":scheme", "https" if tls else "http"),
+                   (":authority", request.get("authority") or "localhost"), (":path", request["path"])]
+        headers += [(k, v) for k, v in request.get("headers", [])]
+        if data:
+            headers.append(("content-length", str(len(data))))
+        conn.send_headers(stream, headers, end_stream=not data)
+        if data:
+            conn.send_data(stream, data, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    open_streams = set(streams)
+    while open_streams:
+        chunk = sock.recv(65536)
+        if not chunk:
+            for stream in open_streams:
+                streams[stream]["error"] = "connection closed"
+            break
+        for event in conn.receive_data(chunk):
+            answer = streams.get(getattr(event, "stream_id", None))
+            if isinstance(event, h2.events.ResponseReceived):
+                answer["status"] = int(dict(event.headers)[":status"])
+                answer["headers"] = [[k, v] for k, v in event.headers if not k.startswith(":")]
+            elif isinstance(event, h2.events.DataReceived):
+                answer["body"] += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                open_streams.discard(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                answer["reset"] = int(event.error_code)
+                open_streams.discard(event.stream_id)
+        sock.sendall(conn.data_to_send())
+    sock.close()
+    out = []
+    for stream in sorted(streams):
+        answer = streams[stream]
+        answer["body"] = answer["body"].decode("utf-8", "replace")
+        out.append(answer)
+    return out
+
+
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
     tls = "--tls" in sys.argv[3:]
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        answer = exchange(host, port, tls, json.loads(line))
+    lines = (json.loads(line) for line in sys.stdin if line.strip())
+    if "--multiplex" in sys.argv[3:]:
+        answers = multiplex(host, port, tls, list(lines))
+    else:
+        answers = (exchange(host, port, tls, request) for request in lines)
+    for answer in answers:
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
 

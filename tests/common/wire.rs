@@ -218,8 +218,17 @@ impl EveryProtocol {
                 .iter()
                 .map(|r| http1_answer(self.tg.addr, r))
                 .collect(),
-            Protocol::H2c => h2_batch(self.tg.addr, false, requests),
-            Protocol::H2Tls => h2_batch(self.tls, true, requests),
+            Protocol::H2c => h2_batch(self.tg.addr, &[], requests),
+            Protocol::H2Tls => h2_batch(self.tls, &["--tls"], requests),
+        }
+    }
+
+    /// Sends every request at once as a stream of one HTTP/2 connection (h2c, or TLS when
+    /// `tls`); one answer per request, in order.
+    pub fn multiplex(&self, tls: bool, requests: &[Req]) -> Vec<Answer> {
+        match tls {
+            true => h2_batch(self.tls, &["--tls", "--multiplex"], requests),
+            false => h2_batch(self.tg.addr, &["--multiplex"], requests),
         }
     }
 
@@ -261,17 +270,16 @@ pub fn http1_answer(addr: SocketAddr, request: &Req) -> Answer {
     }
 }
 
-/// Runs the HTTP/2 client over `requests`, each on its own connection.
-fn h2_batch(addr: SocketAddr, tls: bool, requests: &[Req]) -> Vec<Answer> {
+/// Runs the HTTP/2 client over `requests` with `flags`: each on its own connection, or all as
+/// streams of one (`--multiplex`).
+fn h2_batch(addr: SocketAddr, flags: &[&str], requests: &[Req]) -> Vec<Answer> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/h2_client.py");
     let mut args = vec![
         script.to_owned(),
         addr.ip().to_string(),
         addr.port().to_string(),
     ];
-    if tls {
-        args.push("--tls".to_owned());
-    }
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
     let mut child = Command::new(python())
         .args(&args)
         .stdin(Stdio::piped())
