@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::routes::ParamValue;
+use crate::request::path::ParamValue;
 use crate::token::{is_identity, Claims};
 
 /// Where in the claims: `/claim/nested/{param}` (RFC 6901, `{param}` from the route).

@@ -6,7 +6,6 @@
 //! `.format` suffix (Rails' `(.:format)`), and parameters are the decoded segment. The most
 //! specific route wins: see [`Route::precedence`].
 
-use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::fmt;
 
@@ -14,6 +13,7 @@ use serde::Deserialize;
 
 use crate::forward_claims::ClaimPointer;
 use crate::limits::RateLimit;
+pub use crate::request::path::ParamValue;
 use crate::request::path::{decode_segment, segments};
 use crate::token::object::member;
 
@@ -57,30 +57,6 @@ pub struct RouteError(pub String);
 impl fmt::Display for RouteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// A path parameter's value: the decoded segment and, for the path's last segment, every
-/// reading without a `.format` suffix (`b.json` is album `b` to Rails, `b.json` to Express).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParamValue<'p> {
-    /// The decoded segment; `None` when it is not UTF-8 (no resource can match it).
-    pub value: Option<Cow<'p, str>>,
-    /// Whether the value ends the path, so that a router may strip a format suffix.
-    pub last: bool,
-}
-
-impl ParamValue<'_> {
-    /// Every resource name an application could read from this segment.
-    pub fn readings(&self) -> Vec<&str> {
-        let Some(value) = self.value.as_deref() else {
-            return Vec::new();
-        };
-        let mut readings = vec![value];
-        if self.last {
-            readings.extend(value.match_indices('.').map(|(i, _)| &value[..i]));
-        }
-        readings
     }
 }
 

@@ -170,6 +170,30 @@ pub fn decode_segment(segment: &str) -> Option<Cow<'_, str>> {
         .ok()
 }
 
+/// A path parameter's value: the decoded segment and, for the path's last segment, every
+/// reading without a `.format` suffix (`b.json` is album `b` to Rails, `b.json` to Express).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamValue<'p> {
+    /// The decoded segment; `None` when it is not UTF-8 (no resource can match it).
+    pub value: Option<Cow<'p, str>>,
+    /// Whether the value ends the path, so that a router may strip a format suffix.
+    pub last: bool,
+}
+
+impl ParamValue<'_> {
+    /// Every resource name an application could read from this segment.
+    pub fn readings(&self) -> Vec<&str> {
+        let Some(value) = self.value.as_deref() else {
+            return Vec::new();
+        };
+        let mut readings = vec![value];
+        if self.last {
+            readings.extend(value.match_indices('.').map(|(i, _)| &value[..i]));
+        }
+        readings
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
