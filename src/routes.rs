@@ -456,6 +456,7 @@ pub fn grants(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     fn route(name: &str, host: Option<&str>, path: &str, methods: &[&str]) -> Route {
         Route {
