@@ -48,6 +48,33 @@ pub enum Command {
         #[arg(long)]
         subject: String,
     },
+    /// Explain what the proxy would do with one request, and why: the canonical request, the
+    /// route, what it requires and what the token grants, the verdict, and the exact answer or
+    /// the request forwarded upstream.
+    Explain {
+        /// The method, such as GET.
+        method: String,
+        /// The path and query (`/albums/a/images?x=1`) or an absolute URL.
+        url: String,
+        /// A request header, `Name: value`; repeat for more.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The request body.
+        #[arg(long)]
+        body: Option<String>,
+        /// Send a session token signed for this subject with the configured secret.
+        #[arg(long)]
+        user_id: Option<String>,
+        /// With --user-id: send an ability token minted with this permission (JSON) instead.
+        #[arg(long, requires = "user_id")]
+        permission: Option<String>,
+        /// The client's address.
+        #[arg(long, default_value = "127.0.0.1")]
+        peer: std::net::IpAddr,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the ES256 / EdDSA keys minted tokens can be signed with.
     Keys {
         /// What to do with keys.

@@ -14,6 +14,8 @@ pub mod cli;
 #[cfg(feature = "server")]
 pub mod config;
 pub mod error;
+#[cfg(feature = "server")]
+pub mod explain;
 pub mod forward_claims;
 pub mod forwarded;
 pub mod limits;

@@ -1,7 +1,7 @@
 //! The `tokengate` binary: parse the command line, load the configuration, run.
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use std::io::Write;
 
@@ -14,6 +14,8 @@ use tokengate::access_log::LogFormat;
 
 use tokengate::cli::{Cli, Command, KeysAction};
 use tokengate::config::{Config, ProcessEnv};
+use tokengate::explain::Question;
+use tokengate::proxy::unix_now;
 use tokengate::server::{self, MarkDraining};
 use tokengate::token::asymmetric::{self, KeyAlgorithm};
 use tokengate::token::mint::session_token;
@@ -39,6 +41,28 @@ fn main() -> ExitCode {
         Some(Command::Sign { user_id, ttl }) => sign(&config, &user_id, ttl.as_secs()),
         Some(Command::Keys { .. }) => ExitCode::SUCCESS,
         Some(Command::Revoke { subject }) => revoke(&config, &subject),
+        Some(Command::Explain {
+            method,
+            url,
+            headers,
+            body,
+            user_id,
+            permission,
+            peer,
+            json,
+        }) => {
+            let question = Question {
+                method,
+                url,
+                headers,
+                body,
+                peer: Some(peer),
+                user_id,
+                permission,
+                now: unix_now(),
+            };
+            explain(&config, &question, json)
+        }
         None if cli.test => {
             if cli.verbose {
                 print!("{}", config.routes.describe(&config.group_names()));
@@ -94,9 +118,7 @@ fn serve(config: Config, cli: &Cli) -> ExitCode {
 }
 
 fn sign(config: &Config, user_id: &str, ttl_secs: u64) -> ExitCode {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = unix_now();
     let keys = match config.keyring() {
         Ok(keys) => keys,
         Err(e) => return fail(e),
@@ -114,6 +136,23 @@ fn sign(config: &Config, user_id: &str, ttl_secs: u64) -> ExitCode {
         }
         Err(e) => fail(e),
     }
+}
+
+fn explain(config: &Config, question: &Question, json: bool) -> ExitCode {
+    let answer = match tokengate::explain::explain(config, question) {
+        Ok(answer) => answer,
+        Err(e) => return fail(e),
+    };
+    let text = match json {
+        true => match serde_json::to_string_pretty(&answer) {
+            Ok(text) => text + "\n",
+            Err(e) => return fail(e),
+        },
+        false => answer.to_string(),
+    };
+    // A closed pipe (`| head`) is the reader's choice, not a failure worth a panic.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    ExitCode::SUCCESS
 }
 
 fn revoke(config: &Config, subject: &str) -> ExitCode {

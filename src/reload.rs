@@ -19,7 +19,7 @@ use crate::access_log::AccessLog;
 use crate::config::{Config, ConfigError, ListenerTls, ProcessEnv};
 use crate::limits::Limiter;
 use crate::metrics;
-use crate::proxy::{AppState, Settings, Tokengate};
+use crate::proxy::{AppState, Tokengate};
 use crate::routes::PathTemplate;
 use crate::shared::{RedisSettings, Shared};
 use crate::trace::{Exporter, TraceSettings};
@@ -56,7 +56,7 @@ pub fn gate(
                 .map(|l| (r.name.clone(), Limiter::new(l.rate)))
         })
         .collect();
-    Ok(Tokengate::new(Settings {
+    Ok(Tokengate {
         tokens: config.token_service()?,
         token_path,
         body_limit: config.body_limit,
@@ -81,7 +81,7 @@ pub fn gate(
         secret_source: config.secret_source.clone(),
         algorithms: config.algorithms.clone(),
         state: lasting.state.clone(),
-    }))
+    })
 }
 
 /// A group in force and the switch that stops its resolver and health checks.

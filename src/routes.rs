@@ -224,6 +224,13 @@ pub struct Requirement {
     pub access: String,
 }
 
+impl fmt::Display for Requirement {
+    /// `resource:access`, as `-t -v` and `explain` print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.resource, self.access)
+    }
+}
+
 /// What a route's request limit counts by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitKey {
@@ -386,7 +393,7 @@ impl RouteTable {
             let require = r
                 .require
                 .as_ref()
-                .map_or("-".to_owned(), |q| format!("{}:{}", q.resource, q.access));
+                .map_or("-".to_owned(), Requirement::to_string);
             out.push_str(&format!(
                 "{:>2} {:<14} host={:<20} {:<12} {:<32} upstream={:<10} auth={:<11} require={}{}\n",
                 rank + 1,

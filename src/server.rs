@@ -269,8 +269,7 @@ struct KeyReloader {
 impl KeyReloader {
     fn reload(&self) {
         let gate = self.current.load();
-        let (source, algorithms) = gate.secret_source();
-        match source.keyring(algorithms) {
+        match gate.secret_source.keyring(&gate.algorithms) {
             Ok(keyring) => {
                 log::info!("secrets reloaded: {} verification keys", keyring.len());
                 gate.keyring().replace(keyring);
@@ -291,7 +290,7 @@ impl KeyReloader {
 
     /// The secret file of the configuration in force, if it has one.
     fn file(&self) -> Option<PathBuf> {
-        self.current.load().secret_source().0.file.clone()
+        self.current.load().secret_source.file.clone()
     }
 }
 

@@ -4,17 +4,12 @@ use bytes::BytesMut;
 use http::Method;
 use pingora::proxy::Session;
 
-use std::time::Instant;
-
-use super::{
-    authorization_values, unix_now, RequestCtx, Tokengate, LIMITS_UNAVAILABLE, REVOKED,
-    SIGN_OUTS_UNAVAILABLE,
-};
+use super::admission::{Counted, Refused};
+use super::head::{authorization_values, expects_continue, unix_now};
+use super::{RequestState, Tokengate};
 use crate::error::{ApiError, ErrorCode};
-use crate::limits::retry_after_secs;
 use crate::metrics;
 use crate::respond::{self, Response};
-use crate::shared::{Admission, Standing};
 use crate::token::{TokenRequest, RATE_LIMITED};
 
 impl Tokengate {
@@ -22,17 +17,15 @@ impl Tokengate {
     pub(super) async fn jwks_route(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        request: &mut RequestState,
     ) -> pingora::Result<()> {
-        let method = &session.req_header().method;
-        if method != Method::GET && method != Method::HEAD {
-            let error = ApiError::new(ErrorCode::MethodNotAllowed, "Use GET on the key set.");
-            return self.refuse_unread(session, ctx, &error, "GET, HEAD").await;
+        if let Err(refused) = jwks_method(&session.req_header().method) {
+            return self.refuse(session, request, &refused).await;
         }
         let Some((body, cache)) = &self.jwks else {
             return Ok(());
         };
-        let response = Response::jwks(body.clone(), cache, &ctx.request_id);
+        let response = Response::jwks(body.clone(), cache, &request.id);
         respond::send(session, response).await
     }
 
@@ -40,30 +33,36 @@ impl Tokengate {
     pub(super) async fn token_route(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        request: &mut RequestState,
     ) -> pingora::Result<()> {
-        if session.req_header().method != Method::POST {
-            let error = ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                "Use POST on the token endpoint.",
-            );
-            return self.refuse_unread(session, ctx, &error, "POST").await;
-        }
-        let body = match self.read_body(session).await {
-            Ok(body) => body,
-            Err(error) => {
-                // The rest of the body stays unread (too large, or unreadable): close, don't drain.
-                session.set_keepalive(None);
-                if let Err(e) = self.refuse(session, ctx, &error, &[]).await {
+        match self.mint(session, request).await {
+            Ok(response) => respond::send(session, response).await,
+            Err(refused) if refused.close => {
+                if let Err(e) = self.refuse(session, request, &refused).await {
                     log::debug!("client gone before its refusal was written: {e}");
                 }
-                return Ok(());
+                Ok(())
             }
-        };
+            Err(refused) => self.refuse(session, request, &refused).await,
+        }
+    }
+
+    /// Reads the token request, admits it as forwarding admits a request, and mints.
+    async fn mint(
+        &self,
+        session: &mut Session,
+        request: &mut RequestState,
+    ) -> Result<Response, Refused> {
+        token_method(&session.req_header().method)?;
+        let body = self.read_body(session).await.map_err(|error| Refused {
+            // The rest of the body stays unread (too large, or unreadable): close, don't drain.
+            close: true,
+            ..error.into()
+        })?;
         let header = session.req_header();
-        // A `Vec`, not inline: what is prepared borrows it across the refusals below.
+        // A `Vec`, not inline: what is prepared borrows it across the admission below.
         let authorization: Vec<&[u8]> = authorization_values(header);
-        let request = TokenRequest {
+        let token_request = TokenRequest {
             authorization: &authorization,
             content_type: header
                 .headers
@@ -71,77 +70,56 @@ impl Tokengate {
                 .map(|v| v.as_bytes()),
             body: &body,
         };
-        let prepared = match self.tokens.prepare(&request, unix_now()) {
-            Ok(prepared) => prepared,
-            Err(error) => return self.refuse(session, ctx, &error, &[]).await,
-        };
-        match self.standing(prepared.subject(), prepared.issued_at()) {
-            Standing::Valid => {}
-            Standing::Revoked => return self.refuse(session, ctx, &REVOKED, &[]).await,
-            Standing::Unavailable => {
-                return self.refuse(session, ctx, &SIGN_OUTS_UNAVAILABLE, &[]).await
-            }
-        }
-        let admission = match (&self.shared, &self.limiter, self.mint_rate) {
-            (Some(shared), _, Some(rate)) => shared.admit("mint", prepared.subject(), rate).await,
-            (_, Some(limiter), _) => match limiter.admit(prepared.subject(), Instant::now()) {
-                Ok(()) => Admission::Admit,
-                Err(wait) => Admission::Wait(wait),
-            },
-            _ => Admission::Admit,
-        };
-        match admission {
-            Admission::Admit => {}
-            Admission::Wait(wait) => {
-                let retry_after = retry_after_secs(wait).to_string();
-                return self
-                    .refuse(
-                        session,
-                        ctx,
-                        &RATE_LIMITED,
-                        &[(&respond::RETRY_AFTER, &retry_after)],
-                    )
-                    .await;
-            }
-            Admission::Unavailable => {
-                return self.refuse(session, ctx, &LIMITS_UNAVAILABLE, &[]).await
-            }
-        }
-        match prepared.mint() {
-            Ok(minted) => {
-                metrics::get().minted.inc();
-                ctx.subject = Some(minted.subject);
-                let response = Response::minted(
-                    minted.body,
-                    &minted.session_token,
-                    &ctx.request_id,
-                    ctx.start.elapsed(),
-                );
-                respond::send(session, response).await
-            }
-            Err(error) => self.refuse(session, ctx, &error, &[]).await,
-        }
-    }
-
-    /// A 405 with `Allow`: a body within the limit is read and dropped first, so the connection
-    /// serves the next request; a larger or broken one closes it.
-    async fn refuse_unread(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        error: &ApiError,
-        allow: &str,
-    ) -> pingora::Result<()> {
-        if self.read_body(session).await.is_err() {
-            session.set_keepalive(None);
-        }
-        self.refuse(session, ctx, error, &[(&respond::ALLOW, allow)])
-            .await
+        let prepared = self.tokens.prepare(&token_request, unix_now())?;
+        self.signed_in(prepared.subject(), prepared.issued_at())?;
+        let counted = self.mint_rate.map(|rate| Counted {
+            scope: "mint",
+            key: prepared.subject(),
+            rate,
+            local: self.limiter.as_ref(),
+            spent: RATE_LIMITED,
+        });
+        self.admit(counted).await?;
+        let minted = prepared.mint()?;
+        metrics::get().minted.inc();
+        let response = Response::minted(
+            minted.body,
+            &minted.session_token,
+            &request.id,
+            request.start.elapsed(),
+        );
+        request.decided.subject = Some(minted.subject);
+        Ok(response)
     }
 
     /// Reads the whole body within the limit: `Content-Length` first, then a running count.
     pub(super) async fn read_body(&self, session: &mut Session) -> Result<BytesMut, ApiError> {
         read_body(session, self.body_limit).await
+    }
+}
+
+/// Only `POST` mints.
+pub fn token_method(method: &Method) -> Result<(), Refused> {
+    match method == Method::POST {
+        true => Ok(()),
+        false => Err(Refused::method(
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "Use POST on the token endpoint.",
+            ),
+            "POST",
+        )),
+    }
+}
+
+/// The key set is read with `GET` or `HEAD`.
+pub fn jwks_method(method: &Method) -> Result<(), Refused> {
+    match method == Method::GET || method == Method::HEAD {
+        true => Ok(()),
+        false => Err(Refused::method(
+            ApiError::new(ErrorCode::MethodNotAllowed, "Use GET on the key set."),
+            "GET, HEAD",
+        )),
     }
 }
 
@@ -162,12 +140,7 @@ pub(super) async fn read_body(session: &mut Session, limit: usize) -> Result<Byt
     if declared.is_some_and(|len| len > limit) {
         return Err(TOO_LARGE);
     }
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
+    if expects_continue(session.req_header()) {
         session
             .write_continue_response()
             .await

@@ -167,6 +167,11 @@ impl Canonical<'_> {
         }
     }
 
+    /// The method an honoured override (header or body) checks the request as.
+    pub fn override_method(&self) -> Option<&'static str> {
+        self.overrides.method().ok().flatten()
+    }
+
     /// Applies `_method` fields found in a body read ahead (overrides honoured only).
     pub fn add_body_overrides(&mut self, found: &method::Found) -> Result<(), Refusal> {
         for value in &found.values {
