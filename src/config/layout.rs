@@ -78,6 +78,17 @@ const SECTIONS: &[(&str, &[(&str, &str)])] = &[
     ),
 ];
 
+/// Every grouped spelling and its flat one: (`section.key`, flat key).
+pub fn grouped() -> Vec<(String, &'static str)> {
+    SECTIONS
+        .iter()
+        .flat_map(|(section, keys)| {
+            keys.iter()
+                .map(move |(nested, flat)| (format!("{section}.{nested}"), *flat))
+        })
+        .collect()
+}
+
 /// How a flat setting was written in the file: (flat, nested), both without `tokengate.`.
 pub(super) type Spellings = Vec<(String, String)>;
 

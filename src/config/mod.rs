@@ -37,6 +37,7 @@ use crate::token::{
 };
 use crate::trace::TraceSettings;
 use crate::upstreams::{GroupConfig, UpstreamTimeouts};
+pub use layout::grouped;
 pub use routes::DEFAULT_GROUP;
 pub use secrets::{SecretSource, Signing, DEVELOPMENT_SECRET};
 pub use tls::ListenerTls;
