@@ -240,11 +240,7 @@ fn answer(config: &Config, gate: &Tokengate, header: &RequestHeader, q: &Questio
         let grpc = crate::respond::is_grpc(content_type.map(|v| v.as_bytes()));
         let response = refused.response(&id, grpc);
         out.status = Some(response.status);
-        out.headers = response
-            .headers
-            .iter()
-            .map(|((_, name), value)| [(*name).to_owned(), text(value.as_bytes())])
-            .collect();
+        out.headers = header_pairs(&response);
         out.body = serde_json::from_slice(&response.body).ok();
     }
     out
@@ -362,6 +358,7 @@ fn token_answer(
                 std::time::Duration::ZERO,
             );
             out.status = Some(response.status);
+            out.headers = header_pairs(&response);
             out.body = serde_json::from_slice(&response.body).ok();
             None
         }
@@ -409,6 +406,15 @@ fn forwarded(
         added,
         removed,
     })
+}
+
+/// The headers tokengate writes for `response`, after its preset ones.
+fn header_pairs(response: &crate::respond::Response) -> Vec<[String; 2]> {
+    response
+        .headers
+        .iter()
+        .map(|((_, name), value)| [(*name).to_owned(), text(value.as_bytes())])
+        .collect()
 }
 
 fn text(bytes: &[u8]) -> String {

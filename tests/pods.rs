@@ -1,6 +1,6 @@
 //! The rendered pods must start: each overlay's tokengate container run as the kubelet would run
 //! it. The overlay is rendered with `kubectl kustomize`; every volume the container mounts is
-//! written the way the kubelet writes it (ConfigMap data and the Secret the README creates, in
+//! written the way the kubelet writes it (ConfigMap data and the Secret docs/kubernetes.md creates, in
 //! the atomic-writer layout, root-owned, `defaultMode` or 0644, group `fsGroup` with group read
 //! when one is set; emptyDirs as 0777 tmpfs) and bind-mounted at its `mountPath` in a private
 //! mount and network namespace, with the root filesystem read-only when the container says so
@@ -26,7 +26,7 @@ use serde_yaml::Value;
 
 use common::pki::Pki;
 
-/// The secret the README's `kubectl create secret generic tokengate-secrets
+/// The secret docs/kubernetes.md's `kubectl create secret generic tokengate-secrets
 /// --from-file=secrets=./secrets` would hold.
 const SECRET: &str = "pod-test-secret-pod-test-secret-pod-test-0000";
 
