@@ -41,3 +41,5 @@ pub mod token;
 pub mod trace;
 #[cfg(feature = "server")]
 pub mod upstreams;
+#[cfg(feature = "server")]
+pub mod watch;

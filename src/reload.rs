@@ -10,10 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex};
 
 use crate::access_log::AccessLog;
 use crate::config::{Config, ConfigError, ListenerTls, ProcessEnv};
@@ -24,6 +21,7 @@ use crate::routes::PathTemplate;
 use crate::shared::{RedisSettings, Shared};
 use crate::trace::{Exporter, TraceSettings};
 use crate::upstreams::{GroupConfig, UpstreamGroup};
+use crate::watch::{Subscriber, Why};
 
 /// What outlives any one configuration: process state and the connections to Redis and the
 /// trace collector.
@@ -166,15 +164,8 @@ impl NeedsRestart {
     }
 }
 
-/// How often the configuration file is compared with what was loaded.
-const CONFIG_POLL: Duration = Duration::from_secs(2);
-
 /// Longest a reload waits for a new group's first resolution.
 const RESOLVE_FIRST: Duration = Duration::from_secs(5);
-
-/// A changed file is read again after this long and used only if it reads the same: an editor
-/// or a `>` redirection may be caught half-written.
-const SETTLE: Duration = Duration::from_millis(200);
 
 /// Swaps in a new configuration on `SIGHUP` or when the file changes; runs every upstream
 /// group's resolver and health checks, stopping those a reload removes.
@@ -183,6 +174,8 @@ pub struct Reloader {
     current: Arc<ArcSwap<Tokengate>>,
     lasting: Lasting,
     restart: NeedsRestart,
+    /// The groups in force, with their resolvers; started with the watcher.
+    running: Mutex<Vec<Running>>,
     initial: Vec<Arc<UpstreamGroup>>,
 }
 
@@ -200,6 +193,7 @@ impl Reloader {
             current,
             lasting,
             restart: NeedsRestart::of(config),
+            running: Mutex::new(Vec::new()),
             initial: groups,
         }
     }
@@ -277,38 +271,70 @@ impl Reloader {
     }
 }
 
-/// The file's bytes, or `None` when it cannot be read (it is then left alone).
-fn read(path: &Option<PathBuf>) -> Option<Vec<u8>> {
-    path.as_ref().and_then(|p| std::fs::read(p).ok())
+#[async_trait]
+impl Subscriber for Reloader {
+    fn files(&self) -> Vec<PathBuf> {
+        self.path.iter().cloned().collect()
+    }
+
+    async fn start(&self) {
+        *self.running.lock().await = self.initial.iter().cloned().map(Running::start).collect();
+    }
+
+    async fn reload(&self, why: Why) {
+        let mut running = self.running.lock().await;
+        self.reload_and_count(why.as_str(), &mut running).await;
+    }
+
+    fn stop(&self) {
+        if let Ok(running) = self.running.try_lock() {
+            running.iter().for_each(Running::stop);
+        }
+    }
+}
+
+/// Re-reads the secret file when it changes, or on `SIGHUP`, and swaps the keyring of the
+/// configuration in force; a file that does not make a valid keyring is refused and the current
+/// keys stay.
+pub struct Secrets {
+    /// The configuration in force.
+    pub current: Arc<ArcSwap<Tokengate>>,
 }
 
 #[async_trait]
-impl BackgroundService for Reloader {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut running: Vec<Running> = self.initial.iter().cloned().map(Running::start).collect();
-        // Handling SIGHUP at all matters: its default action would end the process.
-        let mut hangup = signal(SignalKind::hangup()).ok();
-        let mut loaded = read(&self.path);
-        loop {
-            let why = tokio::select! {
-                _ = shutdown.changed() => break,
-                _ = tokio::time::sleep(CONFIG_POLL) => "file changed",
-                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
-            };
-            let current = read(&self.path);
-            if why == "file changed" {
-                if current.is_none() || current == loaded {
-                    continue;
-                }
-                tokio::time::sleep(SETTLE).await;
-                if read(&self.path) != current {
-                    continue;
-                }
+impl Subscriber for Secrets {
+    fn files(&self) -> Vec<PathBuf> {
+        self.current
+            .load()
+            .secret_source
+            .file
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Secrets written in the configuration itself are reloaded with it.
+    fn follows_hangup(&self) -> bool {
+        !self.files().is_empty()
+    }
+
+    async fn reload(&self, _why: Why) {
+        let gate = self.current.load();
+        let result = match gate.secret_source.keyring(&gate.algorithms) {
+            Ok(keyring) => {
+                log::info!("secrets reloaded: {} verification keys", keyring.len());
+                gate.keyring().replace(keyring);
+                "ok"
             }
-            loaded = current;
-            self.reload_and_count(why, &mut running).await;
-        }
-        running.iter().for_each(Running::stop);
+            Err(e) => {
+                log::error!("secret rotation refused, the current keys stay: {e}");
+                "error"
+            }
+        };
+        metrics::get()
+            .secret_reloads
+            .with_label_values(&[result])
+            .inc();
     }
 }
 

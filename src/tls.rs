@@ -4,13 +4,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+use crate::watch::{Subscriber, Why};
 
 /// One certificate chain and its private key, as PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,11 +138,38 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// How often certificate files are compared with what was loaded: cert-manager and a Secret
-/// volume update within a minute, so this is never the slow part.
-pub const CERT_POLL: Duration = Duration::from_secs(2);
+/// Reads the listener's certificate files again when they change: the next handshake gets the
+/// new certificate, connections already open keep theirs.
+pub struct CertReloader {
+    /// The certificates served.
+    pub store: Arc<CertStore>,
+}
 
-/// The contents of the watched files, to notice a change.
-pub fn snapshot(store: &CertStore) -> Vec<Option<Vec<u8>>> {
-    store.files().map(|p| std::fs::read(p).ok()).collect()
+#[async_trait::async_trait]
+impl Subscriber for CertReloader {
+    fn files(&self) -> Vec<PathBuf> {
+        self.store.files().map(Path::to_path_buf).collect()
+    }
+
+    /// Certificates follow their files only (cert-manager rewrites them).
+    fn follows_hangup(&self) -> bool {
+        false
+    }
+
+    async fn reload(&self, _why: Why) {
+        let result = match self.store.reload() {
+            Ok(count) => {
+                log::info!("TLS certificates reloaded: {count}");
+                "ok"
+            }
+            Err(e) => {
+                log::error!("TLS certificates refused, the current ones stay: {e}");
+                "error"
+            }
+        };
+        crate::metrics::get()
+            .certificate_reloads
+            .with_label_values(&[result])
+            .inc();
+    }
 }

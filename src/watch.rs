@@ -1,0 +1,118 @@
+//! One watcher for everything tokengate reads again while it runs (the configuration, the
+//! secrets, the TLS certificates): every [`POLL`] it compares each subscriber's files with what
+//! they held when last loaded, and `SIGHUP` reloads every subscriber that follows it. One
+//! signal handler, one timer, one way a half-written file is left alone.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// How often the watched files are compared with what was loaded; Kubernetes takes about a
+/// minute to update a mounted ConfigMap or Secret, so this is never the slow part.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// A changed file is read again after this long and used only if it reads the same: an editor
+/// or a `>` redirection may be caught half-written.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// What made a subscriber reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// One of its files changed.
+    FileChanged,
+    /// `SIGHUP`.
+    Hangup,
+}
+
+impl Why {
+    /// As the log lines say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::FileChanged => "file changed",
+            Why::Hangup => "SIGHUP",
+        }
+    }
+}
+
+/// Something read again from files while tokengate runs.
+#[async_trait]
+pub trait Subscriber: Send + Sync {
+    /// The files it was read from, looked at on every poll.
+    fn files(&self) -> Vec<PathBuf>;
+    /// Whether `SIGHUP` reloads it too.
+    fn follows_hangup(&self) -> bool {
+        true
+    }
+    /// The watcher starts (inside the server's runtime).
+    async fn start(&self) {}
+    /// Reads again and swaps in what it read; keeps what runs when that fails.
+    async fn reload(&self, why: Why);
+    /// The process is stopping.
+    fn stop(&self) {}
+}
+
+/// The background service running every subscriber.
+pub struct Watcher {
+    subscribers: Vec<Box<dyn Subscriber>>,
+}
+
+impl Watcher {
+    /// A watcher of `subscribers`, reloaded in this order.
+    pub fn new(subscribers: Vec<Box<dyn Subscriber>>) -> Watcher {
+        Watcher { subscribers }
+    }
+}
+
+/// Every file's bytes; `None` for one that cannot be read.
+fn read(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+    files.iter().map(|p| std::fs::read(p).ok()).collect()
+}
+
+/// Whether files that now read as `now` differ from `loaded` and are whole: all readable, and
+/// the same when read again a moment later.
+async fn settled_change(
+    files: &[PathBuf],
+    loaded: &[Option<Vec<u8>>],
+    now: &[Option<Vec<u8>>],
+) -> bool {
+    if now == loaded || now.iter().any(Option::is_none) {
+        return false;
+    }
+    tokio::time::sleep(SETTLE).await;
+    read(files) == now
+}
+
+#[async_trait]
+impl BackgroundService for Watcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Handling SIGHUP at all matters: its default action would end the process.
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        for subscriber in &self.subscribers {
+            subscriber.start().await;
+        }
+        let mut loaded: Vec<_> = self.subscribers.iter().map(|s| read(&s.files())).collect();
+        loop {
+            let hung_up = tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(POLL) => false,
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            };
+            for (subscriber, loaded) in self.subscribers.iter().zip(loaded.iter_mut()) {
+                let files = subscriber.files();
+                let now = read(&files);
+                let why = match hung_up && subscriber.follows_hangup() {
+                    true => Why::Hangup,
+                    false if settled_change(&files, loaded, &now).await => Why::FileChanged,
+                    false => continue,
+                };
+                *loaded = now;
+                subscriber.reload(why).await;
+            }
+        }
+        self.subscribers.iter().for_each(|s| s.stop());
+    }
+}
