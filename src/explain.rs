@@ -12,7 +12,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{Config, ConfigError};
-use crate::proxy::{self, jwks_method, token_method, AppState, Decided, Plan, Refused, Tokengate};
+use crate::proxy::{
+    self, authorization_values, jwks_method, token_method, token_request, AppState, Decided, Plan,
+    Refused, Tokengate,
+};
 use crate::reload::{self, Lasting};
 use crate::request::{Framing, Refusal};
 use crate::token::mint::session_token;
@@ -257,12 +260,7 @@ fn describe(
     let routes = gate.routes.routes();
     let route = decided.route.and_then(|rank| routes.get(rank));
     let groups = config.group_names();
-    let authorization: Vec<&[u8]> = header
-        .headers
-        .get_all(http::header::AUTHORIZATION)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
+    let authorization: Vec<&[u8]> = authorization_values(header);
     let token = (!authorization.is_empty()).then(|| {
         match gate.tokens.authenticate(&authorization, q.now) {
             Ok(caller) => serde_json::json!({
@@ -274,14 +272,7 @@ fn describe(
         }
     });
     Explanation {
-        request: [
-            header.method.to_string(),
-            text(header.raw_path()),
-            header
-                .headers
-                .get(http::header::HOST)
-                .map_or(String::new(), |v| text(v.as_bytes())),
-        ],
+        request: request_line(header),
         canonical: route.map(|_| {
             [
                 decided
@@ -335,21 +326,11 @@ fn token_answer(
     if let Err(refused) = token_method(&header.method) {
         return Some(refused);
     }
-    let authorization: Vec<&[u8]> = header
-        .headers
-        .get_all(http::header::AUTHORIZATION)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    let request = TokenRequest {
-        authorization: &authorization,
-        content_type: header
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.as_bytes()),
-        body,
-    };
-    match gate.tokens.handle(&request, now) {
+    let authorization: Vec<&[u8]> = authorization_values(header);
+    match gate
+        .tokens
+        .handle(&token_request(header, &authorization, body), now)
+    {
         Ok(minted) => {
             let response = crate::respond::Response::minted(
                 minted.body,
@@ -395,17 +376,20 @@ fn forwarded(
         .collect();
     removed.dedup();
     Some(Upstream {
-        request: [
-            upstream.method.to_string(),
-            text(upstream.raw_path()),
-            upstream
-                .headers
-                .get(http::header::HOST)
-                .map_or(String::new(), |v| text(v.as_bytes())),
-        ],
+        request: request_line(&upstream),
         added,
         removed,
     })
+}
+
+/// Method, target and Host.
+fn request_line(header: &RequestHeader) -> [String; 3] {
+    let host = header.headers.get(http::header::HOST);
+    [
+        header.method.to_string(),
+        text(header.raw_path()),
+        host.map_or(String::new(), |v| text(v.as_bytes())),
+    ]
 }
 
 /// The headers tokengate writes for `response`, after its preset ones.

@@ -21,7 +21,8 @@ use crate::routes::PathTemplate;
 use crate::shared::{RedisSettings, Shared};
 use crate::trace::{Exporter, TraceSettings};
 use crate::upstreams::{GroupConfig, UpstreamGroup};
-use crate::watch::{Subscriber, Why};
+use crate::watch::Subscriber;
+use pingora_prometheus::prometheus::IntCounterVec;
 
 /// What outlives any one configuration: process state and the connections to Redis and the
 /// trace collector.
@@ -199,7 +200,7 @@ impl Reloader {
     }
 
     /// Reads, validates and swaps in the configuration; `running` becomes the new groups.
-    async fn reload(&self, running: &mut Vec<Running>) -> Result<String, ConfigError> {
+    async fn swap_in(&self, running: &mut Vec<Running>) -> Result<String, ConfigError> {
         let config = Config::load(self.path.as_deref(), &ProcessEnv)?;
         for warning in config.warnings() {
             log::warn!("configuration reload: {warning}");
@@ -251,28 +252,18 @@ impl Reloader {
         let _ = tokio::time::timeout(RESOLVE_FIRST, group.refresh()).await;
         Running::start(group)
     }
-
-    async fn reload_and_count(&self, why: &str, running: &mut Vec<Running>) {
-        let outcome = self.reload(running).await;
-        let result = match outcome {
-            Ok(summary) => {
-                log::info!("configuration reloaded ({why}): {summary}");
-                "ok"
-            }
-            Err(e) => {
-                log::error!("configuration reload refused ({why}), the running one stays: {e}");
-                "error"
-            }
-        };
-        metrics::get()
-            .config_reloads
-            .with_label_values(&[result])
-            .inc();
-    }
 }
 
 #[async_trait]
 impl Subscriber for Reloader {
+    fn name(&self) -> &'static str {
+        "configuration"
+    }
+
+    fn reloads(&self) -> &'static IntCounterVec {
+        &metrics::get().config_reloads
+    }
+
     fn files(&self) -> Vec<PathBuf> {
         self.path.iter().cloned().collect()
     }
@@ -281,9 +272,9 @@ impl Subscriber for Reloader {
         *self.running.lock().await = self.initial.iter().cloned().map(Running::start).collect();
     }
 
-    async fn reload(&self, why: Why) {
+    async fn reload(&self) -> Result<String, String> {
         let mut running = self.running.lock().await;
-        self.reload_and_count(why.as_str(), &mut running).await;
+        self.swap_in(&mut running).await.map_err(|e| e.to_string())
     }
 
     fn stop(&self) {
@@ -303,6 +294,14 @@ pub struct Secrets {
 
 #[async_trait]
 impl Subscriber for Secrets {
+    fn name(&self) -> &'static str {
+        "secrets"
+    }
+
+    fn reloads(&self) -> &'static IntCounterVec {
+        &metrics::get().secret_reloads
+    }
+
     fn files(&self) -> Vec<PathBuf> {
         self.current
             .load()
@@ -318,23 +317,15 @@ impl Subscriber for Secrets {
         !self.files().is_empty()
     }
 
-    async fn reload(&self, _why: Why) {
+    async fn reload(&self) -> Result<String, String> {
         let gate = self.current.load();
-        let result = match gate.secret_source.keyring(&gate.algorithms) {
-            Ok(keyring) => {
-                log::info!("secrets reloaded: {} verification keys", keyring.len());
-                gate.keyring().replace(keyring);
-                "ok"
-            }
-            Err(e) => {
-                log::error!("secret rotation refused, the current keys stay: {e}");
-                "error"
-            }
-        };
-        metrics::get()
-            .secret_reloads
-            .with_label_values(&[result])
-            .inc();
+        let keyring = gate
+            .secret_source
+            .keyring(&gate.algorithms)
+            .map_err(|e| e.to_string())?;
+        let summary = format!("{} verification keys", keyring.len());
+        gate.keyring().replace(keyring);
+        Ok(summary)
     }
 }
 

@@ -11,7 +11,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::watch::{Subscriber, Why};
+use crate::watch::Subscriber;
+use pingora_prometheus::prometheus::IntCounterVec;
 
 /// One certificate chain and its private key, as PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +148,14 @@ pub struct CertReloader {
 
 #[async_trait::async_trait]
 impl Subscriber for CertReloader {
+    fn name(&self) -> &'static str {
+        "TLS certificates"
+    }
+
+    fn reloads(&self) -> &'static IntCounterVec {
+        &crate::metrics::get().certificate_reloads
+    }
+
     fn files(&self) -> Vec<PathBuf> {
         self.store.files().map(Path::to_path_buf).collect()
     }
@@ -156,20 +165,8 @@ impl Subscriber for CertReloader {
         false
     }
 
-    async fn reload(&self, _why: Why) {
-        let result = match self.store.reload() {
-            Ok(count) => {
-                log::info!("TLS certificates reloaded: {count}");
-                "ok"
-            }
-            Err(e) => {
-                log::error!("TLS certificates refused, the current ones stay: {e}");
-                "error"
-            }
-        };
-        crate::metrics::get()
-            .certificate_reloads
-            .with_label_values(&[result])
-            .inc();
+    async fn reload(&self) -> Result<String, String> {
+        let count = self.store.reload()?;
+        Ok(format!("{count} certificates"))
     }
 }

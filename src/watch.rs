@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use pingora_prometheus::prometheus::IntCounterVec;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How often the watched files are compared with what was loaded; Kubernetes takes about a
@@ -41,6 +42,10 @@ impl Why {
 /// Something read again from files while tokengate runs.
 #[async_trait]
 pub trait Subscriber: Send + Sync {
+    /// What it is, as the log lines name it (`configuration`, `secrets`, …).
+    fn name(&self) -> &'static str;
+    /// Counts its reloads by `result` (`ok`, `error`).
+    fn reloads(&self) -> &'static IntCounterVec;
     /// The files it was read from, looked at on every poll.
     fn files(&self) -> Vec<PathBuf>;
     /// Whether `SIGHUP` reloads it too.
@@ -49,8 +54,9 @@ pub trait Subscriber: Send + Sync {
     }
     /// The watcher starts (inside the server's runtime).
     async fn start(&self) {}
-    /// Reads again and swaps in what it read; keeps what runs when that fails.
-    async fn reload(&self, why: Why);
+    /// Reads again and swaps in what it read, saying what; keeps what runs when that fails,
+    /// saying why.
+    async fn reload(&self) -> Result<String, String>;
     /// The process is stopping.
     fn stop(&self) {}
 }
@@ -86,6 +92,22 @@ async fn settled_change(
     read(files) == now
 }
 
+/// Reloads one subscriber, with one log line and one count either way.
+async fn reload(subscriber: &dyn Subscriber, why: Why) {
+    let (name, why) = (subscriber.name(), why.as_str());
+    let result = match subscriber.reload().await {
+        Ok(summary) => {
+            log::info!("{name} reloaded ({why}): {summary}");
+            "ok"
+        }
+        Err(e) => {
+            log::error!("{name} reload refused ({why}), the running one stays: {e}");
+            "error"
+        }
+    };
+    subscriber.reloads().with_label_values(&[result]).inc();
+}
+
 #[async_trait]
 impl BackgroundService for Watcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -110,7 +132,7 @@ impl BackgroundService for Watcher {
                     false => continue,
                 };
                 *loaded = now;
-                subscriber.reload(why).await;
+                reload(subscriber.as_ref(), why).await;
             }
         }
         self.subscribers.iter().for_each(|s| s.stop());

@@ -15,6 +15,7 @@ use crate::request::body::body_kind;
 use crate::request::method::OVERRIDE_HEADERS;
 use crate::request::{BodyKind, Framing, Refusal};
 use crate::respond;
+use crate::token::TokenRequest;
 
 /// The client's address.
 pub(super) fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -97,13 +98,29 @@ pub(super) fn override_values(header: &RequestHeader) -> Vec<&[u8]> {
 }
 
 /// Every `Authorization` header value, in order: more than one is refused later, not merged.
-pub(super) fn authorization_values<'a, B: FromIterator<&'a [u8]>>(header: &'a RequestHeader) -> B {
+pub fn authorization_values<'a, B: FromIterator<&'a [u8]>>(header: &'a RequestHeader) -> B {
     header
         .headers
         .get_all(http::header::AUTHORIZATION)
         .iter()
         .map(|v| v.as_bytes())
         .collect()
+}
+
+/// What the token route reads of a request: its `authorization` values, content type, `body`.
+pub fn token_request<'a>(
+    header: &'a RequestHeader,
+    authorization: &'a [&'a [u8]],
+    body: &'a [u8],
+) -> TokenRequest<'a> {
+    TokenRequest {
+        authorization,
+        content_type: header
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+        body,
+    }
 }
 
 /// Now, in Unix seconds.

@@ -43,7 +43,7 @@ use crate::upstreams::UpstreamGroup;
 pub use admission::Refused;
 pub use decide::{override_streamed, overrides_in, Decided, Forward, LimitTarget, Plan};
 pub use forward::same_header;
-pub use head::{request_id, unix_now};
+pub use head::{authorization_values, request_id, token_request, unix_now};
 pub use state::{watch_listener, AppState, InFlight};
 pub use token_route::{jwks_method, token_method};
 

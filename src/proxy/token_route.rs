@@ -5,12 +5,12 @@ use http::Method;
 use pingora::proxy::Session;
 
 use super::admission::{Counted, Refused};
-use super::head::{authorization_values, expects_continue, unix_now};
+use super::head::{authorization_values, expects_continue, token_request, unix_now};
 use super::{RequestState, Tokengate};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics;
 use crate::respond::{self, Response};
-use crate::token::{TokenRequest, RATE_LIMITED};
+use crate::token::RATE_LIMITED;
 
 impl Tokengate {
     /// Serves the JWKS; always ends the request.
@@ -62,15 +62,8 @@ impl Tokengate {
         let header = session.req_header();
         // A `Vec`, not inline: what is prepared borrows it across the admission below.
         let authorization: Vec<&[u8]> = authorization_values(header);
-        let token_request = TokenRequest {
-            authorization: &authorization,
-            content_type: header
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .map(|v| v.as_bytes()),
-            body: &body,
-        };
-        let prepared = self.tokens.prepare(&token_request, unix_now())?;
+        let asked = token_request(header, &authorization, &body);
+        let prepared = self.tokens.prepare(&asked, unix_now())?;
         self.signed_in(prepared.subject(), prepared.issued_at())?;
         let counted = self.mint_rate.map(|rate| Counted {
             scope: "mint",
