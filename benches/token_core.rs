@@ -44,7 +44,6 @@ fn bench(c: &mut Criterion) {
         endpoint: "localhost:5001".into(),
         signer: None,
         minted_keys: None,
-        max_token_bytes: tokengate::token::DEFAULT_MAX_TOKEN_BYTES,
     };
     let authorization = [auth.as_bytes()];
     let request = TokenRequest {

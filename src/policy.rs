@@ -169,7 +169,6 @@ mod tests {
             endpoint: String::new(),
             signer: None,
             minted_keys: None,
-            max_token_bytes: crate::token::DEFAULT_MAX_TOKEN_BYTES,
         }
     }
 

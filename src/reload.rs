@@ -58,7 +58,6 @@ pub fn gate(
     Ok(Tokengate {
         tokens: config.token_service()?,
         token_path,
-        body_limit: config.body_limit,
         groups: groups.into(),
         routes: config.routes.clone(),
         identity_header: config.identity_header.clone(),

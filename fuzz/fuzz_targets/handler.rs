@@ -34,7 +34,6 @@ fn fixture() -> &'static Fixture {
             endpoint: "localhost:5001".into(),
             signer: None,
             minted_keys: None,
-            max_token_bytes: tokengate::token::DEFAULT_MAX_TOKEN_BYTES,
         };
         let auth = format!("Bearer {session}");
         let body = br#"{"permission":{"abilities":{"a1":{"Access":{"see":true,"image_list":true}}},"Id":"a1"}}"#;

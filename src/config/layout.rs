@@ -7,7 +7,8 @@ use serde_yaml::{Mapping, Value};
 
 use super::ConfigError;
 
-/// Each section and its keys: (nested name, flat name).
+/// Each section and the keys resolved in `config`: (nested name, flat name). A component's own
+/// settings struct adds its keys to its section by itself ([`sections`]).
 const SECTIONS: &[(&str, &[(&str, &str)])] = &[
     (
         "listeners",
@@ -33,10 +34,6 @@ const SECTIONS: &[(&str, &[(&str, &str)])] = &[
             ("issuer", "issuer"),
             ("audience", "audience"),
             ("minted_typ", "minted_typ"),
-            ("body_limit", "body_limit"),
-            ("max_depth", "max_depth"),
-            ("max_keys", "max_keys"),
-            ("max_token_bytes", "max_token_bytes"),
             ("reserved_claims", "reserved_claims"),
             ("abilities", "abilities"),
             ("rate_limit", "rate_limit"),
@@ -50,8 +47,6 @@ const SECTIONS: &[(&str, &[(&str, &str)])] = &[
             ("routes", "routes"),
             ("identity_header", "identity_header"),
             ("forward_claims", "forward_claims"),
-            ("allow_semicolon", "allow_semicolon"),
-            ("honor_method_override", "honor_method_override"),
             ("trusted_proxies", "trusted_proxies"),
         ],
     ),
@@ -80,11 +75,32 @@ const SECTIONS: &[(&str, &[(&str, &str)])] = &[
 
 /// Every grouped spelling and its flat one: (`section.key`, flat key).
 pub fn grouped() -> Vec<(String, &'static str)> {
+    sections()
+        .into_iter()
+        .flat_map(|(section, keys)| {
+            keys.into_iter()
+                .map(move |(nested, flat)| (format!("{section}.{nested}"), flat))
+        })
+        .collect()
+}
+
+/// Every section and its keys, (nested, flat): [`SECTIONS`] and the fields of the settings
+/// structs components declare, spelled the same both ways.
+fn sections() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
+    use serde_aux::serde_introspection::serde_introspect;
+    let owned = |section: &str| -> &'static [&'static str] {
+        match section {
+            "token" => serde_introspect::<crate::token::Limits>(),
+            "proxy" => serde_introspect::<crate::request::Options>(),
+            _ => &[],
+        }
+    };
     SECTIONS
         .iter()
-        .flat_map(|(section, keys)| {
-            keys.iter()
-                .map(move |(nested, flat)| (format!("{section}.{nested}"), *flat))
+        .map(|(section, keys)| {
+            let mut keys = keys.to_vec();
+            keys.extend(owned(section).iter().map(|k| (*k, *k)));
+            (*section, keys)
         })
         .collect()
 }
@@ -96,7 +112,7 @@ pub(super) type Spellings = Vec<(String, String)>;
 /// is a mapping (flat, it is the default address).
 pub(super) fn flatten(settings: &mut Mapping) -> Result<Spellings, ConfigError> {
     let mut spellings = Vec::new();
-    for (section, keys) in SECTIONS {
+    for (section, keys) in &sections() {
         let Some(value) = settings.get(*section) else {
             continue;
         };

@@ -32,8 +32,7 @@ use crate::shared::RedisSettings;
 use crate::token::mint::Minting;
 use crate::token::permission::RESERVED_CLAIMS;
 use crate::token::{
-    KeyError, Keyring, PermissionPolicy, Secret, SharedKeyring, TokenService, VerifyPolicy,
-    DEFAULT_MAX_TOKEN_BYTES,
+    KeyError, Keyring, Limits, PermissionPolicy, Secret, SharedKeyring, TokenService, VerifyPolicy,
 };
 use crate::trace::TraceSettings;
 use crate::upstreams::{GroupConfig, UpstreamTimeouts};
@@ -119,14 +118,8 @@ pub struct Config {
     pub minted_typ: Option<String>,
     /// Path of the token route.
     pub token_path: String,
-    /// Largest token request body, in bytes.
-    pub body_limit: usize,
-    /// Deepest permission nesting.
-    pub max_depth: usize,
-    /// Most keys in one permission.
-    pub max_keys: usize,
-    /// Longest token verified.
-    pub max_token_bytes: usize,
+    /// How large a token request, its permission and the tokens may be.
+    pub limits: Limits,
     /// Claims a permission may not set, besides the standard ones.
     pub reserved_claims: Vec<String>,
     /// Allowed ability names, when restricted.
@@ -165,9 +158,22 @@ pub struct Config {
     pub server: ServerConf,
 }
 
-/// The `tokengate:` section as written; every field optional, unknown keys refused.
+/// The `tokengate:` section as written, flat: the settings a component declares itself
+/// ([`Limits`], [`request::Options`]) and the ones resolved here; unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+struct RawFile {
+    #[serde(flatten)]
+    settings: RawConfig,
+    #[serde(flatten)]
+    limits: Limits,
+    #[serde(flatten)]
+    request: request::Options,
+}
+
+/// The settings resolved here; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct RawConfig {
     listen: Option<String>,
     admin_listen: Option<String>,
@@ -183,10 +189,6 @@ struct RawConfig {
     audience: Option<String>,
     minted_typ: Option<String>,
     token_path: Option<String>,
-    body_limit: Option<usize>,
-    max_depth: Option<usize>,
-    max_keys: Option<usize>,
-    max_token_bytes: Option<usize>,
     reserved_claims: Vec<String>,
     abilities: Option<Vec<String>>,
     identity_header: Option<String>,
@@ -194,8 +196,6 @@ struct RawConfig {
     auth: Option<AuthMode>,
     /// Replaced by routes; kept only to say how to rewrite it.
     auth_paths: Option<serde_yaml::Value>,
-    allow_semicolon: Option<bool>,
-    honor_method_override: Option<bool>,
     trusted_proxies: Vec<String>,
     header_timeout: Option<String>,
     grace_period: Option<String>,
@@ -353,7 +353,6 @@ mod defaults {
     pub const SUBJECT_CLAIM: &str = crate::token::DEFAULT_SUBJECT_CLAIM;
     pub const TOKEN_PATH: &str = "/api/v1/token";
     pub const IDENTITY_HEADER: &str = "X-User-Id";
-    pub const BODY_LIMIT: usize = 16 * 1024;
     pub const GRACE_PERIOD: &str = "10s";
     pub const HEADER_TIMEOUT: &str = "10s";
     pub const LEEWAY: &str = "0s";
@@ -436,8 +435,7 @@ impl Config {
                 refused_typ: self.minted_typ.clone(),
             },
             permission: PermissionPolicy {
-                max_depth: self.max_depth,
-                max_keys: self.max_keys,
+                limits: self.limits,
                 reserved,
                 abilities: self.abilities.clone(),
             },
@@ -450,7 +448,6 @@ impl Config {
             endpoint: self.endpoint.clone(),
             signer: self.signing.as_ref().map(|s| s.key.clone()),
             minted_keys: self.signing.as_ref().map(|s| s.public.clone()),
-            max_token_bytes: self.max_token_bytes,
         })
     }
 
@@ -490,7 +487,7 @@ impl Config {
 /// Splits the file into tokengate's settings and Pingora's. tokengate's may sit under
 /// `tokengate:` or, flat, at the top level beside Pingora's keys; every key must be one or the
 /// other, and none may be given in both places.
-fn split_sections(text: &str) -> Result<(RawConfig, ServerConf, layout::Spellings), ConfigError> {
+fn split_sections(text: &str) -> Result<(RawFile, ServerConf, layout::Spellings), ConfigError> {
     let parse_err = |e: serde_yaml::Error| ConfigError::Parse(e.to_string());
     let mut doc: serde_yaml::Mapping = if text.trim().is_empty() {
         serde_yaml::Mapping::new()
@@ -534,7 +531,7 @@ fn split_sections(text: &str) -> Result<(RawConfig, ServerConf, layout::Spelling
             .or_insert_with(|| threads.clone());
     }
     let raw = serde_yaml::from_value(serde_yaml::Value::Mapping(section))
-        .map_err(|e| ConfigError::Parse(format!("tokengate: {e}")))?;
+        .map_err(|e| ConfigError::Parse(format!("tokengate: {}", with_expected_keys(e))))?;
     // Each worker thread runs its own connections start to end unless the file says otherwise:
     // no cross-thread task stealing on the per-request path (cheaper, and what Pingora advises).
     let stealing_set = doc.contains_key("work_stealing");
@@ -551,6 +548,28 @@ fn split_sections(text: &str) -> Result<(RawConfig, ServerConf, layout::Spelling
         server.upstream_keepalive_pool_size = defaults::UPSTREAM_POOL;
     }
     Ok((raw, server, spellings))
+}
+
+/// Every key the `tokengate:` section takes, flat, whoever declares it.
+fn flat_keys() -> Vec<&'static str> {
+    use serde_aux::serde_introspection::serde_introspect;
+    [
+        serde_introspect::<RawConfig>(),
+        serde_introspect::<Limits>(),
+        serde_introspect::<request::Options>(),
+    ]
+    .concat()
+}
+
+/// `error`, with the keys allowed when it refuses an unknown one: serde lists them itself only
+/// for a struct that declares every key.
+fn with_expected_keys(error: serde_yaml::Error) -> String {
+    let text = error.to_string();
+    if !text.starts_with("unknown field") || text.contains("expected") {
+        return text;
+    }
+    let keys: Vec<String> = flat_keys().iter().map(|k| format!("`{k}`")).collect();
+    format!("{text}, expected one of {}", keys.join(", "))
 }
 
 fn pingora_keys() -> BTreeSet<String> {
@@ -807,11 +826,12 @@ fn resolve_token_path(raw: Option<String>) -> Result<String, ConfigError> {
     Ok(path)
 }
 
-fn resolve(
-    mut raw: RawConfig,
-    mut server: ServerConf,
-    env: &impl Env,
-) -> Result<Config, ConfigError> {
+fn resolve(file: RawFile, mut server: ServerConf, env: &impl Env) -> Result<Config, ConfigError> {
+    let RawFile {
+        settings: mut raw,
+        limits,
+        request,
+    } = file;
     if raw.auth_paths.is_some() {
         return Err(invalid(
             "tokengate.auth_paths",
@@ -833,7 +853,7 @@ fn resolve(
         .chain([token.subject_claim.clone()])
         .chain(token.reserved_claims.iter().cloned())
         .collect();
-    let proxy = resolve_proxy_section(&mut raw, env, network.upstream, &issuer_claims)?;
+    let proxy = resolve_proxy_section(&mut raw, request, env, network.upstream, &issuer_claims)?;
     server.threads = process.threads;
     // Pingora's grace sleep is fixed; the drain watcher exits as soon as in-flight work is done.
     server.grace_period_seconds = Some(process.grace_period.as_secs());
@@ -856,10 +876,7 @@ fn resolve(
         audience: token.audience,
         minted_typ: token.minted_typ,
         token_path: token.token_path,
-        body_limit: token.body_limit,
-        max_depth: token.max_depth,
-        max_keys: token.max_keys,
-        max_token_bytes: token.max_token_bytes,
+        limits,
         reserved_claims: token.reserved_claims,
         abilities: token.abilities,
         signing: token.signing,
@@ -933,17 +950,12 @@ struct TokenSection {
     audience: Option<String>,
     minted_typ: Option<String>,
     token_path: String,
-    body_limit: usize,
-    max_depth: usize,
-    max_keys: usize,
-    max_token_bytes: usize,
     reserved_claims: Vec<String>,
     abilities: Option<Vec<String>>,
     signing: Option<Signing>,
 }
 
 fn resolve_token_section(raw: &mut RawConfig, env: &impl Env) -> Result<TokenSection, ConfigError> {
-    use crate::token::permission::{DEFAULT_MAX_DEPTH, DEFAULT_MAX_KEYS};
     let max_ttl = raw.max_ttl.take();
     Ok(TokenSection {
         rate_limit: resolve_rate_limit(std::mem::take(&mut raw.rate_limit))?,
@@ -966,10 +978,6 @@ fn resolve_token_section(raw: &mut RawConfig, env: &impl Env) -> Result<TokenSec
         audience: raw.audience.take(),
         minted_typ: resolve_minted_typ(raw.minted_typ.take())?,
         token_path: resolve_token_path(raw.token_path.take())?,
-        body_limit: raw.body_limit.unwrap_or(defaults::BODY_LIMIT),
-        max_depth: raw.max_depth.unwrap_or(DEFAULT_MAX_DEPTH),
-        max_keys: raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
-        max_token_bytes: raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES),
         reserved_claims: std::mem::take(&mut raw.reserved_claims),
         abilities: raw.abilities.clone(),
         signing: raw
@@ -993,14 +1001,11 @@ struct ProxySection {
 
 fn resolve_proxy_section(
     raw: &mut RawConfig,
+    request: request::Options,
     env: &impl Env,
     upstream: String,
     issuer_claims: &[String],
 ) -> Result<ProxySection, ConfigError> {
-    let request = request::Options {
-        allow_semicolon: raw.allow_semicolon.unwrap_or(false),
-        honor_method_override: raw.honor_method_override.unwrap_or(false),
-    };
     let upstream_timeouts = resolve_timeouts(std::mem::take(&mut raw.upstream_timeouts), env)?;
     let upstream_groups = routes::resolve_groups(
         upstream,
@@ -1055,8 +1060,8 @@ mod tests {
         assert_eq!(c.endpoint, "localhost:5001");
         assert_eq!(c.grace_period, Duration::from_secs(10));
         assert_eq!(c.header_timeout, Duration::from_secs(10));
-        assert_eq!(c.body_limit, 16384);
-        assert_eq!(c.max_token_bytes, 8192);
+        assert_eq!(c.limits.body_limit, 16384);
+        assert_eq!(c.limits.max_token_bytes, 8192);
         assert_eq!(c.request, request::Options::default());
         assert_eq!(
             c.rate_limit,

@@ -68,8 +68,6 @@ pub struct Tokengate {
     pub tokens: TokenService,
     /// Path of the token route (matched in any case, with a trailing `/` or `.format`).
     pub token_path: PathTemplate,
-    /// Largest body tokengate reads itself.
-    pub body_limit: usize,
     /// Upstream groups, by index (a reload keeps the unchanged ones).
     pub groups: Arc<[Arc<UpstreamGroup>]>,
     /// The ranked route table.

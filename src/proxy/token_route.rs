@@ -87,7 +87,7 @@ impl Tokengate {
 
     /// Reads the whole body within the limit: `Content-Length` first, then a running count.
     pub(super) async fn read_body(&self, session: &mut Session) -> Result<BytesMut, ApiError> {
-        read_body(session, self.body_limit).await
+        read_body(session, self.tokens.permission.limits.body_limit).await
     }
 }
 

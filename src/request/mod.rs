@@ -92,8 +92,10 @@ impl Refusal {
     }
 }
 
-/// Settings that change what a request may look like.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Settings that change what a request may look like: settings of the `proxy` section, each
+/// declared here once (the file's keys are the field names; each defaults to `false`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default)]
 pub struct Options {
     /// Let `;` through in paths, literally (default: refused).
     pub allow_semicolon: bool,

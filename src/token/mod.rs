@@ -14,7 +14,7 @@ pub mod verify;
 use crate::error::{ApiError, ErrorCode};
 pub use asymmetric::{AsymmetricKey, PublicKeys};
 pub use keys::{KeyError, Keyring, Secret, SharedKeyring};
-pub use permission::PermissionPolicy;
+pub use permission::{Limits, PermissionPolicy};
 pub use verify::{Claims, SignatureKeys, VerifyPolicy};
 
 /// What the token route needs of a request, borrowed from wherever it came from.
@@ -65,16 +65,10 @@ pub struct TokenService {
     /// The public keys of the signer and of every published key: forwarded requests may carry
     /// a token tokengate minted with any of them.
     pub minted_keys: Option<std::sync::Arc<PublicKeys>>,
-    /// Longest token verified; a longer one is refused unread.
-    pub max_token_bytes: usize,
 }
 
 /// The claim holding the subject in the legacy session tokens, unless configured.
 pub const DEFAULT_SUBJECT_CLAIM: &str = "user_id";
-
-/// Default for [`TokenService::max_token_bytes`]: far above any real token, far below the
-/// header lines that clients refuse to read back in `X-token`.
-pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 const TOKEN_TOO_LONG: ApiError = ApiError::new(
     ErrorCode::InvalidRequest,
@@ -150,7 +144,7 @@ impl TokenService {
         session: bool,
     ) -> Result<Caller<'a>, ApiError> {
         let token = extract::bearer_token(authorization.iter().copied())?;
-        if token.len() > self.max_token_bytes {
+        if token.len() > self.permission.limits.max_token_bytes {
             return Err(TOKEN_TOO_LONG);
         }
         let claims = verify::verify_as(token, keys, &self.verify, now, session)?;
@@ -251,7 +245,7 @@ impl Prepared<'_> {
             ),
         }
         .map_err(|_| ApiError::new(ErrorCode::Internal, "The token could not be signed."))?;
-        if body.len() - TOKEN_OPENING.len() > service.max_token_bytes {
+        if body.len() - TOKEN_OPENING.len() > service.permission.limits.max_token_bytes {
             return Err(MINTED_TOO_LONG);
         }
         Ok(Minted {
@@ -304,7 +298,6 @@ mod tests {
             endpoint: "localhost:5001".into(),
             signer: None,
             minted_keys: None,
-            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
         }
     }
 
@@ -341,9 +334,10 @@ mod tests {
         // The seed's token: its two segments, a dot, 43 characters of signature.
         let length = SEED_MINTED.len() + 1 + 43;
         assert_eq!(minted.body.len(), TOKEN_OPENING.len() + length + 30);
-        let at_most = |max_token_bytes: usize| TokenService {
-            max_token_bytes,
-            ..service()
+        let at_most = |max_token_bytes: usize| {
+            let mut service = service();
+            service.permission.limits.max_token_bytes = max_token_bytes;
+            service
         };
         assert!(seed_request(&session, |r| at_most(length).handle(r, SEED_IAT)).is_ok());
         let refused = seed_request(&session, |r| at_most(length - 1).handle(r, SEED_IAT));

@@ -55,26 +55,46 @@ impl serde::Serialize for Permission {
 /// The rules a permission is held to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PermissionPolicy {
-    /// Deepest nesting allowed; the permission object itself is depth 1.
-    pub max_depth: usize,
-    /// Most object keys allowed, counted at every depth.
-    pub max_keys: usize,
+    /// How large a token request, its permission and the minted token may be.
+    pub limits: Limits,
     /// Claim names refused besides [`RESERVED_CLAIMS`] (the subject claim belongs here).
     pub reserved: Vec<String>,
     /// When set, the only names `abilities.<resource>.Access` may hold.
     pub abilities: Option<Vec<String>>,
 }
 
-/// Deepest permission nesting, unless configured.
-pub const DEFAULT_MAX_DEPTH: usize = 16;
-/// Most keys in one permission, unless configured.
-pub const DEFAULT_MAX_KEYS: usize = 512;
+/// How large a token request, its permission and the tokens may be: settings of the `token`
+/// section, each declared here once with its default (the file's keys are the field names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Largest token request body, in bytes.
+    pub body_limit: usize,
+    /// Deepest permission nesting; the permission object itself is depth 1.
+    pub max_depth: usize,
+    /// Most object keys in one permission, counted at every depth.
+    pub max_keys: usize,
+    /// Longest token verified (a longer one is refused unread) or minted.
+    pub max_token_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_limit: 16 * 1024,
+            max_depth: 16,
+            max_keys: 512,
+            // Far above any real token, far below the header lines that clients refuse to read
+            // back in `X-token`.
+            max_token_bytes: 8 * 1024,
+        }
+    }
+}
 
 impl Default for PermissionPolicy {
     fn default() -> Self {
         PermissionPolicy {
-            max_depth: DEFAULT_MAX_DEPTH,
-            max_keys: DEFAULT_MAX_KEYS,
+            limits: Limits::default(),
             reserved: vec![super::DEFAULT_SUBJECT_CLAIM.to_owned()],
             abilities: None,
         }
@@ -445,7 +465,7 @@ impl Strict<'_, '_> {
     }
 
     fn deeper<E: de::Error>(self) -> Result<Self, E> {
-        if self.depth + 1 > self.policy.max_depth {
+        if self.depth + 1 > self.policy.limits.max_depth {
             return Err(self.refuse(TOO_DEEP));
         }
         Ok(Strict {
@@ -537,7 +557,7 @@ impl<'de> Visitor<'de> for Strict<'_, 'de> {
                 Cow::Owned(_) => self.rewritten.set(true),
             }
             self.keys.set(self.keys.get() + 1);
-            if self.keys.get() > self.policy.max_keys {
+            if self.keys.get() > self.policy.limits.max_keys {
                 return Err(self.refuse(TOO_MANY_KEYS));
             }
             let duplicate = match &mut index {
