@@ -212,11 +212,17 @@ fn register() -> Result<Metrics, prometheus::Error> {
             &["version"]
         )?,
     };
+    zero_series(&metrics);
+    Ok(metrics)
+}
+
+/// The build's series, and every labelled series known in advance at zero, so rates and
+/// alerts work before the first event.
+fn zero_series(metrics: &Metrics) {
     metrics
         .build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1.0);
-    // Zero series up front, so rates and alerts work before the first refusal happens.
     for code in ErrorCode::ALL.iter().filter(|c| c.status() < 500) {
         metrics.rejections.with_label_values(&[code.as_str()]);
     }
@@ -239,7 +245,6 @@ fn register() -> Result<Metrics, prometheus::Error> {
     ] {
         metrics.upstream_errors.with_label_values(&[kind.as_str()]);
     }
-    Ok(metrics)
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
