@@ -13,13 +13,13 @@ use async_trait::async_trait;
 use tokio::sync::{watch, Mutex};
 
 use crate::access_log::AccessLog;
-use crate::config::{Config, ConfigError, ListenerTls, ProcessEnv};
+use crate::config::{Config, ConfigError, ProcessEnv};
 use crate::limits::Limiter;
 use crate::metrics;
 use crate::proxy::{AppState, Tokengate};
 use crate::routes::PathTemplate;
-use crate::shared::{RedisSettings, Shared};
-use crate::trace::{Exporter, TraceSettings};
+use crate::shared::Shared;
+use crate::trace::Exporter;
 use crate::upstreams::{GroupConfig, UpstreamGroup};
 use crate::watch::Subscriber;
 use pingora_prometheus::prometheus::IntCounterVec;
@@ -111,56 +111,35 @@ impl Running {
     }
 }
 
-/// Settings that need new sockets or connections: a reload logs a change and keeps them.
-#[derive(PartialEq)]
-struct NeedsRestart {
-    listen: std::net::SocketAddr,
-    admin_listen: std::net::SocketAddr,
-    tls: Option<ListenerTls>,
-    h2c: bool,
-    threads: usize,
-    header_timeout: Duration,
-    grace_period: Duration,
-    redis: Option<RedisSettings>,
-    tracing: Option<TraceSettings>,
-    log: log::LevelFilter,
-}
+/// The settings that need new sockets, threads or connections, each by name with its value as
+/// text: a reload compares them, logs the ones that changed and keeps their running values.
+struct NeedsRestart(Vec<(&'static str, String)>);
 
 impl NeedsRestart {
-    fn of(config: &Config) -> NeedsRestart {
-        NeedsRestart {
-            listen: config.listen,
-            admin_listen: config.admin_listen,
-            tls: config.tls.clone(),
-            h2c: config.h2c,
-            threads: config.threads,
-            header_timeout: config.header_timeout,
-            grace_period: config.grace_period,
-            redis: config.redis.clone(),
-            tracing: config.tracing.clone(),
-            log: config.log,
-        }
+    fn of(c: &Config) -> NeedsRestart {
+        let text = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        NeedsRestart(vec![
+            ("listen", text(&c.listen)),
+            ("admin_listen", text(&c.admin_listen)),
+            ("tls", text(&c.tls)),
+            ("h2c", text(&c.h2c)),
+            ("threads", text(&c.threads)),
+            ("header_timeout", text(&c.header_timeout)),
+            ("grace_period", text(&c.grace_period)),
+            ("redis", text(&c.redis)),
+            ("tracing", text(&c.tracing)),
+            ("log", text(&c.log)),
+        ])
     }
 
     /// The names of the settings that differ in `new`.
     fn changed(&self, new: &NeedsRestart) -> Vec<&'static str> {
-        let mut names = Vec::new();
-        let mut check = |differs: bool, name| {
-            if differs {
-                names.push(name);
-            }
-        };
-        check(self.listen != new.listen, "listen");
-        check(self.admin_listen != new.admin_listen, "admin_listen");
-        check(self.tls != new.tls, "tls");
-        check(self.h2c != new.h2c, "h2c");
-        check(self.threads != new.threads, "threads");
-        check(self.header_timeout != new.header_timeout, "header_timeout");
-        check(self.grace_period != new.grace_period, "grace_period");
-        check(self.redis != new.redis, "redis");
-        check(self.tracing != new.tracing, "tracing");
-        check(self.log != new.log, "log");
-        names
+        self.0
+            .iter()
+            .zip(&new.0)
+            .filter(|(old, new)| old.1 != new.1)
+            .map(|(old, _)| old.0)
+            .collect()
     }
 }
 
@@ -332,29 +311,21 @@ impl Subscriber for Secrets {
 mod tests {
     use super::*;
 
-    fn settings() -> NeedsRestart {
-        NeedsRestart {
-            listen: "127.0.0.1:8080".parse().unwrap(),
-            admin_listen: "127.0.0.1:9090".parse().unwrap(),
-            tls: None,
-            h2c: false,
-            threads: 2,
-            header_timeout: Duration::from_secs(10),
-            grace_period: Duration::from_secs(10),
-            redis: None,
-            tracing: None,
-            log: log::LevelFilter::Info,
-        }
+    fn settings(yaml: &str) -> NeedsRestart {
+        let secret = [(
+            "TOKENGATE_SECRET",
+            "a-secret-of-at-least-thirty-two-bytes!!",
+        )];
+        NeedsRestart::of(&Config::from_yaml(yaml, &secret).unwrap())
     }
 
     #[test]
     fn restart_only_changes_are_named() {
-        let old = settings();
-        assert!(old.changed(&settings()).is_empty());
-        let mut new = settings();
-        new.listen = "0.0.0.0:8080".parse().unwrap();
-        new.h2c = true;
-        new.log = log::LevelFilter::Debug;
+        let old = settings("tokengate:\n  endpoint: a:1\n");
+        assert!(old
+            .changed(&settings("tokengate:\n  endpoint: b:2\n"))
+            .is_empty());
+        let new = settings("tokengate:\n  listen: 0.0.0.0:8080\n  h2c: true\n  log: debug\n");
         assert_eq!(old.changed(&new), ["listen", "h2c", "log"]);
     }
 }
