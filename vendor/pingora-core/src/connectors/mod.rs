@@ -183,6 +183,24 @@ pub struct TransportConnector {
 
 const DEFAULT_POOL_SIZE: usize = 128;
 
+/// Whether pooled `stream` is connected where `peer` says. The address its socket digest recorded
+/// at connect is what `getpeername` returns for the socket the pool owns, so it is compared
+/// instead of asking the kernel on every reuse; a stream without one, or through a proxy, is
+/// checked by its fd as before.
+#[cfg(unix)]
+fn stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    use crate::protocols::l4::socket::SocketAddr as PeerAddr;
+    let digest = stream.get_socket_digest();
+    let recorded = digest.as_ref().and_then(|d| d.peer_addr.get()).cloned().flatten();
+    match (recorded, peer.address(), peer.get_proxy()) {
+        (Some(PeerAddr::Inet(recorded)), PeerAddr::Inet(want), None) => {
+            // As `check_fd_match`: 0.0.0.0 as a destination may be mapped to 127.0.0.1.
+            *want == recorded || want.ip() == std::net::Ipv4Addr::UNSPECIFIED
+        }
+        _ => peer.matches_fd(stream.id()),
+    }
+}
+
 /// How often taking a pooled stream yields to let its idle poll drop its reference.
 const IDLE_POLL_RELEASE_YIELDS: usize = 16;
 
@@ -287,7 +305,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if stream_matches_peer(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
