@@ -172,8 +172,14 @@ fn caller_token(
         return Ok(None);
     };
     let keys = config.keyring().map_err(Problem::Config)?;
-    let session = session_token(keys.signing(), &config.subject_claim, user, q.now, 3600)
-        .map_err(question)?;
+    let session = session_token(
+        keys.signing(),
+        &config.token.subject_claim,
+        user,
+        q.now,
+        3600,
+    )
+    .map_err(question)?;
     let Some(permission) = &q.permission else {
         return Ok(Some(session));
     };

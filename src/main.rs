@@ -125,7 +125,7 @@ fn sign(config: &Config, user_id: &str, ttl_secs: u64) -> ExitCode {
     };
     match session_token(
         keys.signing(),
-        &config.subject_claim,
+        &config.token.subject_claim,
         user_id,
         now,
         ttl_secs,

@@ -41,10 +41,11 @@ pub fn gate(
     groups: Vec<Arc<UpstreamGroup>>,
     lasting: &Lasting,
 ) -> Result<Tokengate, ConfigError> {
-    let token_path = PathTemplate::parse(&config.token_path).map_err(|e| ConfigError::Invalid {
-        key: "tokengate.token_path".into(),
-        problem: e.to_string(),
-    })?;
+    let token_path =
+        PathTemplate::parse(&config.token.token_path).map_err(|e| ConfigError::Invalid {
+            key: "tokengate.token_path".into(),
+            problem: e.to_string(),
+        })?;
     let route_limiters = config
         .routes
         .routes()
@@ -65,19 +66,19 @@ pub fn gate(
         request: config.request,
         trusted_proxies: config.trusted_proxies.clone(),
         access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
-        limiter: config.rate_limit.map(Limiter::new),
-        mint_rate: config.rate_limit,
+        limiter: config.token.rate_limit.map(Limiter::new),
+        mint_rate: config.token.rate_limit,
         route_limiters,
         shared: lasting.shared.clone(),
         tracer: lasting.tracer.clone(),
-        jwks: config.signing.as_ref().map(|s| {
+        jwks: config.token.signing.as_ref().map(|s| {
             (
                 bytes::Bytes::from(s.jwks.clone()),
                 format!("public, max-age={}", s.jwks_max_age.as_secs()),
             )
         }),
         secret_source: config.secret_source.clone(),
-        algorithms: config.algorithms.clone(),
+        algorithms: config.token.algorithms.clone(),
         state: lasting.state.clone(),
     })
 }

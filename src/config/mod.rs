@@ -100,30 +100,8 @@ pub struct Config {
     pub secret_source: SecretSource,
     /// The public development secret is in use (allowed on loopback listeners only).
     pub development_secret: bool,
-    /// Mints allowed per subject; `None` means unlimited.
-    pub rate_limit: Option<RateLimit>,
-    /// Algorithms session tokens may use.
-    pub algorithms: Vec<Algorithm>,
-    /// Name of the subject claim.
-    pub subject_claim: String,
-    /// Clock skew tolerated on `exp` and `nbf`.
-    pub leeway: Duration,
-    /// Upper bound on a minted token's lifetime.
-    pub max_ttl: Option<Duration>,
-    /// `iss` session tokens must carry, written onto minted ones.
-    pub issuer: Option<String>,
-    /// `aud` session tokens must hold, written onto minted ones.
-    pub audience: Option<String>,
-    /// The header `typ` of minted tokens; a session token with it is refused.
-    pub minted_typ: Option<String>,
-    /// Path of the token route.
-    pub token_path: String,
-    /// How large a token request, its permission and the tokens may be.
-    pub limits: Limits,
-    /// Claims a permission may not set, besides the standard ones.
-    pub reserved_claims: Vec<String>,
-    /// Allowed ability names, when restricted.
-    pub abilities: Option<Vec<String>>,
+    /// The `token` section: minting and verifying tokens.
+    pub token: TokenSettings,
     /// Header carrying the subject to the upstream.
     pub identity_header: HeaderName,
     /// Claims forwarded as headers.
@@ -148,8 +126,6 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Whether each request gets an access-log line on stdout.
     pub access_log: bool,
-    /// ES256 / EdDSA minting, when configured; HS256 otherwise.
-    pub signing: Option<Signing>,
     /// Upstream groups; the first is `default`, made of `upstream`.
     pub upstream_groups: Vec<GroupConfig>,
     /// The ranked routes; the last is a catch-all to the default group.
@@ -417,37 +393,38 @@ impl Config {
 
     /// The keyring the configured secrets make.
     pub fn keyring(&self) -> Result<Keyring, ConfigError> {
-        Keyring::new(&self.secrets, &self.algorithms).map_err(ConfigError::Keys)
+        Keyring::new(&self.secrets, &self.token.algorithms).map_err(ConfigError::Keys)
     }
 
     /// The token route's service, built from this configuration.
     pub fn token_service(&self) -> Result<TokenService, ConfigError> {
         let keys = SharedKeyring::new(self.keyring()?);
-        let mut reserved = self.reserved_claims.clone();
-        reserved.push(self.subject_claim.clone());
+        let token = &self.token;
+        let mut reserved = token.reserved_claims.clone();
+        reserved.push(token.subject_claim.clone());
         Ok(TokenService {
             keys,
             verify: VerifyPolicy {
-                subject_claim: self.subject_claim.clone(),
-                leeway_secs: self.leeway.as_secs(),
-                issuer: self.issuer.clone(),
-                audience: self.audience.clone(),
-                refused_typ: self.minted_typ.clone(),
+                subject_claim: token.subject_claim.clone(),
+                leeway_secs: token.leeway.as_secs(),
+                issuer: token.issuer.clone(),
+                audience: token.audience.clone(),
+                refused_typ: token.minted_typ.clone(),
             },
             permission: PermissionPolicy {
-                limits: self.limits,
+                limits: token.limits,
                 reserved,
-                abilities: self.abilities.clone(),
+                abilities: token.abilities.clone(),
             },
             minting: Minting {
-                max_ttl_secs: self.max_ttl.map(|d| d.as_secs()),
-                typ: self.minted_typ.clone(),
-                issuer: self.issuer.clone(),
-                audience: self.audience.clone(),
+                max_ttl_secs: token.max_ttl.map(|d| d.as_secs()),
+                typ: token.minted_typ.clone(),
+                issuer: token.issuer.clone(),
+                audience: token.audience.clone(),
             },
             endpoint: self.endpoint.clone(),
-            signer: self.signing.as_ref().map(|s| s.key.clone()),
-            minted_keys: self.signing.as_ref().map(|s| s.public.clone()),
+            signer: token.signing.as_ref().map(|s| s.key.clone()),
+            minted_keys: token.signing.as_ref().map(|s| s.public.clone()),
         })
     }
 
@@ -845,7 +822,7 @@ fn resolve(file: RawFile, mut server: ServerConf, env: &impl Env) -> Result<Conf
     listeners.extend(tls.as_ref().map(|t| t.listen));
     let (secret_source, secrets, development_secret) = resolve_secrets(&mut raw, env, &listeners)?;
     let process = resolve_process(&mut raw, env)?;
-    let token = resolve_token_section(&mut raw, env)?;
+    let token = resolve_token_section(&mut raw, limits, env)?;
     // What the session token's issuer alone sets: the names no permission may set.
     let issuer_claims: Vec<String> = RESERVED_CLAIMS
         .iter()
@@ -867,19 +844,7 @@ fn resolve(file: RawFile, mut server: ServerConf, env: &impl Env) -> Result<Conf
         secrets,
         secret_source,
         development_secret,
-        rate_limit: token.rate_limit,
-        algorithms: token.algorithms,
-        subject_claim: token.subject_claim,
-        leeway: token.leeway,
-        max_ttl: token.max_ttl,
-        issuer: token.issuer,
-        audience: token.audience,
-        minted_typ: token.minted_typ,
-        token_path: token.token_path,
-        limits,
-        reserved_claims: token.reserved_claims,
-        abilities: token.abilities,
-        signing: token.signing,
+        token,
         identity_header: proxy.identity_header,
         forward_claims: proxy.forward_claims,
         request: proxy.request,
@@ -939,25 +904,44 @@ fn resolve_secrets(
     Ok((source, secrets, development))
 }
 
-/// What minting and verifying tokens take, besides the keys.
-struct TokenSection {
-    rate_limit: Option<RateLimit>,
-    algorithms: Vec<Algorithm>,
-    subject_claim: String,
-    leeway: Duration,
-    max_ttl: Option<Duration>,
-    issuer: Option<String>,
-    audience: Option<String>,
-    minted_typ: Option<String>,
-    token_path: String,
-    reserved_claims: Vec<String>,
-    abilities: Option<Vec<String>>,
-    signing: Option<Signing>,
+/// The `token` section resolved: what minting and verifying tokens take, besides the keys.
+#[derive(Debug)]
+pub struct TokenSettings {
+    /// Mints allowed per subject; `None` means unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// Algorithms session tokens may use.
+    pub algorithms: Vec<Algorithm>,
+    /// Name of the subject claim.
+    pub subject_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Upper bound on a minted token's lifetime.
+    pub max_ttl: Option<Duration>,
+    /// `iss` session tokens must carry, written onto minted ones.
+    pub issuer: Option<String>,
+    /// `aud` session tokens must hold, written onto minted ones.
+    pub audience: Option<String>,
+    /// The header `typ` of minted tokens; a session token with it is refused.
+    pub minted_typ: Option<String>,
+    /// Path of the token route.
+    pub token_path: String,
+    /// How large a token request, its permission and the tokens may be.
+    pub limits: Limits,
+    /// Claims a permission may not set, besides the standard ones.
+    pub reserved_claims: Vec<String>,
+    /// Allowed ability names, when restricted.
+    pub abilities: Option<Vec<String>>,
+    /// ES256 / EdDSA minting, when configured; HS256 otherwise.
+    pub signing: Option<Signing>,
 }
 
-fn resolve_token_section(raw: &mut RawConfig, env: &impl Env) -> Result<TokenSection, ConfigError> {
+fn resolve_token_section(
+    raw: &mut RawConfig,
+    limits: Limits,
+    env: &impl Env,
+) -> Result<TokenSettings, ConfigError> {
     let max_ttl = raw.max_ttl.take();
-    Ok(TokenSection {
+    Ok(TokenSettings {
         rate_limit: resolve_rate_limit(std::mem::take(&mut raw.rate_limit))?,
         algorithms: resolve_algorithms(raw.algorithms.take())?,
         subject_claim: raw
@@ -978,6 +962,7 @@ fn resolve_token_section(raw: &mut RawConfig, env: &impl Env) -> Result<TokenSec
         audience: raw.audience.take(),
         minted_typ: resolve_minted_typ(raw.minted_typ.take())?,
         token_path: resolve_token_path(raw.token_path.take())?,
+        limits,
         reserved_claims: std::mem::take(&mut raw.reserved_claims),
         abilities: raw.abilities.clone(),
         signing: raw
@@ -1060,11 +1045,11 @@ mod tests {
         assert_eq!(c.endpoint, "localhost:5001");
         assert_eq!(c.grace_period, Duration::from_secs(10));
         assert_eq!(c.header_timeout, Duration::from_secs(10));
-        assert_eq!(c.limits.body_limit, 16384);
-        assert_eq!(c.limits.max_token_bytes, 8192);
+        assert_eq!(c.token.limits.body_limit, 16384);
+        assert_eq!(c.token.limits.max_token_bytes, 8192);
         assert_eq!(c.request, request::Options::default());
         assert_eq!(
-            c.rate_limit,
+            c.token.rate_limit,
             Some(RateLimit {
                 mints: 10,
                 per: Duration::from_secs(1),
