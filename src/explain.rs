@@ -115,6 +115,7 @@ pub fn explain(config: &Config, q: &Question) -> Result<Explanation, Problem> {
         tracer: None,
     };
     let groups: Vec<Arc<UpstreamGroup>> = config
+        .proxy
         .upstream_groups
         .iter()
         .map(|g| Arc::new(UpstreamGroup::new(g.clone())))

@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         }
         None if cli.test => {
             if cli.verbose {
-                print!("{}", config.routes.describe(&config.group_names()));
+                print!("{}", config.proxy.routes.describe(&config.group_names()));
             }
             println!("tokengate: configuration OK");
             ExitCode::SUCCESS
@@ -102,7 +102,7 @@ fn serve(config: Config, cli: &Cli) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         config.listen,
         config.admin_listen,
-        config.upstream_groups[0].addresses.join(", ")
+        config.proxy.upstream_groups[0].addresses.join(", ")
     );
     let built = match server::build(config, cli.conf.clone(), Some(opt)) {
         Ok(built) => built,

@@ -47,6 +47,7 @@ pub fn gate(
             problem: e.to_string(),
         })?;
     let route_limiters = config
+        .proxy
         .routes
         .routes()
         .iter()
@@ -60,11 +61,11 @@ pub fn gate(
         tokens: config.token_service()?,
         token_path,
         groups: groups.into(),
-        routes: config.routes.clone(),
-        identity_header: config.identity_header.clone(),
-        forward_claims: config.forward_claims.clone(),
-        request: config.request,
-        trusted_proxies: config.trusted_proxies.clone(),
+        routes: config.proxy.routes.clone(),
+        identity_header: config.proxy.identity_header.clone(),
+        forward_claims: config.proxy.forward_claims.clone(),
+        request: config.proxy.request,
+        trusted_proxies: config.proxy.trusted_proxies.clone(),
         access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
         limiter: config.token.rate_limit.map(Limiter::new),
         mint_rate: config.token.rate_limit,
@@ -125,7 +126,7 @@ impl NeedsRestart {
             ("tls", text(&c.tls)),
             ("h2c", text(&c.h2c)),
             ("threads", text(&c.threads)),
-            ("header_timeout", text(&c.header_timeout)),
+            ("header_timeout", text(&c.proxy.header_timeout)),
             ("grace_period", text(&c.grace_period)),
             ("redis", text(&c.redis)),
             ("tracing", text(&c.tracing)),
@@ -191,8 +192,8 @@ impl Reloader {
                 changed.join(", ")
             );
         }
-        let mut next = Vec::with_capacity(config.upstream_groups.len());
-        for group_config in &config.upstream_groups {
+        let mut next = Vec::with_capacity(config.proxy.upstream_groups.len());
+        for group_config in &config.proxy.upstream_groups {
             next.push(self.group_for(group_config, running).await);
         }
         let groups = next.iter().map(|r| r.group.clone()).collect();
@@ -215,7 +216,7 @@ impl Reloader {
         *running = next;
         Ok(format!(
             "{} routes, {} upstream groups",
-            config.routes.routes().len(),
+            config.proxy.routes.routes().len(),
             running.len()
         ))
     }

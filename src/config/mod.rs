@@ -102,16 +102,8 @@ pub struct Config {
     pub development_secret: bool,
     /// The `token` section: minting and verifying tokens.
     pub token: TokenSettings,
-    /// Header carrying the subject to the upstream.
-    pub identity_header: HeaderName,
-    /// Claims forwarded as headers.
-    pub forward_claims: Vec<ClaimHeader>,
-    /// What a request may look like (semicolons, method overrides).
-    pub request: request::Options,
-    /// Peers whose forwarding headers are extended rather than replaced.
-    pub trusted_proxies: TrustedProxies,
-    /// Longest a client may take to send a request head.
-    pub header_timeout: Duration,
+    /// How forwarded requests are read, checked, routed and rewritten.
+    pub proxy: ProxySettings,
     /// Shared limits and sign-outs across replicas, when configured.
     pub redis: Option<RedisSettings>,
     /// Span export, when configured.
@@ -126,10 +118,6 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Whether each request gets an access-log line on stdout.
     pub access_log: bool,
-    /// Upstream groups; the first is `default`, made of `upstream`.
-    pub upstream_groups: Vec<GroupConfig>,
-    /// The ranked routes; the last is a catch-all to the default group.
-    pub routes: RouteTable,
     /// Pingora's own server settings (from the same file's other top-level keys).
     pub server: ServerConf,
 }
@@ -440,7 +428,7 @@ impl Config {
                     .to_owned(),
             );
         }
-        for group in &self.upstream_groups {
+        for group in &self.proxy.upstream_groups {
             if group.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
                 warnings.push(format!(
                     "tokengate.upstreams.{}.tls: insecure_skip_verify is on: any server \
@@ -454,7 +442,8 @@ impl Config {
 
     /// The upstream groups' names, in index order.
     pub fn group_names(&self) -> Vec<String> {
-        self.upstream_groups
+        self.proxy
+            .upstream_groups
             .iter()
             .map(|g| g.name.clone())
             .collect()
@@ -845,13 +834,7 @@ fn resolve(file: RawFile, mut server: ServerConf, env: &impl Env) -> Result<Conf
         secret_source,
         development_secret,
         token,
-        identity_header: proxy.identity_header,
-        forward_claims: proxy.forward_claims,
-        request: proxy.request,
-        trusted_proxies: proxy.trusted_proxies,
-        header_timeout: proxy.header_timeout,
-        upstream_groups: proxy.upstream_groups,
-        routes: proxy.routes,
+        proxy,
         redis: resolve_redis_source(raw.redis.take(), env)?,
         tracing: raw.tracing.take().map(resolve_tracing).transpose()?,
         grace_period: process.grace_period,
@@ -973,15 +956,24 @@ fn resolve_token_section(
     })
 }
 
-/// How forwarded requests are read, checked, routed and rewritten.
-struct ProxySection {
-    request: request::Options,
-    trusted_proxies: TrustedProxies,
-    identity_header: HeaderName,
-    forward_claims: Vec<ClaimHeader>,
-    header_timeout: Duration,
-    upstream_groups: Vec<GroupConfig>,
-    routes: RouteTable,
+/// The `proxy` section resolved, with the upstream groups and the header deadline: how
+/// forwarded requests are read, checked, routed and rewritten.
+#[derive(Debug)]
+pub struct ProxySettings {
+    /// What a request may look like (semicolons, method overrides).
+    pub request: request::Options,
+    /// Peers whose forwarding headers are extended rather than replaced.
+    pub trusted_proxies: TrustedProxies,
+    /// Header carrying the subject to the upstream.
+    pub identity_header: HeaderName,
+    /// Claims forwarded as headers.
+    pub forward_claims: Vec<ClaimHeader>,
+    /// Longest a client may take to send a request head.
+    pub header_timeout: Duration,
+    /// Upstream groups; the first is `default`, made of `upstream`.
+    pub upstream_groups: Vec<GroupConfig>,
+    /// The ranked routes; the last is a catch-all to the default group.
+    pub routes: RouteTable,
 }
 
 fn resolve_proxy_section(
@@ -990,7 +982,7 @@ fn resolve_proxy_section(
     env: &impl Env,
     upstream: String,
     issuer_claims: &[String],
-) -> Result<ProxySection, ConfigError> {
+) -> Result<ProxySettings, ConfigError> {
     let upstream_timeouts = resolve_timeouts(std::mem::take(&mut raw.upstream_timeouts), env)?;
     let upstream_groups = routes::resolve_groups(
         upstream,
@@ -1008,7 +1000,7 @@ fn resolve_proxy_section(
         },
     )?;
     let header_timeout = raw.header_timeout.as_deref();
-    Ok(ProxySection {
+    Ok(ProxySettings {
         request,
         trusted_proxies: TrustedProxies::parse(&raw.trusted_proxies)
             .map_err(|e| invalid("tokengate.trusted_proxies", e))?,
@@ -1041,13 +1033,13 @@ mod tests {
         let c = Config::from_yaml("", &[SECRET]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
-        assert_eq!(c.upstream_groups[0].addresses, ["127.0.0.1:3000"]);
+        assert_eq!(c.proxy.upstream_groups[0].addresses, ["127.0.0.1:3000"]);
         assert_eq!(c.endpoint, "localhost:5001");
         assert_eq!(c.grace_period, Duration::from_secs(10));
-        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.proxy.header_timeout, Duration::from_secs(10));
         assert_eq!(c.token.limits.body_limit, 16384);
         assert_eq!(c.token.limits.max_token_bytes, 8192);
-        assert_eq!(c.request, request::Options::default());
+        assert_eq!(c.proxy.request, request::Options::default());
         assert_eq!(
             c.token.rate_limit,
             Some(RateLimit {
@@ -1056,8 +1048,8 @@ mod tests {
                 burst: 100
             })
         );
-        assert_eq!(c.routes.routes().len(), 1);
-        assert_eq!(c.routes.routes()[0].auth, AuthMode::Passthrough);
+        assert_eq!(c.proxy.routes.routes().len(), 1);
+        assert_eq!(c.proxy.routes.routes()[0].auth, AuthMode::Passthrough);
         assert_eq!(c.server.grace_period_seconds, Some(10));
         assert!(!c.server.work_stealing);
         assert_eq!(c.server.upstream_keepalive_pool_size, 1024);
@@ -1132,11 +1124,11 @@ mod tests {
         let c = Config::from_yaml(yaml, &env).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:2222");
         assert_eq!(
-            c.upstream_groups[0].timeouts.read,
+            c.proxy.upstream_groups[0].timeouts.read,
             Duration::from_millis(500)
         );
         assert_eq!(
-            c.upstream_groups[0].addresses,
+            c.proxy.upstream_groups[0].addresses,
             ["legacy.default.svc.cluster.local:8080"]
         );
         assert_eq!(c.threads, 3);
@@ -1228,8 +1220,11 @@ mod tests {
             &[SECRET],
         )
         .unwrap();
-        assert_eq!(c.routes.routes()[0].host.as_deref(), Some("images.example"));
-        assert_eq!(c.routes.routes()[0].auth, AuthMode::Required);
+        assert_eq!(
+            c.proxy.routes.routes()[0].host.as_deref(),
+            Some("images.example")
+        );
+        assert_eq!(c.proxy.routes.routes()[0].auth, AuthMode::Required);
     }
 
     #[test]
@@ -1258,7 +1253,7 @@ mod tests {
             &[SECRET],
         )
         .unwrap();
-        assert_eq!(c.forward_claims[0].header, "x-album-id");
+        assert_eq!(c.proxy.forward_claims[0].header, "x-album-id");
     }
 
     #[test]
@@ -1285,7 +1280,7 @@ mod tests {
         let yaml = "version: 1\nlisten: 127.0.0.1:4444\nauth: required\nthreads: 3\n";
         let c = Config::from_yaml(yaml, &[SECRET]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:4444");
-        assert_eq!(c.routes.routes()[0].auth, AuthMode::Required);
+        assert_eq!(c.proxy.routes.routes()[0].auth, AuthMode::Required);
         assert_eq!((c.threads, c.server.threads), (3, 3));
     }
 
@@ -1297,6 +1292,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.server.upgrade_sock, "/tmp/tg.sock");
-        assert_eq!(c.routes.routes()[0].auth, AuthMode::Required);
+        assert_eq!(c.proxy.routes.routes()[0].auth, AuthMode::Required);
     }
 }

@@ -41,7 +41,7 @@ pub(super) fn proxy_service(
     let mut proxy = pingora::proxy::http_proxy_service_with_name(conf, app, "tokengate proxy");
     if let Some(app) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
-        options.read_header_timeout = Some(config.header_timeout);
+        options.read_header_timeout = Some(config.proxy.header_timeout);
         options.h2c = config.h2c;
         // An HTTP/2 connection without streams closes like an idle HTTP/1.1 keep-alive one;
         // Pingora's default keeps it forever.
@@ -78,7 +78,7 @@ fn tls_listener(
         .map_err(|e| invalid_tls(e.to_string()))?;
     settings.set_cert_resolver(store.clone());
     // The head of a request has `header_timeout`; the handshake before it gets as long.
-    settings.set_handshake_timeout(config.header_timeout);
+    settings.set_handshake_timeout(config.proxy.header_timeout);
     if tls.h2 {
         settings.enable_h2();
     }

@@ -81,6 +81,7 @@ pub fn build(
     let lasting = lasting(&config, &state)?;
     let shared = lasting.shared.clone();
     let groups: Vec<Arc<UpstreamGroup>> = config
+        .proxy
         .upstream_groups
         .iter()
         .map(|g| Arc::new(UpstreamGroup::new(g.clone())))
