@@ -264,7 +264,7 @@ fn describe(
     decided: &Decided,
     q: &Question,
 ) -> Explanation {
-    let routes = gate.routes.routes();
+    let routes = gate.proxy.routes.routes();
     let route = decided.route.and_then(|rank| routes.get(rank));
     let groups = config.group_names();
     let authorization: Vec<&[u8]> = authorization_values(header);

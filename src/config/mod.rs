@@ -958,7 +958,7 @@ fn resolve_token_section(
 
 /// The `proxy` section resolved, with the upstream groups and the header deadline: how
 /// forwarded requests are read, checked, routed and rewritten.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ProxySettings {
     /// What a request may look like (semicolons, method overrides).
     pub request: request::Options,

@@ -118,14 +118,14 @@ impl Tokengate {
             override_headers: &overrides,
             transfer_encoding: &transfer_encoding,
         };
-        let mut canonical = match canonicalize(&head, self.request) {
+        let mut canonical = match canonicalize(&head, self.proxy.request) {
             Ok(canonical) => canonical,
             Err(refusal) => return Plan::Refuse(refusal.api_error()),
         };
         if let Cow::Owned(path) = &canonical.path {
             decided.canonical_path = Some(path.clone());
         }
-        let semicolons = self.request.allow_semicolon;
+        let semicolons = self.proxy.request.allow_semicolon;
         if self
             .token_path
             .matches(&canonical.path, true, semicolons)
@@ -160,7 +160,10 @@ impl Tokengate {
                     return Plan::Refuse(refusal.api_error());
                 }
             }
-            None if scanned && self.request.honor_method_override && preread_fits(framing) => {
+            None if scanned
+                && self.proxy.request.honor_method_override
+                && preread_fits(framing) =>
+            {
                 return Plan::PreRead(kind);
             }
             None if scanned_body => decided.body_scan = BodyScan::new(&kind),
@@ -184,11 +187,11 @@ impl Tokengate {
             Ok(auth) => auth,
             Err(error) => return Plan::Refuse(error),
         };
-        let Some(verdict) = policy::decide(canonical, &self.routes, &auth) else {
+        let Some(verdict) = policy::decide(canonical, &self.proxy.routes, &auth) else {
             return Plan::Refuse(ApiError::new(ErrorCode::Internal, "No route matched."));
         };
         decided.override_method = canonical.override_method();
-        decided.route = Some(self.routes.rank_of(verdict.route));
+        decided.route = Some(self.proxy.routes.rank_of(verdict.route));
         decided.group = verdict.route.upstream;
         decided.enforcement = verdict.enforcement;
         decided.limit = self.limit_target(&verdict, &auth, peer);
@@ -276,7 +279,7 @@ impl Tokengate {
         };
         let key = key.or_else(|| peer.map(|ip| format!("ip:{ip}")))?;
         Some(LimitTarget {
-            rank: self.routes.rank_of(verdict.route),
+            rank: self.proxy.routes.rank_of(verdict.route),
             key,
         })
     }
@@ -290,7 +293,7 @@ impl Tokengate {
         omitted: &mut SmallVec<[usize; 1]>,
     ) -> Vec<(String, String)> {
         let mut headers = Vec::new();
-        for (i, mapping) in self.forward_claims.iter().enumerate() {
+        for (i, mapping) in self.proxy.forward_claims.iter().enumerate() {
             match mapping.value(&caller.claims, params) {
                 ClaimValue::Header(value) => headers.push((mapping.header.clone(), value)),
                 ClaimValue::Unsendable => omitted.push(i),

@@ -18,7 +18,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use jsonwebtoken::Algorithm;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -27,15 +27,13 @@ use pingora::{Error, ErrorSource, ErrorType};
 use smallvec::SmallVec;
 
 use crate::access_log::{self, AccessLog, Entry};
-use crate::config::SecretSource;
+use crate::config::{ProxySettings, SecretSource};
 use crate::error::{ApiError, ErrorCode};
-use crate::forward_claims::ClaimHeader;
-use crate::forwarded::TrustedProxies;
 use crate::limits::{Limiter, RateLimit};
 use crate::metrics::{self, RouteKind, UpstreamErrorKind};
 use crate::request::{self, Framing, Refusal};
 use crate::respond;
-use crate::routes::{Decision, PathTemplate, RouteTable};
+use crate::routes::{Decision, PathTemplate};
 use crate::shared::Shared;
 use crate::token::TokenService;
 use crate::trace::{self, Exporter, SpanRecord, TraceContext};
@@ -70,16 +68,8 @@ pub struct Tokengate {
     pub token_path: PathTemplate,
     /// Upstream groups, by index (a reload keeps the unchanged ones).
     pub groups: Arc<[Arc<UpstreamGroup>]>,
-    /// The ranked route table.
-    pub routes: RouteTable,
-    /// Header carrying the verified subject upstream.
-    pub identity_header: HeaderName,
-    /// Claims forwarded as headers.
-    pub forward_claims: Vec<ClaimHeader>,
-    /// What a request may look like.
-    pub request: request::Options,
-    /// Peers whose forwarding headers are extended.
-    pub trusted_proxies: TrustedProxies,
+    /// Routes, request options, forwarded identity and claims, trusted proxies.
+    pub proxy: ProxySettings,
     /// The access log.
     pub access_log: AccessLog,
     /// The per-subject mint limit, in this process.
@@ -120,7 +110,7 @@ impl Tokengate {
             "Too many requests on this route; retry later.",
         );
         let target = decided.limit.as_ref()?;
-        let route = self.routes.routes().get(target.rank)?;
+        let route = self.proxy.routes.routes().get(target.rank)?;
         Some(Counted {
             scope: &route.name,
             key: &target.key,
@@ -142,21 +132,21 @@ impl Tokengate {
     ) -> pingora::Result<()> {
         let forward = &decided.forward;
         let rewrite = forward::Rewrite {
-            claim_headers: &self.forward_claims,
+            claim_headers: &self.proxy.forward_claims,
             claims: &forward.claims,
             target: forward.target.as_deref(),
             authority: forward.authority.as_ref(),
             host_rewritten: forward.host_rewritten,
             honoured_override: forward.honoured_override,
             subject: decided.subject.as_deref(),
-            peer: peer.map(|ip| (ip, self.trusted_proxies.contains(ip))),
+            peer: peer.map(|ip| (ip, self.proxy.trusted_proxies.contains(ip))),
             proto: match tls {
                 true => "https",
                 false => "http",
             },
             request_id,
         };
-        forward::rewrite(upstream, &self.identity_header, &rewrite)
+        forward::rewrite(upstream, &self.proxy.identity_header, &rewrite)
     }
 
     /// Reads a small body of `kind` (replayed upstream by Pingora's retry buffer) and plans
@@ -185,7 +175,9 @@ impl Tokengate {
     /// (logged with the fields `tokengate explain` prints), claims left out.
     fn record(&self, header: &RequestHeader, request: &RequestState) {
         let decided = &request.decided;
-        let route = decided.route.and_then(|r| self.routes.routes().get(r));
+        let route = decided
+            .route
+            .and_then(|r| self.proxy.routes.routes().get(r));
         if let (Some(route), Some(decision)) = (route, decided.enforcement) {
             metrics::get()
                 .enforcement
@@ -205,7 +197,7 @@ impl Tokengate {
             }
         }
         for &i in &decided.omitted_claims {
-            if let Some(mapping) = self.forward_claims.get(i) {
+            if let Some(mapping) = self.proxy.forward_claims.get(i) {
                 metrics::get()
                     .claim_headers_omitted
                     .with_label_values(&[mapping.header.as_str()])
@@ -589,7 +581,7 @@ impl ProxyHttp for Proxy {
                 let route = request
                     .decided
                     .route
-                    .and_then(|r| gate.routes.routes().get(r));
+                    .and_then(|r| gate.proxy.routes.routes().get(r));
                 let name = match route {
                     Some(route) => format!("{kind} {}", route.name),
                     _ => kind.to_owned(),
