@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// tokengate: a Pingora reverse proxy that mints ability tokens in-process.
 #[derive(Debug, Parser)]
@@ -51,30 +51,7 @@ pub enum Command {
     /// Explain what the proxy would do with one request, and why: the canonical request, the
     /// route, what it requires and what the token grants, the verdict, and the exact answer or
     /// the request forwarded upstream.
-    Explain {
-        /// The method, such as GET.
-        method: String,
-        /// The path and query (`/albums/a/images?x=1`) or an absolute URL.
-        url: String,
-        /// A request header, `Name: value`; repeat for more.
-        #[arg(short = 'H', long = "header")]
-        headers: Vec<String>,
-        /// The request body.
-        #[arg(long)]
-        body: Option<String>,
-        /// Send a session token signed for this subject with the configured secret.
-        #[arg(long)]
-        user_id: Option<String>,
-        /// With --user-id: send an ability token minted with this permission (JSON) instead.
-        #[arg(long, requires = "user_id")]
-        permission: Option<String>,
-        /// The client's address.
-        #[arg(long, default_value = "127.0.0.1")]
-        peer: std::net::IpAddr,
-        /// Print JSON, for scripts.
-        #[arg(long)]
-        json: bool,
-    },
+    Explain(ExplainArgs),
     /// Manage the ES256 / EdDSA keys minted tokens can be signed with.
     Keys {
         /// What to do with keys.
@@ -95,4 +72,31 @@ pub enum KeysAction {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// `tokengate explain …`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The method, such as GET.
+    pub method: String,
+    /// The path and query (`/albums/a/images?x=1`) or an absolute URL.
+    pub url: String,
+    /// A request header, `Name: value`; repeat for more.
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// The request body.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// Send a session token signed for this subject with the configured secret.
+    #[arg(long)]
+    pub user_id: Option<String>,
+    /// With --user-id: send an ability token minted with this permission (JSON) instead.
+    #[arg(long, requires = "user_id")]
+    pub permission: Option<String>,
+    /// The client's address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub peer: std::net::IpAddr,
+    /// Print JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -267,17 +267,7 @@ fn describe(
     let routes = gate.proxy.routes.routes();
     let route = decided.route.and_then(|rank| routes.get(rank));
     let groups = config.group_names();
-    let authorization: Vec<&[u8]> = authorization_values(header);
-    let token = (!authorization.is_empty()).then(|| {
-        match gate.tokens.authenticate(&authorization, q.now) {
-            Ok(caller) => serde_json::json!({
-                "subject": caller.claims.subject(),
-                "abilities": caller.claims.get("abilities")
-                    .and_then(|raw| serde_json::from_str::<Value>(raw).ok()),
-            }),
-            Err(error) => serde_json::json!({ "invalid": error.message }),
-        }
-    });
+    let token = token_facts(gate, header, q.now);
     Explanation {
         request: request_line(header),
         canonical: route.map(|_| {
@@ -319,6 +309,22 @@ fn describe(
         body: None,
         upstream: None,
     }
+}
+
+/// What the request's token proves: its subject and abilities, or why it is not valid.
+fn token_facts(gate: &Tokengate, header: &RequestHeader, now: u64) -> Option<Value> {
+    let authorization: Vec<&[u8]> = authorization_values(header);
+    if authorization.is_empty() {
+        return None;
+    }
+    Some(match gate.tokens.authenticate(&authorization, now) {
+        Ok(caller) => serde_json::json!({
+            "subject": caller.claims.subject(),
+            "abilities": caller.claims.get("abilities")
+                .and_then(|raw| serde_json::from_str::<Value>(raw).ok()),
+        }),
+        Err(error) => serde_json::json!({ "invalid": error.message }),
+    })
 }
 
 /// The token route's answer, without sign-outs or the mint limit: `None` when it mints.

@@ -12,7 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use tokengate::access_log::LogFormat;
 
-use tokengate::cli::{Cli, Command, KeysAction};
+use tokengate::cli::{Cli, Command, ExplainArgs, KeysAction};
 use tokengate::config::{Config, ProcessEnv};
 use tokengate::explain::Question;
 use tokengate::proxy::unix_now;
@@ -41,28 +41,7 @@ fn main() -> ExitCode {
         Some(Command::Sign { user_id, ttl }) => sign(&config, &user_id, ttl.as_secs()),
         Some(Command::Keys { .. }) => ExitCode::SUCCESS,
         Some(Command::Revoke { subject }) => revoke(&config, &subject),
-        Some(Command::Explain {
-            method,
-            url,
-            headers,
-            body,
-            user_id,
-            permission,
-            peer,
-            json,
-        }) => {
-            let question = Question {
-                method,
-                url,
-                headers,
-                body,
-                peer: Some(peer),
-                user_id,
-                permission,
-                now: unix_now(),
-            };
-            explain(&config, &question, json)
-        }
+        Some(Command::Explain(args)) => explain(&config, args),
         None if cli.test => {
             if cli.verbose {
                 print!("{}", config.proxy.routes.describe(&config.group_names()));
@@ -138,12 +117,22 @@ fn sign(config: &Config, user_id: &str, ttl_secs: u64) -> ExitCode {
     }
 }
 
-fn explain(config: &Config, question: &Question, json: bool) -> ExitCode {
-    let answer = match tokengate::explain::explain(config, question) {
+fn explain(config: &Config, args: ExplainArgs) -> ExitCode {
+    let question = Question {
+        method: args.method,
+        url: args.url,
+        headers: args.headers,
+        body: args.body,
+        peer: Some(args.peer),
+        user_id: args.user_id,
+        permission: args.permission,
+        now: unix_now(),
+    };
+    let answer = match tokengate::explain::explain(config, &question) {
         Ok(answer) => answer,
         Err(e) => return fail(e),
     };
-    let text = match json {
+    let text = match args.json {
         true => match serde_json::to_string_pretty(&answer) {
             Ok(text) => text + "\n",
             Err(e) => return fail(e),

@@ -207,6 +207,33 @@ impl Tokengate {
     }
 }
 
+/// Sends a sampled request's span to the exporter, named by its kind and route.
+fn record_span(
+    tracer: &Exporter,
+    span: Span,
+    kind: &str,
+    route: Option<&crate::routes::Route>,
+    session: &Session,
+    status: u16,
+) {
+    if !span.context.sampled() {
+        return;
+    }
+    let name = match route {
+        Some(route) => format!("{kind} {}", route.name),
+        None => kind.to_owned(),
+    };
+    tracer.record(SpanRecord {
+        context: span.context,
+        trace_state: span.trace_state,
+        name,
+        start_unix_nano: span.start_unix_nano,
+        end_unix_nano: trace::unix_nanos(),
+        method: session.req_header().method.as_str().to_owned(),
+        status,
+    });
+}
+
 /// The Pingora proxy: the configuration in force, swapped whole by a reload while requests
 /// already begun finish on the one they started with.
 pub struct Proxy {
@@ -577,25 +604,9 @@ impl ProxyHttp for Proxy {
         metrics::get().record_request(request.kind, status, duration);
         let kind = request.kind.as_str();
         if let (Some(tracer), Some(span)) = (&gate.tracer, request.span.take()) {
-            if span.context.sampled() {
-                let route = request
-                    .decided
-                    .route
-                    .and_then(|r| gate.proxy.routes.routes().get(r));
-                let name = match route {
-                    Some(route) => format!("{kind} {}", route.name),
-                    _ => kind.to_owned(),
-                };
-                tracer.record(SpanRecord {
-                    context: span.context,
-                    trace_state: span.trace_state,
-                    name,
-                    start_unix_nano: span.start_unix_nano,
-                    end_unix_nano: trace::unix_nanos(),
-                    method: session.req_header().method.as_str().to_owned(),
-                    status,
-                });
-            }
+            let route = request.decided.route;
+            let route = route.and_then(|r| gate.proxy.routes.routes().get(r));
+            record_span(tracer, span, kind, route, session, status);
         }
         if !gate.access_log.enabled() {
             return;
