@@ -20,7 +20,6 @@ use crate::reload::{self, Lasting};
 use crate::request::{Framing, Refusal};
 use crate::token::mint::session_token;
 use crate::token::TokenRequest;
-use crate::upstreams::UpstreamGroup;
 
 /// One request to explain, as given on the command line.
 #[derive(Debug, Clone, Default)]
@@ -114,12 +113,7 @@ pub fn explain(config: &Config, q: &Question) -> Result<Explanation, Problem> {
         shared: None,
         tracer: None,
     };
-    let groups: Vec<Arc<UpstreamGroup>> = config
-        .proxy
-        .upstream_groups
-        .iter()
-        .map(|g| Arc::new(UpstreamGroup::new(g.clone())))
-        .collect();
+    let groups = reload::groups(config);
     let gate = reload::gate(config, groups, &lasting).map_err(Problem::Config)?;
     let mut header = request_header(q)?;
     let authorization = caller_token(config, &gate, q)?;

@@ -35,6 +35,14 @@ pub struct Lasting {
     pub tracer: Option<Arc<Exporter>>,
 }
 
+/// A new upstream group for each of `config`'s (not resolving or health-checking yet).
+pub fn groups(config: &Config) -> Vec<Arc<UpstreamGroup>> {
+    let groups = config.proxy.upstream_groups.iter();
+    groups
+        .map(|g| Arc::new(UpstreamGroup::new(g.clone())))
+        .collect()
+}
+
 /// The proxy's state for `config`, over upstream groups already made for it.
 pub fn gate(
     config: &Config,

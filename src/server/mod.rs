@@ -23,7 +23,6 @@ use crate::reload::{self, Lasting, Reloader, Secrets};
 use crate::shared::{Shared, SharedSync};
 use crate::tls::CertReloader;
 use crate::trace::Exporter;
-use crate::upstreams::UpstreamGroup;
 use crate::watch::{Subscriber, Watcher};
 use lifecycle::ReadinessProbe;
 pub use lifecycle::{exit_when_drained, MarkDraining};
@@ -80,12 +79,7 @@ pub fn build(
     let state = Arc::new(AppState::default());
     let lasting = lasting(&config, &state)?;
     let shared = lasting.shared.clone();
-    let groups: Vec<Arc<UpstreamGroup>> = config
-        .proxy
-        .upstream_groups
-        .iter()
-        .map(|g| Arc::new(UpstreamGroup::new(g.clone())))
-        .collect();
+    let groups = reload::groups(&config);
     let proxy_app = Proxy::new(reload::gate(&config, groups.clone(), &lasting)?);
     let current = proxy_app.current();
     let reloader = Reloader::new(path, &config, current.clone(), lasting, groups);
