@@ -294,10 +294,9 @@ fn describe(
         }),
         token,
         verdict: decided.enforcement.map(|d| d.as_str()),
-        limit: decided.limit.as_ref().and_then(|l| {
-            let route = routes.get(l.rank)?;
-            Some([route.name.clone(), l.key.clone()])
-        }),
+        limit: route
+            .zip(decided.limit_key.as_ref())
+            .map(|(r, key)| [r.name.clone(), key.clone()]),
         status: None,
         headers: Vec::new(),
         body: None,

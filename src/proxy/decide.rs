@@ -51,15 +51,6 @@ pub struct Forward {
     pub claims: Vec<(String, String)>,
 }
 
-/// The limit a forwarded request is counted against.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitTarget {
-    /// The route's rank in the table.
-    pub rank: usize,
-    /// The key counted (`sub:…`, `param:…`, `claim:…`, or the client's `ip:…`).
-    pub key: String,
-}
-
 /// Everything `plan` decided about one request, beside its [`Plan`].
 #[derive(Debug, Default)]
 pub struct Decided {
@@ -75,8 +66,9 @@ pub struct Decided {
     pub group: usize,
     /// The route's ability check, on routes that require one.
     pub enforcement: Option<Decision>,
-    /// The route's request limit to apply.
-    pub limit: Option<LimitTarget>,
+    /// The key the matched route's request limit counts (`sub:…`, `param:…`, `claim:…`, or
+    /// the client's `ip:…`), when the route has a limit.
+    pub limit_key: Option<String>,
     /// The verified subject.
     pub subject: Option<String>,
     /// The valid token the request carried, ready to be sent back as `X-token`.
@@ -194,7 +186,7 @@ impl Tokengate {
         decided.route = Some(self.proxy.routes.rank_of(verdict.route));
         decided.group = verdict.route.upstream;
         decided.enforcement = verdict.enforcement;
-        decided.limit = self.limit_target(&verdict, &auth, peer);
+        decided.limit_key = limit_key(&verdict, &auth, peer);
         if let Authentication::Valid(caller) = &auth {
             decided.subject = Some(caller.claims.subject().to_owned());
             // The extractor admits only visible ASCII, which a header value always takes.
@@ -250,40 +242,37 @@ impl Tokengate {
             Err(_) => Ok(Authentication::Invalid(REVOKED)),
         }
     }
+}
 
-    /// The limit a forwarded request counts against, and its key: the subject, a path
-    /// parameter or an issuer's claim, else the client's address.
-    fn limit_target(
-        &self,
-        verdict: &Verdict<'_, '_>,
-        auth: &Authentication<'_>,
-        peer: Option<IpAddr>,
-    ) -> Option<LimitTarget> {
-        let limit = verdict.route.limit.as_ref()?;
-        let key = match (&limit.key, auth) {
-            (LimitKey::Subject, Authentication::Valid(caller)) => {
-                Some(format!("sub:{}", caller.claims.subject()))
-            }
-            // The shortest reading (`a` of a last segment `a.json`): every spelling of one
-            // resource counts against the same key.
-            (LimitKey::Param(name), Authentication::Valid(_)) => verdict
-                .params
-                .iter()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, v)| v.readings().into_iter().min_by_key(|r| r.len()))
-                .map(|v| format!("param:{v}")),
-            (LimitKey::Claim(pointer), Authentication::Valid(caller)) => pointer
-                .text(&caller.claims, &verdict.params)
-                .map(|v| format!("claim:{v}")),
-            _ => None,
-        };
-        let key = key.or_else(|| peer.map(|ip| format!("ip:{ip}")))?;
-        Some(LimitTarget {
-            rank: self.proxy.routes.rank_of(verdict.route),
-            key,
-        })
-    }
+/// The key a route's request limit counts: the subject, a path parameter or an issuer's
+/// claim, else the client's address; `None` when the route has no limit.
+fn limit_key(
+    verdict: &Verdict<'_, '_>,
+    auth: &Authentication<'_>,
+    peer: Option<IpAddr>,
+) -> Option<String> {
+    let limit = verdict.route.limit.as_ref()?;
+    let key = match (&limit.key, auth) {
+        (LimitKey::Subject, Authentication::Valid(caller)) => {
+            Some(format!("sub:{}", caller.claims.subject()))
+        }
+        // The shortest reading (`a` of a last segment `a.json`): every spelling of one
+        // resource counts against the same key.
+        (LimitKey::Param(name), Authentication::Valid(_)) => verdict
+            .params
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.readings().into_iter().min_by_key(|r| r.len()))
+            .map(|v| format!("param:{v}")),
+        (LimitKey::Claim(pointer), Authentication::Valid(caller)) => pointer
+            .text(&caller.claims, &verdict.params)
+            .map(|v| format!("claim:{v}")),
+        _ => None,
+    };
+    key.or_else(|| peer.map(|ip| format!("ip:{ip}")))
+}
 
+impl Tokengate {
     /// The `forward_claims` headers for `caller` on a route with `params`; a claim no header
     /// value can carry is left out (its index noted in `omitted`), never a failed request.
     fn claim_headers(

@@ -39,7 +39,7 @@ use crate::token::TokenService;
 use crate::trace::{self, Exporter, SpanRecord, TraceContext};
 use crate::upstreams::UpstreamGroup;
 pub use admission::Refused;
-pub use decide::{override_streamed, overrides_in, Decided, Forward, LimitTarget, Plan};
+pub use decide::{override_streamed, overrides_in, Decided, Forward, Plan};
 pub use forward::same_header;
 pub use head::{authorization_values, request_id, token_request, unix_now};
 pub use state::{watch_listener, AppState, InFlight};
@@ -109,11 +109,11 @@ impl Tokengate {
             ErrorCode::RateLimited,
             "Too many requests on this route; retry later.",
         );
-        let target = decided.limit.as_ref()?;
-        let route = self.proxy.routes.routes().get(target.rank)?;
+        let key = decided.limit_key.as_deref()?;
+        let route = self.proxy.routes.routes().get(decided.route?)?;
         Some(Counted {
             scope: &route.name,
-            key: &target.key,
+            key,
             rate: route.limit.as_ref()?.rate,
             local: self.route_limiters.get(&route.name),
             spent: ROUTE_RATE_LIMITED,
