@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use log::{debug, error};
 use std::any::Any;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -243,12 +244,23 @@ pub trait HttpServerApp {
     /// The caller needs to make sure that the connection is in a reusable state
     /// i.e., no error or incomplete read or write headers or bodies. Otherwise
     /// a `None` should be returned.
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
+    ///
+    /// The future is not boxed by the trait, unlike the other methods': the caller awaits it
+    /// once per request, and an application's request future is large (a proxy's is
+    /// kilobytes), so a box costs an allocation and a copy of the whole future per request.
+    /// The signature is the one `#[async_trait]` generates with the box left open, so an
+    /// `#[async_trait]` implementation still compiles (boxed); an `async fn` outside
+    /// `#[async_trait]`, or a method returning an `async move` block, is not boxed.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
+        session: ServerSession,
         // TODO: make this ShutdownWatch so that all task can await on this event
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream>;
+        shutdown: &'life1 ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait;
 
     /// Provide options on how HTTP/2 connection should be established. This function will be called
     /// every time a new HTTP/2 **connection** needs to be established.
