@@ -174,7 +174,12 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        self.prepare_buf_for(self.body_buf_size, buf_to_rewind)
+    }
+
+    // A buffer for at most `size` body bytes, or the rewound ones if there are more.
+    fn prepare_buf_for(&mut self, size: usize, buf_to_rewind: &[u8]) {
+        let mut body_buf = BytesMut::with_capacity(size.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -246,7 +251,9 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                // No bigger than the body: a small response would otherwise take a 64 KiB
+                // buffer. A read that needs more room (an upstream's) grows it.
+                self.prepare_buf_for(cl.min(self.body_buf_size), buf_to_rewind);
                 self.body_state = PS::Partial(0, cl);
             }
         }
