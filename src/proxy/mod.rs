@@ -11,12 +11,12 @@ mod state;
 mod token_route;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
 use jsonwebtoken::Algorithm;
@@ -312,7 +312,10 @@ pub struct RequestCtx {
     request: RequestState,
 }
 
-#[async_trait]
+// Not `#[async_trait]`: the hooks return their futures unboxed, in the signatures the
+// (vendored) trait declares, which saves an allocation per hook per request. An `async fn`
+// cannot have those signatures' lifetime bounds, whatever clippy suggests.
+#[allow(clippy::manual_async_fn)]
 impl ProxyHttp for Proxy {
     // Boxed: Pingora keeps the context inline in each request's future, in three places, and
     // moves that future whole; a pointer keeps it at a bare proxy's size.
@@ -337,196 +340,257 @@ impl ProxyHttp for Proxy {
 
     /// Before anything else: answer pipelined requests in order (RFC 9112 §9.3.2) instead of
     /// dropping them with the connection.
-    async fn early_request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut Self::CTX,
-    ) -> pingora::Result<()> {
-        session.as_downstream_mut().set_pipelining_enabled(true);
-        if ctx.gate.tracer.is_some() {
-            let headers = &session.req_header().headers;
-            let context =
-                TraceContext::continue_or_start(headers.get("traceparent").map(|v| v.as_bytes()));
-            let trace_state = headers
-                .get("tracestate")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            ctx.request.span = Some(Span {
-                context,
-                start_unix_nano: trace::unix_nanos(),
-                trace_state,
-            });
+    fn early_request_filter<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        ctx: &'life2 mut Self::CTX,
+    ) -> impl Future<Output = pingora::Result<()>> + Send + 'async_trait
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        async move {
+            session.as_downstream_mut().set_pipelining_enabled(true);
+            if ctx.gate.tracer.is_some() {
+                let headers = &session.req_header().headers;
+                let context = TraceContext::continue_or_start(
+                    headers.get("traceparent").map(|v| v.as_bytes()),
+                );
+                let trace_state = headers
+                    .get("tracestate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                ctx.request.span = Some(Span {
+                    context,
+                    start_unix_nano: trace::unix_nanos(),
+                    trace_state,
+                });
+            }
+            Ok(())
         }
-        Ok(())
     }
 
     /// Canonicalizes and decides. `Ok(true)`: tokengate answered (token route, JWKS, a
     /// refusal); `Ok(false)`: forward upstream.
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut Self::CTX,
-    ) -> pingora::Result<bool> {
-        let RequestCtx { gate, request } = &mut **ctx;
-        request.id = request_id(session.req_header());
-        let peer = client_ip(session);
-        let framing = body_framing(session);
-        let header = session.req_header();
-        let mut plan = gate.plan(
-            header,
-            framing,
-            peer,
-            None,
-            unix_now(),
-            &mut request.decided,
-        );
-        if let Plan::PreRead(kind) = &plan {
-            plan = match gate
-                .plan_after_body(session, framing, kind, &mut request.decided)
-                .await
-            {
-                Ok(plan) => plan,
-                Err(refused) => {
-                    gate.refuse(session, request, &refused).await?;
+    fn request_filter<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        ctx: &'life2 mut Self::CTX,
+    ) -> impl Future<Output = pingora::Result<bool>> + Send + 'async_trait
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        async move {
+            let RequestCtx { gate, request } = &mut **ctx;
+            request.id = request_id(session.req_header());
+            let peer = client_ip(session);
+            let framing = body_framing(session);
+            let header = session.req_header();
+            let mut plan = gate.plan(
+                header,
+                framing,
+                peer,
+                None,
+                unix_now(),
+                &mut request.decided,
+            );
+            if let Plan::PreRead(kind) = &plan {
+                plan = match gate
+                    .plan_after_body(session, framing, kind, &mut request.decided)
+                    .await
+                {
+                    Ok(plan) => plan,
+                    Err(refused) => {
+                        gate.refuse(session, request, &refused).await?;
+                        return Ok(true);
+                    }
+                };
+            }
+            gate.record(session.req_header(), request);
+            let refused = match plan {
+                Plan::Token => {
+                    request.kind = RouteKind::Token;
+                    gate.token_route(session, request).await?;
                     return Ok(true);
                 }
+                Plan::Jwks => {
+                    request.kind = RouteKind::Token;
+                    gate.jwks_route(session, request).await?;
+                    return Ok(true);
+                }
+                Plan::Forward => match gate.admit(gate.route_limit(&request.decided)).await {
+                    Ok(()) => return Ok(false),
+                    Err(refused) => refused,
+                },
+                Plan::Refuse(error) => error.into(),
+                Plan::PreRead(_) => {
+                    ApiError::new(ErrorCode::Internal, "The body was read twice.").into()
+                }
             };
+            gate.refuse(session, request, &refused).await?;
+            Ok(true)
         }
-        gate.record(session.req_header(), request);
-        let refused = match plan {
-            Plan::Token => {
-                request.kind = RouteKind::Token;
-                gate.token_route(session, request).await?;
-                return Ok(true);
-            }
-            Plan::Jwks => {
-                request.kind = RouteKind::Token;
-                gate.jwks_route(session, request).await?;
-                return Ok(true);
-            }
-            Plan::Forward => match gate.admit(gate.route_limit(&request.decided)).await {
-                Ok(()) => return Ok(false),
-                Err(refused) => refused,
-            },
-            Plan::Refuse(error) => error.into(),
-            Plan::PreRead(_) => {
-                ApiError::new(ErrorCode::Internal, "The body was read twice.").into()
-            }
-        };
-        gate.refuse(session, request, &refused).await?;
-        Ok(true)
     }
 
     /// Watches a form body for `_method` fields on its way upstream: the chunk that completes
     /// one is never sent, and the request is answered 400 instead.
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
+    fn request_body_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        _session: &'life1 mut Session,
+        body: &'life2 mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Self::CTX,
-    ) -> pingora::Result<()> {
-        let request = &mut ctx.request;
-        let Some(scan) = request.decided.body_scan.as_mut() else {
-            return Ok(());
-        };
-        if decide::override_streamed(scan, body.as_deref(), end_of_stream) {
-            request.refusal = Some(Refusal::OverrideField.api_error());
-            return Err(Error::explain(
-                ErrorType::InvalidHTTPHeader,
-                "a _method field in the request body",
-            ));
+        ctx: &'life3 mut Self::CTX,
+    ) -> impl Future<Output = pingora::Result<()>> + Send + 'async_trait
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        async move {
+            let request = &mut ctx.request;
+            let Some(scan) = request.decided.body_scan.as_mut() else {
+                return Ok(());
+            };
+            if decide::override_streamed(scan, body.as_deref(), end_of_stream) {
+                request.refusal = Some(Refusal::OverrideField.api_error());
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "a _method field in the request body",
+                ));
+            }
+            Ok(())
         }
-        Ok(())
     }
 
     /// Where a forwarded request goes: the next usable address of its route's group.
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut Self::CTX,
-    ) -> pingora::Result<Box<HttpPeer>> {
-        let no_address = || {
-            // An upstream failure (502), not one of tokengate's own (500).
-            Error::explain(
-                ErrorType::ConnectNoRoute,
-                "no usable address in the upstream group",
-            )
-            .into_up()
-        };
-        let RequestCtx { gate, request } = &mut **ctx;
-        let group = gate
-            .groups
-            .get(request.decided.group)
-            .ok_or_else(no_address)?;
-        let tried = &mut request.upstream.tried;
-        let addr = group.select(tried).ok_or_else(no_address)?;
-        tried.push(addr);
-        Ok(Box::new(group.peer(addr)))
+    fn upstream_peer<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        _session: &'life1 mut Session,
+        ctx: &'life2 mut Self::CTX,
+    ) -> impl Future<Output = pingora::Result<Box<HttpPeer>>> + Send + 'async_trait
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        async move {
+            let no_address = || {
+                // An upstream failure (502), not one of tokengate's own (500).
+                Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    "no usable address in the upstream group",
+                )
+                .into_up()
+            };
+            let RequestCtx { gate, request } = &mut **ctx;
+            let group = gate
+                .groups
+                .get(request.decided.group)
+                .ok_or_else(no_address)?;
+            let tried = &mut request.upstream.tried;
+            let addr = group.select(tried).ok_or_else(no_address)?;
+            tried.push(addr);
+            Ok(Box::new(group.peer(addr)))
+        }
     }
 
     /// Rewrites the upstream request into the canonical one tokengate checked.
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut RequestHeader,
-        ctx: &mut Self::CTX,
-    ) -> pingora::Result<()> {
-        let RequestCtx { gate, request } = &mut **ctx;
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        gate.rewrite(
-            upstream,
-            &request.decided,
-            client_ip(session),
-            tls,
-            &request.id,
-        )?;
-        if let Some(span) = &request.span {
-            // The upstream's parent is this request's span; `tracestate` passes as received.
-            upstream.insert_header("traceparent", span.context.traceparent())?;
+    fn upstream_request_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        upstream: &'life2 mut RequestHeader,
+        ctx: &'life3 mut Self::CTX,
+    ) -> impl Future<Output = pingora::Result<()>> + Send + 'async_trait
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        async move {
+            let RequestCtx { gate, request } = &mut **ctx;
+            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+            gate.rewrite(
+                upstream,
+                &request.decided,
+                client_ip(session),
+                tls,
+                &request.id,
+            )?;
+            if let Some(span) = &request.span {
+                // The upstream's parent is this request's span; `tracestate` passes as received.
+                upstream.insert_header("traceparent", span.context.traceparent())?;
+            }
+            request.upstream.start = Some(Instant::now());
+            Ok(())
         }
-        request.upstream.start = Some(Instant::now());
-        Ok(())
     }
 
     /// Times the upstream up to its response header.
-    async fn upstream_response_filter(
-        &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
-        ctx: &mut Self::CTX,
-    ) -> pingora::Result<()> {
-        let upstream = &mut ctx.request.upstream;
-        if let Some(start) = upstream.start.take() {
-            let seconds = start.elapsed().as_secs_f64();
-            metrics::get().upstream_duration.observe(seconds);
-            upstream.duration = Some(seconds);
+    fn upstream_response_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        _session: &'life1 mut Session,
+        _upstream_response: &'life2 mut ResponseHeader,
+        ctx: &'life3 mut Self::CTX,
+    ) -> impl Future<Output = pingora::Result<()>> + Send + 'async_trait
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        async move {
+            let upstream = &mut ctx.request.upstream;
+            if let Some(start) = upstream.start.take() {
+                let seconds = start.elapsed().as_secs_f64();
+                metrics::get().upstream_duration.observe(seconds);
+                upstream.duration = Some(seconds);
+            }
+            Ok(())
         }
-        Ok(())
     }
 
     /// Adds `X-Request-Id`, and `X-token` when the request carried a valid token.
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        response: &mut ResponseHeader,
-        ctx: &mut Self::CTX,
-    ) -> pingora::Result<()> {
-        let request = &mut ctx.request;
-        // No `reserve_headers`: the parsed response header (vendor/README.md) has room for the
-        // one or two added here at most sizes, where reserving would grow and rehash both maps.
-        response.append_header(respond::X_REQUEST_ID.clone(), request.id.clone())?;
-        // An informational answer (`100`, `103`) comes before the final one, which needs the
-        // token too.
-        let token = match response.status.is_informational() {
-            true => request.decided.token.clone(),
-            false => request.decided.token.take(),
-        };
-        if let Some(token) = token {
-            response.insert_header(respond::X_TOKEN.clone(), token)?;
+    fn response_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        _session: &'life1 mut Session,
+        response: &'life2 mut ResponseHeader,
+        ctx: &'life3 mut Self::CTX,
+    ) -> impl Future<Output = pingora::Result<()>> + Send + 'async_trait
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        async move {
+            let request = &mut ctx.request;
+            // No `reserve_headers`: the parsed response header (vendor/README.md) has room for the
+            // one or two added here at most sizes, where reserving would grow and rehash both maps.
+            response.append_header(respond::X_REQUEST_ID.clone(), request.id.clone())?;
+            // An informational answer (`100`, `103`) comes before the final one, which needs the
+            // token too.
+            let token = match response.status.is_informational() {
+                true => request.decided.token.clone(),
+                false => request.decided.token.take(),
+            };
+            if let Some(token) = token {
+                response.insert_header(respond::X_TOKEN.clone(), token)?;
+            }
+            Ok(())
         }
-        Ok(())
     }
 
     /// Notes that connecting failed, for the answer and the metric.
@@ -554,82 +618,105 @@ impl ProxyHttp for Proxy {
     }
 
     /// Answers a fatal error in the SPEC's JSON instead of Pingora's bare page.
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut Self::CTX,
-    ) -> FailToProxy {
-        let request = &mut ctx.request;
-        let answer = match request.refusal.take() {
-            Some(refusal) => Some((refusal, None)),
-            None => failure::answer(e),
-        };
-        let Some((error, kind)) = answer else {
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
+    fn fail_to_proxy<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        e: &'life2 Error,
+        ctx: &'life3 mut Self::CTX,
+    ) -> impl Future<Output = FailToProxy> + Send + 'async_trait
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        async move {
+            let request = &mut ctx.request;
+            let answer = match request.refusal.take() {
+                Some(refusal) => Some((refusal, None)),
+                None => failure::answer(e),
             };
-        };
-        if let Some(kind) = kind {
-            request.upstream.error = Some(kind);
-            metrics::get()
-                .upstream_errors
-                .with_label_values(&[kind.as_str()])
-                .inc();
-        }
-        match error.code.status() < 500 {
-            true => request.refused(error),
-            false => request.reason = Some(error.code),
-        }
-        if session.response_written().is_none() {
-            session.set_keepalive(None);
-            let response = Refused::from(error).response(&request.id, head::grpc_call(session));
-            if let Err(write_error) = respond::send(session, response).await {
-                log::debug!("could not send error response: {write_error}");
+            let Some((error, kind)) = answer else {
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            };
+            if let Some(kind) = kind {
+                request.upstream.error = Some(kind);
+                metrics::get()
+                    .upstream_errors
+                    .with_label_values(&[kind.as_str()])
+                    .inc();
             }
-        }
-        FailToProxy {
-            error_code: error.code.status(),
-            can_reuse_downstream: false,
+            match error.code.status() < 500 {
+                true => request.refused(error),
+                false => request.reason = Some(error.code),
+            }
+            if session.response_written().is_none() {
+                session.set_keepalive(None);
+                let response = Refused::from(error).response(&request.id, head::grpc_call(session));
+                if let Err(write_error) = respond::send(session, response).await {
+                    log::debug!("could not send error response: {write_error}");
+                }
+            }
+            FailToProxy {
+                error_code: error.code.status(),
+                can_reuse_downstream: false,
+            }
         }
     }
 
     /// Records the request's metrics, span and access-log line once it is over.
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
-        let RequestCtx { gate, request } = &mut **ctx;
-        let duration = request.start.elapsed().as_secs_f64();
-        let written = session.response_written();
-        let status = written.map_or(0, |r| r.status.as_u16());
-        metrics::get().record_request(request.kind, status, duration);
-        let kind = request.kind.as_str();
-        if let (Some(tracer), Some(span)) = (&gate.tracer, request.span.take()) {
-            let route = request.decided.route;
-            let route = route.and_then(|r| gate.proxy.routes.routes().get(r));
-            record_span(tracer, span, kind, route, session, status);
+    fn logging<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        _e: Option<&'life2 Error>,
+        ctx: &'life3 mut Self::CTX,
+    ) -> impl Future<Output = ()> + Send + 'async_trait
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        async move {
+            let RequestCtx { gate, request } = &mut **ctx;
+            let duration = request.start.elapsed().as_secs_f64();
+            let written = session.response_written();
+            let status = written.map_or(0, |r| r.status.as_u16());
+            metrics::get().record_request(request.kind, status, duration);
+            let kind = request.kind.as_str();
+            if let (Some(tracer), Some(span)) = (&gate.tracer, request.span.take()) {
+                let route = request.decided.route;
+                let route = route.and_then(|r| gate.proxy.routes.routes().get(r));
+                record_span(tracer, span, kind, route, session, status);
+            }
+            if !gate.access_log.enabled() {
+                return;
+            }
+            let header = session.req_header();
+            gate.access_log.write(&Entry {
+                time: access_log::now_rfc3339(),
+                request_id: request.id(),
+                method: header.method.as_str(),
+                path: request
+                    .decided
+                    .canonical_path
+                    .as_deref()
+                    .unwrap_or_else(|| header.uri.path()),
+                status,
+                route: kind,
+                duration,
+                upstream_duration: request.upstream.duration,
+                bytes_in: session.body_bytes_read(),
+                bytes_out: session.body_bytes_sent(),
+                subject: request.decided.subject.as_deref(),
+                reason: request.reason.map(ErrorCode::as_str),
+            });
         }
-        if !gate.access_log.enabled() {
-            return;
-        }
-        let header = session.req_header();
-        gate.access_log.write(&Entry {
-            time: access_log::now_rfc3339(),
-            request_id: request.id(),
-            method: header.method.as_str(),
-            path: request
-                .decided
-                .canonical_path
-                .as_deref()
-                .unwrap_or_else(|| header.uri.path()),
-            status,
-            route: kind,
-            duration,
-            upstream_duration: request.upstream.duration,
-            bytes_in: session.body_bytes_read(),
-            bytes_out: session.body_bytes_sent(),
-            subject: request.decided.subject.as_deref(),
-            reason: request.reason.map(ErrorCode::as_str),
-        });
     }
 
     /// Pingora's `Fail to proxy` ERROR line, kept for tokengate's own faults only: a refusal
