@@ -12,6 +12,7 @@
 #
 #   bash benches/floor.sh [TARGET...]     # targets: pingora tokengate (default: both)
 #   env: N1=500 N2=3000 CONC=10 SKIP_BUILD=1
+#        BARE=path (another build of the bare proxy, e.g. against the published Pingora crates)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-500}; N2=${N2:-3000}; CONC=${CONC:-10}
@@ -58,7 +59,7 @@ export TOKENGATE_LISTEN=127.0.0.1:$port TOKENGATE_ADMIN_LISTEN=127.0.0.1:$admin 
   TOKENGATE_THREADS=1 TOKENGATE_ACCESS_LOG=false TOKENGATE_LOG=error
 server_cmd() { # target -> the command that serves it on $port
   case $1 in
-    pingora) echo "./target/release/examples/bare_pingora 127.0.0.1:$port 127.0.0.1:$up" ;;
+    pingora) echo "${BARE:-./target/release/examples/bare_pingora} 127.0.0.1:$port 127.0.0.1:$up" ;;
     tokengate) echo "./target/release/tokengate" ;;
     *) echo "unknown target $1 (pingora, tokengate)" >&2; return 2 ;;
   esac

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use jsonwebtoken::Algorithm;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
@@ -320,6 +321,10 @@ impl ProxyHttp for Proxy {
     // Boxed: Pingora keeps the context inline in each request's future, in three places, and
     // moves that future whole; a pointer keeps it at a bare proxy's size.
     type CTX = Box<RequestCtx>;
+
+    /// No downstream modules: tokengate never compresses, and Pingora's default, a disabled
+    /// compression module, still costs three allocations and a boxed filter per request.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     /// Runs first for every request: starts its clock and counts it in flight.
     fn new_ctx(&self) -> Box<RequestCtx> {
