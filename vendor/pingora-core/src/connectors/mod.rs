@@ -184,21 +184,16 @@ pub struct TransportConnector {
 const DEFAULT_POOL_SIZE: usize = 128;
 
 /// Whether pooled `stream` is connected where `peer` says. The address its socket digest recorded
-/// at connect is what `getpeername` returns for the socket the pool owns, so it is compared
-/// instead of asking the kernel on every reuse; a stream without one, or through a proxy, is
-/// checked by its fd as before.
+/// at connect is what `getpeername` returns for the socket the pool owns, so the peer is asked
+/// about that address instead of the kernel on every reuse; a stream without one, or a peer that
+/// cannot tell from an address, is checked by its fd as before.
 #[cfg(unix)]
 fn stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
-    use crate::protocols::l4::socket::SocketAddr as PeerAddr;
     let digest = stream.get_socket_digest();
     let recorded = digest.as_ref().and_then(|d| d.peer_addr.get()).cloned().flatten();
-    match (recorded, peer.address(), peer.get_proxy()) {
-        (Some(PeerAddr::Inet(recorded)), PeerAddr::Inet(want), None) => {
-            // As `check_fd_match`: 0.0.0.0 as a destination may be mapped to 127.0.0.1.
-            *want == recorded || want.ip() == std::net::Ipv4Addr::UNSPECIFIED
-        }
-        _ => peer.matches_fd(stream.id()),
-    }
+    recorded
+        .and_then(|connected| peer.matches_connected_addr(&connected))
+        .unwrap_or_else(|| peer.matches_fd(stream.id()))
 }
 
 /// How often taking a pooled stream yields to let its idle poll drop its reference.
@@ -852,6 +847,56 @@ mod tests {
             .connect_local_addr()
             .expect("TLS handshake failure should retain the assigned local address");
         assert_ne!(local_addr.port(), 0);
+    }
+
+    #[tokio::test]
+    #[cfg(unix)]
+    async fn test_reuse_checks_recorded_address_unless_peer_checks_fd() {
+        use std::fmt::{Display, Formatter, Result as FmtResult};
+        use std::os::unix::prelude::AsRawFd;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut open = vec![];
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        });
+        let connector = TransportConnector::new(None);
+        let peer = BasicPeer::new(&addr.to_string());
+        let stream = connector.new_stream(&peer).await.unwrap();
+        connector.release_stream(stream, peer.reuse_hash(), None);
+        assert!(connector.reused_stream(&peer).await.is_some());
+
+        // A peer with its own fd check keeps it, though the recorded address matches.
+        #[derive(Clone)]
+        struct OwnCheck(BasicPeer);
+        impl Display for OwnCheck {
+            fn fmt(&self, f: &mut Formatter<'_>) -> FmtResult {
+                write!(f, "{}", self.0)
+            }
+        }
+        impl Peer for OwnCheck {
+            fn address(&self) -> &crate::protocols::l4::socket::SocketAddr {
+                self.0.address()
+            }
+            fn tls(&self) -> bool {
+                false
+            }
+            fn sni(&self) -> &str {
+                ""
+            }
+            fn reuse_hash(&self) -> u64 {
+                self.0.reuse_hash()
+            }
+            fn matches_fd<V: AsRawFd>(&self, _fd: V) -> bool {
+                false
+            }
+        }
+        let stream = connector.new_stream(&peer).await.unwrap();
+        connector.release_stream(stream, peer.reuse_hash(), None);
+        assert!(connector.reused_stream(&OwnCheck(peer)).await.is_none());
     }
 
     #[tokio::test]

@@ -261,6 +261,15 @@ pub trait Peer: Display + Clone {
         self.address().check_fd_match(fd)
     }
 
+    /// Whether a pooled connection whose socket connected to `connected` (the address recorded
+    /// when it connected) is connected to this peer, if that can be told without asking the
+    /// kernel as [`Self::matches_fd`] does. `None`, the default, means ask `matches_fd`, so a
+    /// peer that overrides it keeps its own check.
+    #[cfg(unix)]
+    fn matches_connected_addr(&self, _connected: &SocketAddr) -> Option<bool> {
+        None
+    }
+
     #[cfg(windows)]
     fn matches_sock<V: AsRawSocket>(&self, sock: V) -> bool {
         use crate::protocols::ConnSockReusable;
@@ -346,6 +355,19 @@ impl Display for BasicPeer {
     }
 }
 
+/// What [`Peer::matches_fd`]'s default check answers for a socket that connected to
+/// `connected`: the same address, or a destination of 0.0.0.0 (which some systems map to
+/// 127.0.0.1). `None` for non-inet addresses.
+#[cfg(unix)]
+fn inet_connected_addr_matches(want: &SocketAddr, connected: &SocketAddr) -> Option<bool> {
+    match (want, connected) {
+        (SocketAddr::Inet(want), SocketAddr::Inet(connected)) => {
+            Some(want == connected || want.ip() == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+        }
+        _ => None,
+    }
+}
+
 impl Peer for BasicPeer {
     fn address(&self) -> &SocketAddr {
         &self._address
@@ -372,6 +394,11 @@ impl Peer for BasicPeer {
 
     fn get_peer_options(&self) -> Option<&PeerOptions> {
         Some(&self.options)
+    }
+
+    #[cfg(unix)]
+    fn matches_connected_addr(&self, connected: &SocketAddr) -> Option<bool> {
+        inet_connected_addr_matches(self.address(), connected)
     }
 }
 
@@ -853,6 +880,14 @@ impl Peer for HttpPeer {
         } else {
             self.address().check_fd_match(fd)
         }
+    }
+
+    #[cfg(unix)]
+    fn matches_connected_addr(&self, connected: &SocketAddr) -> Option<bool> {
+        if self.get_proxy().is_some() {
+            return None; // connected to the proxy's next hop, not to the address
+        }
+        inet_connected_addr_matches(self.address(), connected)
     }
 
     #[cfg(windows)]
