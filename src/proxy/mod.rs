@@ -319,7 +319,7 @@ pub struct RequestCtx {
 #[allow(clippy::manual_async_fn)]
 impl ProxyHttp for Proxy {
     // Boxed: Pingora keeps the context inline in each request's future, in three places, and
-    // moves that future whole; a pointer keeps it at a bare proxy's size.
+    // that future lives in every connection's task; a pointer keeps it at a bare proxy's size.
     type CTX = Box<RequestCtx>;
 
     /// No downstream modules: tokengate never compresses, and Pingora's default, a disabled
