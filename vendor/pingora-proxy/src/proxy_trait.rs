@@ -44,6 +44,12 @@ pub enum ProxyWarnLogContext {
 /// particular stage (if applicable).
 ///
 /// If any of the filters returns [Result::Err], the request will fail, and the error will be logged.
+///
+/// The async filters are declared with the signatures `#[async_trait]` generates, returning
+/// `impl Future` rather than a boxed future: an `#[async_trait]` implementation compiles as
+/// before (its futures boxed), the default filters are not boxed, and an implementation that
+/// spells out the signatures and returns `async move` blocks boxes nothing. `HttpProxy` calls
+/// them statically, so the box per call bought nothing.
 #[cfg_attr(not(doc_async_trait), async_trait)]
 pub trait ProxyHttp {
     /// The per request object to share state across the different filters

@@ -249,8 +249,9 @@ pub trait HttpServerApp {
     /// once per request, and an application's request future is large (a proxy's is
     /// kilobytes), so a box costs an allocation and a copy of the whole future per request.
     /// The signature is the one `#[async_trait]` generates with the box left open, so an
-    /// `#[async_trait]` implementation still compiles (boxed); an `async fn` outside
-    /// `#[async_trait]`, or a method returning an `async move` block, is not boxed.
+    /// `#[async_trait]` implementation still compiles (boxed), and one that spells out this
+    /// signature and returns an `async move` block (or another `async fn`'s future) is not
+    /// boxed. A plain `async fn` cannot state these lifetime bounds.
     fn process_new_http<'life0, 'life1, 'async_trait>(
         self: &'life0 Arc<Self>,
         session: ServerSession,
