@@ -60,17 +60,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
+# shellcheck source=benches/common.sh
+. benches/common.sh
 
-P200=$(free_port); PPROXY=$(free_port); PHA=$(free_port); PHAJWT=$(free_port)
-PBARE=$(free_port); PTG=$(free_port); PADMIN=$(free_port); PTRAEFIK=$(free_port); PCADDY=$(free_port)
+read -r P200 PPROXY PHA PHAJWT PBARE PTG PADMIN PTRAEFIK PCADDY PPUB <<<"$(free_ports 10)"
 
 nginx_conf() { # name, server block
   mkdir -p "$work/$1"
@@ -131,7 +124,6 @@ haproxy -db -f "$work/haproxy-jwt.cfg" & pids+=($!); HAJWT_PID=$!
 
 ./target/release/examples/bare_pingora "127.0.0.1:$PBARE" "127.0.0.1:$P200" >/dev/null 2>&1 & pids+=($!); BARE_PID=$!
 if [ -n "${BARE_PUBLISHED:-}" ]; then
-  PPUB=$(free_port)
   "$PUB_BIN" "127.0.0.1:$PPUB" "127.0.0.1:$P200" >/dev/null 2>&1 & pids+=($!); PUB_PID=$!
   wait_port "$PPUB"
 fi
@@ -214,11 +206,12 @@ URL[tg-auth]="http://127.0.0.1:$PTG/images"; SCRIPT[tg-auth]="$work/auth.lua"; P
 URL[tg-token]="http://127.0.0.1:$PTG/api/v1/token"; SCRIPT[tg-token]="$work/token.lua"; PID[tg-token]=$TG_PID
 URL[traefik]="http://127.0.0.1:$PTRAEFIK/images"; SCRIPT[traefik]="$work/get.lua"; PID[traefik]=$TRAEFIK_PID
 URL[caddy]="http://127.0.0.1:$PCADDY/images"; SCRIPT[caddy]="$work/get.lua"; PID[caddy]=$CADDY_PID
-TARGETS=(nginx-200 nginx-proxy haproxy haproxy-jwt pingora tg-proxy tg-auth tg-token traefik caddy)
+TARGETS=(nginx-200 nginx-proxy haproxy haproxy-jwt)
 if [ -n "${BARE_PUBLISHED:-}" ]; then
   URL[pingora-pub]="http://127.0.0.1:$PPUB/images"; SCRIPT[pingora-pub]="$work/get.lua"; PID[pingora-pub]=$PUB_PID
-  TARGETS=(nginx-200 nginx-proxy haproxy haproxy-jwt pingora-pub pingora tg-proxy tg-auth tg-token traefik caddy)
+  TARGETS+=(pingora-pub)
 fi
+TARGETS+=(pingora tg-proxy tg-auth tg-token traefik caddy)
 
 # A process and all its descendants (nginx's workers).
 tree() {

@@ -15,8 +15,9 @@ work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-up=$(free_port); proxy=$(free_port); admin=$(free_port)
+# shellcheck source=benches/common.sh
+. benches/common.sh
+read -r up proxy admin <<<"$(free_ports 3)"
 
 python3 - "$up" <<'EOF' &
 import http.server, sys
