@@ -101,6 +101,18 @@ pub use proxy_cache::range_filter::{range_header_filter, MultiRangeInfo, RangeTy
 pub use proxy_purge::PurgeStatus;
 pub use proxy_trait::{FailToProxy, ProxyHttp, ProxyWarnLogContext};
 
+/// What the proxy does to a request head on its way to an HTTP/1 upstream, around
+/// [`ProxyHttp::upstream_request_filter`]: `sanitize_h1_upstream_request` before it,
+/// `finalize_h1_upstream_request_framing` after it. Public so that an application can compute
+/// the exact head an upstream will receive, and refuse what these steps would refuse, before
+/// it chooses an upstream.
+pub mod upstream_request {
+    pub use crate::proxy_common::{
+        check_connection_nominations, finalize_h1_upstream_request_framing,
+        sanitize_h1_upstream_request,
+    };
+}
+
 pub mod prelude {
     pub use crate::{http_proxy, http_proxy_service, ProxyHttp, ProxyWarnLogContext, Session};
 }

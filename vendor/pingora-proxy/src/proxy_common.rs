@@ -327,8 +327,21 @@ fn parse_host_authority(host: &http::HeaderValue) -> Result<http::uri::Authority
     })
 }
 
+/// Whether `policy` refuses `req` for its `Connection` nominations (too many, malformed, or
+/// naming a protected field), which [`sanitize_h1_upstream_request`] would refuse once the
+/// upstream is already chosen: an application can check it before it connects.
+pub fn check_connection_nominations(
+    req: &RequestHeader,
+    policy: HttpUpstreamRequestPolicy,
+) -> Result<()> {
+    if policy.strip_connection_nominated {
+        ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations)?;
+    }
+    Ok(())
+}
+
 /// Apply automatic request policy before application upstream request filtering.
-pub(crate) fn sanitize_h1_upstream_request(
+pub fn sanitize_h1_upstream_request(
     req: &mut RequestHeader,
     policy: HttpUpstreamRequestPolicy,
     downstream_is_http11: bool,
@@ -380,7 +393,7 @@ pub(crate) fn sanitize_h1_upstream_request(
 }
 
 /// Frame a body-bearing HTTP/1 upstream request after application request filtering.
-pub(crate) fn finalize_h1_upstream_request_framing(
+pub fn finalize_h1_upstream_request_framing(
     req: &mut RequestHeader,
     downstream_has_body: bool,
 ) -> Result<()> {
