@@ -74,29 +74,48 @@ pub enum KeysAction {
     },
 }
 
-/// `tokengate explain …`.
+/// `tokengate explain …`: the request is sent, as HTTP/1.1 bytes to the plaintext listener,
+/// through Pingora's own parser and the proxy's own decision; nothing leaves the process.
+///
+/// Defaults it assumes: a `Host: localhost` header when none is given (the URL's authority for
+/// an absolute URL; `--no-host` sends none), a `Content-Length` derived from `--body` (or
+/// `Transfer-Encoding: chunked` with `--chunked`) unless a framing header is given, the client
+/// address 127.0.0.1, `X-Forwarded-Proto: http`, and the time now. `--user-id` sends a session
+/// token (or with `--permission` an ability token minted from it) as `Authorization: Bearer`,
+/// replacing any `Authorization` given with `-H`. Rate limits and sign-outs are not consulted.
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct ExplainArgs {
-    /// The method, such as GET.
+    /// The method, such as GET, sent as given.
     pub method: String,
-    /// The path and query (`/albums/a/images?x=1`) or an absolute URL.
+    /// The request target, sent as given: a path and query (`/albums/a/images?x=1`) or an
+    /// absolute URL.
     pub url: String,
-    /// A request header, `Name: value`; repeat for more.
+    /// A request header, `Name: value`; repeat for more, in order.
     #[arg(short = 'H', long = "header")]
     pub headers: Vec<String>,
-    /// The request body.
+    /// The request body; sent with a Content-Length unless --chunked.
     #[arg(long)]
     pub body: Option<String>,
+    /// Frame the body as chunked (Transfer-Encoding: chunked), with no length.
+    #[arg(long)]
+    pub chunked: bool,
+    /// Send no Host header unless one is given with -H.
+    #[arg(long)]
+    pub no_host: bool,
+    /// Send the request as HTTP/1.0 (which needs no Host; none is assumed).
+    #[arg(long = "http1.0")]
+    pub http10: bool,
     /// Send a session token signed for this subject with the configured secret.
     #[arg(long)]
     pub user_id: Option<String>,
     /// With --user-id: send an ability token minted with this permission (JSON) instead.
     #[arg(long, requires = "user_id")]
     pub permission: Option<String>,
-    /// The client's address.
+    /// The client's address (what X-Forwarded-For and an `ip:` limit key get).
     #[arg(long, default_value = "127.0.0.1")]
     pub peer: std::net::IpAddr,
-    /// Print JSON, for scripts.
+    /// Print JSON, for scripts (fields documented in docs/routes.md).
     #[arg(long)]
     pub json: bool,
 }

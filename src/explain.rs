@@ -1,39 +1,53 @@
-//! `tokengate explain`: why a request would be answered the way it is. It builds the proxy's
-//! configuration as the server does and runs the proxy's own decision on one request head
-//! (canonicalize, route, authenticate, decide, rewrite), then prints what the proxy would answer
-//! or forward. Sign-outs and rate limits, which need Redis or traffic, are not consulted.
+//! `tokengate explain`: what the proxy does with one request, and why. The request is written
+//! as the HTTP/1.1 bytes a client would send to the plaintext listener, read by Pingora's own
+//! HTTP parser, and decided by [`decide_request`], the function the proxy calls; the value it
+//! returns is printed: the exact answer, or the exact head the upstream receives. Rate limits
+//! and sign-outs, which need traffic or Redis, are not consulted.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use http::{HeaderValue, Method};
-use pingora::http::RequestHeader;
+use http::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::date::get_cached_date;
+use pingora::protocols::http::ServerSession;
+use pingora::proxy::upstream_request::{
+    finalize_h1_upstream_request_framing, sanitize_h1_upstream_request,
+};
+use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 use serde::Serialize;
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 
 use crate::config::{Config, ConfigError};
-use crate::proxy::{
-    self, authorization_values, jwks_method, token_method, token_request, AppState, Decided, Plan,
-    Refused, Tokengate,
+use crate::decision::{
+    self, authorization_values, decide_request, grpc_call, request_id, Action, Facts, Forward,
+    ForwardBody, Refused, Settings,
 };
-use crate::reload::{self, Lasting};
-use crate::request::{Framing, Refusal};
+use crate::reload;
+use crate::request::BodyScan;
+use crate::respond::Response;
 use crate::token::mint::session_token;
 use crate::token::TokenRequest;
 
 /// One request to explain, as given on the command line.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Question {
     /// The method.
     pub method: String,
-    /// A path with its query, or an absolute URL.
+    /// The request target: a path with its query, or an absolute URL, sent as given.
     pub url: String,
-    /// Headers as `Name: value`.
+    /// Headers as `Name: value`, in order.
     pub headers: Vec<String>,
     /// The body, if any.
     pub body: Option<String>,
+    /// Frame the body as chunked rather than with a `Content-Length`.
+    pub chunked: bool,
+    /// Send no `Host` header unless one is given.
+    pub no_host: bool,
+    /// Send the request as HTTP/1.0.
+    pub http10: bool,
     /// The client's address (what `X-Forwarded-For` gets).
-    pub peer: Option<IpAddr>,
+    pub peer: IpAddr,
     /// Sign a session token for this subject and send it (or a token minted from it).
     pub user_id: Option<String>,
     /// With `user_id`: mint an ability token carrying this permission (JSON) and send that.
@@ -42,46 +56,124 @@ pub struct Question {
     pub now: u64,
 }
 
-/// What tokengate would do with the request.
+/// What tokengate does with the request.
 #[derive(Debug, Serialize)]
 pub struct Explanation {
-    /// The request as received: method, target, host.
-    pub request: [String; 3],
+    /// The request as it was sent.
+    pub request: Line,
+    /// What `explain` filled in that the command line did not say.
+    pub assumed: Vec<String>,
+    /// What the proxy consults that `explain` does not.
+    pub not_consulted: [&'static str; 2],
+    /// Why Pingora's HTTP parser refused the request before any decision, if it did.
+    pub parser: Option<String>,
     /// The canonical method checked (after an honoured override) and path.
-    pub canonical: Option<[String; 2]>,
-    /// `token`, `jwks`, `forward` or `refuse`.
-    pub plan: &'static str,
-    /// The route matched: rank (from 1), name, upstream group, auth mode.
-    pub route: Option<[String; 4]>,
+    pub canonical: Option<Canonical>,
+    /// The route matched.
+    pub route: Option<RouteFacts>,
     /// The routes tried before it, in order.
     pub tried_before: Vec<String>,
-    /// What the route requires (`resource:ability`), and whether it is in shadow mode.
+    /// What the route requires (`resource:ability`, `(shadow)` in shadow mode).
     pub requires: Option<String>,
     /// The token: its subject and abilities, or why it is not valid.
     pub token: Option<Value>,
     /// The ability check: `allow`, `deny` or `shadow_deny` (the metric's label).
     pub verdict: Option<&'static str>,
-    /// The request limit it would count against: route and key.
-    pub limit: Option<[String; 2]>,
-    /// The status the client would get from tokengate (`forward`: whatever the upstream says).
-    pub status: Option<u16>,
-    /// The headers of tokengate's own answer.
-    pub headers: Vec<[String; 2]>,
-    /// Its body: the error, or the minted token.
-    pub body: Option<Value>,
-    /// What goes upstream: method, target, Host, and headers added and removed.
+    /// The request limit it counts against (not consulted).
+    pub limit: Option<Limit>,
+    /// `refuse`, `token`, `jwks` or `forward`.
+    pub plan: &'static str,
+    /// tokengate's own answer, when it answers.
+    pub answer: Option<Answer>,
+    /// The request the upstream receives, when it is forwarded.
     pub upstream: Option<Upstream>,
 }
 
-/// The request the upstream would get.
+/// A request line and its Host.
+#[derive(Debug, Serialize)]
+pub struct Line {
+    /// The method.
+    pub method: String,
+    /// The target.
+    pub target: String,
+    /// The Host header, if any.
+    pub host: Option<String>,
+    /// `HTTP/1.1` or `HTTP/1.0`.
+    pub version: &'static str,
+}
+
+/// The canonical request.
+#[derive(Debug, Serialize)]
+pub struct Canonical {
+    /// The method routes are checked against.
+    pub method: String,
+    /// The canonical path.
+    pub path: String,
+}
+
+/// The route a request matched.
+#[derive(Debug, Serialize)]
+pub struct RouteFacts {
+    /// Its rank in the table, from 1.
+    pub rank: usize,
+    /// Its name.
+    pub name: String,
+    /// Its upstream group.
+    pub upstream: String,
+    /// `passthrough` or `required`.
+    pub auth: &'static str,
+}
+
+/// A route's request limit and the key the request counts against.
+#[derive(Debug, Serialize)]
+pub struct Limit {
+    /// The route.
+    pub route: String,
+    /// The key.
+    pub key: String,
+}
+
+/// One header field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Header {
+    /// Its name, as written on the wire.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+}
+
+/// tokengate's own answer.
+#[derive(Debug, Serialize)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The header fields, in order (`Content-Length` included).
+    pub headers: Vec<Header>,
+    /// The JSON body, `null` when it has none.
+    pub body: Option<Value>,
+    /// `keep-alive` or `close`: what the connection does after the answer.
+    pub connection: &'static str,
+}
+
+/// The request the upstream receives.
 #[derive(Debug, Serialize)]
 pub struct Upstream {
-    /// The method, target and Host forwarded.
-    pub request: [String; 3],
-    /// Headers tokengate adds or sets.
-    pub added: Vec<[String; 2]>,
-    /// Headers of the client's request that do not go upstream as they came.
+    /// The method.
+    pub method: String,
+    /// The target.
+    pub target: String,
+    /// The Host header.
+    pub host: Option<String>,
+    /// Every header field, in order.
+    pub headers: Vec<Header>,
+    /// Fields that were not in the client's request as they are here.
+    pub added: Vec<Header>,
+    /// Names of the client's fields that do not go upstream as they came.
     pub removed: Vec<String>,
+    /// How the body goes: `none`, `read ahead` (checked whole, then sent), `streamed`
+    /// (scanned for `_method` on its way), `streamed, refused before its end` (the head and
+    /// the chunks before the field went, never the rest) or `streamed unscanned`.
+    pub body: &'static str,
 }
 
 /// Why a question could not be asked.
@@ -108,59 +200,258 @@ fn question(problem: impl std::fmt::Display) -> Problem {
 
 /// Explains `q` against `config`.
 pub fn explain(config: &Config, q: &Question) -> Result<Explanation, Problem> {
-    let lasting = Lasting {
-        state: Arc::new(AppState::default()),
-        shared: None,
-        tracer: None,
-    };
-    let groups = reload::groups(config);
-    let gate = reload::gate(config, groups, &lasting).map_err(Problem::Config)?;
-    let mut header = request_header(q)?;
-    let authorization = caller_token(config, &gate, q)?;
-    if let Some(token) = &authorization {
-        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(question)?;
-        header
-            .insert_header(http::header::AUTHORIZATION, value)
-            .map_err(question)?;
-    }
-    Ok(answer(config, &gate, &header, q))
+    let settings = reload::decision_settings(config).map_err(Problem::Config)?;
+    let authorization = caller_token(config, &settings, q)?;
+    let (wire, line, assumed) = wire(q, authorization.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(question)?;
+    runtime.block_on(run(config, &settings, q, wire, line, assumed))
 }
 
-/// The request head the proxy would read.
-fn request_header(q: &Question) -> Result<RequestHeader, Problem> {
-    let method = Method::from_bytes(q.method.as_bytes()).map_err(question)?;
-    let mut header = RequestHeader::build(method, q.url.as_bytes(), Some(q.headers.len() + 2))
-        .map_err(|e| question(format!("{:?} is not a request target: {e}", q.url)))?;
-    let mut host = header.uri.authority().map(|a| a.to_string());
+/// The bytes a client sends for `q`, the request line they show, and what was assumed.
+fn wire(
+    q: &Question,
+    authorization: Option<&str>,
+) -> Result<(Vec<u8>, Line, Vec<String>), Problem> {
+    let parts = [q.method.as_str(), q.url.as_str()]
+        .into_iter()
+        .chain(q.headers.iter().map(String::as_str));
+    for part in parts {
+        if part.contains(['\r', '\n']) {
+            return Err(question(format!("{part:?} holds a line break")));
+        }
+    }
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(q.headers.len() + 3);
     for line in &q.headers {
         let (name, value) = line
             .split_once(':')
             .ok_or_else(|| question(format!("{line:?} is not `Name: value`")))?;
-        let (name, value) = (name.trim().to_owned(), value.trim().to_owned());
-        if name.eq_ignore_ascii_case("host") {
-            host = Some(value.clone());
+        headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    let has = |headers: &[(String, String)], name: &str| {
+        headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
+    let mut assumed = Vec::new();
+    if !q.no_host && !q.http10 && !has(&headers, "host") {
+        let host = absolute_authority(&q.url).unwrap_or("localhost").to_owned();
+        assumed.push(format!(
+            "Host: {host} (no -H Host given; --no-host sends none)"
+        ));
+        headers.insert(0, ("Host".to_owned(), host));
+    }
+    if let Some(token) = authorization {
+        if has(&headers, "authorization") {
+            assumed.push("--user-id replaced the Authorization header given".to_owned());
         }
-        header.append_header(name, value).map_err(question)?;
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case("authorization"));
+        headers.push(("Authorization".to_owned(), format!("Bearer {token}")));
     }
-    if header.headers.get(http::header::HOST).is_none() {
-        let host = host.unwrap_or_else(|| "localhost".to_owned());
-        header
-            .insert_header(http::header::HOST, host)
-            .map_err(question)?;
+    let framed = has(&headers, "content-length") || has(&headers, "transfer-encoding");
+    let body = q.body.as_deref().unwrap_or_default();
+    let mut payload = Vec::new();
+    match (q.chunked, q.body.is_some(), framed) {
+        (true, _, false) => {
+            headers.push(("Transfer-Encoding".to_owned(), "chunked".to_owned()));
+            assumed.push("Transfer-Encoding: chunked (from --chunked)".to_owned());
+            if !body.is_empty() {
+                payload.extend_from_slice(format!("{:x}\r\n{body}\r\n", body.len()).as_bytes());
+            }
+            payload.extend_from_slice(b"0\r\n\r\n");
+        }
+        (false, true, false) => {
+            headers.push(("Content-Length".to_owned(), body.len().to_string()));
+            assumed.push(format!("Content-Length: {} (from --body)", body.len()));
+            payload.extend_from_slice(body.as_bytes());
+        }
+        (_, _, _) => payload.extend_from_slice(body.as_bytes()),
     }
-    if let Some(body) = &q.body {
-        header
-            .insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
-            .map_err(question)?;
+    let version = match q.http10 {
+        true => "HTTP/1.0",
+        false => "HTTP/1.1",
+    };
+    let mut raw = format!("{} {} {version}\r\n", q.method, q.url).into_bytes();
+    for (name, value) in &headers {
+        raw.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
-    Ok(header)
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(&payload);
+    let host = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.clone());
+    let line = Line {
+        method: q.method.clone(),
+        target: q.url.clone(),
+        host,
+        version,
+    };
+    Ok((raw, line, assumed))
+}
+
+/// The authority of an absolute-form target (`http://host:port/…`).
+fn absolute_authority(url: &str) -> Option<&str> {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let rest = ["http://", "https://"]
+        .iter()
+        .find(|s| lower.starts_with(*s))
+        .map(|s| &url[s.len()..])?;
+    Some(rest.split(['/', '?']).next().unwrap_or(rest))
+}
+
+/// Reads `wire` as the proxy's listener does and decides on it.
+async fn run(
+    config: &Config,
+    settings: &Settings,
+    q: &Question,
+    wire: Vec<u8>,
+    line: Line,
+    assumed: Vec<String>,
+) -> Result<Explanation, Problem> {
+    // The client's end stays open, as a client waiting for its answer: the proxy may write
+    // `100 Continue` to it.
+    let (mut client, server) = tokio::io::duplex(wire.len() + 64 * 1024);
+    client.write_all(&wire).await.map_err(question)?;
+    client.shutdown().await.map_err(question)?;
+    let mut session = ServerSession::new_http1(Box::new(server));
+    let mut out = Explanation {
+        request: line,
+        assumed,
+        not_consulted: ["rate limits", "sign-outs"],
+        parser: None,
+        canonical: None,
+        route: None,
+        tried_before: Vec::new(),
+        requires: None,
+        token: None,
+        verdict: None,
+        limit: None,
+        plan: "refuse",
+        answer: None,
+        upstream: None,
+    };
+    match session.read_request().await {
+        Ok(true) => {}
+        Ok(false) => return Err(question("the request is incomplete")),
+        Err(e) => {
+            let why = e.context.as_ref().map(|c| c.as_str().to_owned());
+            out.parser = Some(why.unwrap_or_else(|| e.etype.as_str().to_owned()));
+            out.answer = Some(parser_refusal());
+            return Ok(out);
+        }
+    }
+    let header = session.req_header().clone();
+    let has_body = decision::body_framing(&mut session).has_body();
+    let decision = decide_request(settings, &mut session, Some(q.peer), q.now, None).await;
+    describe(config, settings, &header, &decision.facts, q.now, &mut out);
+    let id = request_id(&header);
+    let grpc = grpc_call(&header);
+    match decision.action {
+        Action::Refuse(refused) => {
+            let limit = settings.tokens.permission.limits.body_limit;
+            if !decision::keeps_connection(&mut session, &refused, limit).await {
+                session.set_keepalive(None);
+            }
+            let response = refused.response(&id, grpc);
+            out.answer = Some(answer(&response, session.get_keepalive().is_some()));
+        }
+        Action::Jwks => {
+            out.plan = "jwks";
+            if let Some(jwks) = &settings.jwks {
+                let response = Response::jwks(jwks.body.clone(), &jwks.cache_control, &id);
+                out.answer = Some(answer(&response, session.get_keepalive().is_some()));
+            }
+        }
+        Action::Mint(prepared) => {
+            let response = match settings.tokens.mint(prepared) {
+                Ok(minted) => {
+                    out.plan = "token";
+                    let runtime = std::time::Duration::ZERO;
+                    Response::minted(minted.body, &minted.session_token, &id, runtime)
+                }
+                Err(error) => Refused::from(error).response(&id, grpc),
+            };
+            out.answer = Some(answer(&response, session.get_keepalive().is_some()));
+        }
+        Action::Forward(mut forward) => {
+            out.plan = "forward";
+            let subject = decision.facts.subject.as_deref();
+            let upstream =
+                upstream_head(settings, &header, &forward, subject, q.peer, &id, has_body)
+                    .map_err(question)?;
+            let mut described = describe_upstream(&header, &upstream, &forward.body);
+            if let ForwardBody::Scanned(scan) = &mut forward.body {
+                if refused_while_streaming(&mut session, scan).await {
+                    // The head and the chunks before the field went; the rest never does.
+                    out.plan = "refuse";
+                    let refused = Refused::from(decision::streamed_override_refusal());
+                    out.answer = Some(answer(&refused.response(&id, grpc), false));
+                    described.body = "streamed, refused before its end";
+                }
+            }
+            out.upstream = Some(described);
+        }
+    }
+    Ok(out)
+}
+
+/// Streams the rest of the body past its scan, chunk by chunk as the proxy does: whether a
+/// `_method` field turned up, which refuses the request before the chunk holding it is sent.
+async fn refused_while_streaming(session: &mut ServerSession, scan: &mut BodyScan) -> bool {
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                let end = session.is_body_done();
+                if decision::override_streamed(scan, Some(&chunk), end) {
+                    return true;
+                }
+                if end {
+                    return false;
+                }
+            }
+            Ok(None) => return decision::override_streamed(scan, None, true),
+            Err(_) => return false,
+        }
+    }
+}
+
+/// What Pingora answers a request its parser refuses: its bare `400`, and the connection closes.
+fn parser_refusal() -> Answer {
+    let header = ServerSession::generate_error(400);
+    Answer {
+        status: 400,
+        headers: response_headers(header, false),
+        body: None,
+        connection: "close",
+    }
+}
+
+/// The head the upstream receives: the client's, through Pingora's own request policy, the
+/// decided rewrite, then Pingora's framing, in the order the proxy applies them.
+fn upstream_head(
+    settings: &Settings,
+    header: &RequestHeader,
+    forward: &Forward,
+    subject: Option<&str>,
+    peer: IpAddr,
+    id: &HeaderValue,
+    has_body: bool,
+) -> pingora::Result<RequestHeader> {
+    let mut upstream = header.clone();
+    upstream.set_version(http::Version::HTTP_11);
+    let http11 = header.version == http::Version::HTTP_11;
+    sanitize_h1_upstream_request(&mut upstream, HttpUpstreamRequestPolicy::default(), http11)?;
+    forward.apply(&mut upstream, settings, subject, Some(peer), false, id)?;
+    finalize_h1_upstream_request_framing(&mut upstream, has_body)?;
+    Ok(upstream)
 }
 
 /// The token `--user-id` (and `--permission`) ask for: a session token, or an ability token
 /// the token route mints from it.
 fn caller_token(
     config: &Config,
-    gate: &Tokengate,
+    settings: &Settings,
     q: &Question,
 ) -> Result<Option<String>, Problem> {
     let Some(user) = &q.user_id else {
@@ -180,7 +471,7 @@ fn caller_token(
     };
     let bearer = format!("Bearer {session}");
     let body = format!(r#"{{"permission":{permission}}}"#);
-    let minted = gate
+    let minted = settings
         .tokens
         .handle(
             &TokenRequest {
@@ -198,119 +489,57 @@ fn caller_token(
     Ok(Some(token))
 }
 
-/// Runs the proxy's decision on `header` and describes it.
-fn answer(config: &Config, gate: &Tokengate, header: &RequestHeader, q: &Question) -> Explanation {
-    let body = q.body.as_deref().unwrap_or_default().as_bytes();
-    let framing = match body.is_empty() {
-        true => Framing::Empty,
-        false => Framing::Length(body.len() as u64),
-    };
-    let mut decided = Decided::default();
-    let mut plan = gate.plan(header, framing, q.peer, None, q.now, &mut decided);
-    if let Plan::PreRead(kind) = &plan {
-        let found = proxy::overrides_in(kind, body);
-        decided = Decided::default();
-        plan = gate.plan(header, framing, q.peer, Some(&found), q.now, &mut decided);
-    }
-    let id = proxy::request_id(header);
-    let mut out = describe(config, gate, header, &decided, q);
-    let refused = match plan {
-        Plan::Token => {
-            out.plan = "token";
-            token_answer(gate, header, body, q.now, &id, &mut out)
-        }
-        Plan::Jwks => {
-            out.plan = "jwks";
-            jwks_method(&header.method).err()
-        }
-        Plan::Forward => {
-            // The proxy refuses while the body streams, before the chunk with it goes upstream.
-            let streamed = decided.body_scan.as_mut();
-            match streamed.is_some_and(|scan| proxy::override_streamed(scan, Some(body), true)) {
-                true => Some(Refusal::OverrideField.api_error().into()),
-                false => {
-                    out.plan = "forward";
-                    out.upstream = forwarded(gate, header, &decided, q.peer, &id);
-                    None
-                }
-            }
-        }
-        Plan::Refuse(error) => Some(error.into()),
-        Plan::PreRead(_) => None,
-    };
-    if let Some(refused) = refused {
-        out.plan = "refuse";
-        let content_type = header.headers.get(http::header::CONTENT_TYPE);
-        let grpc = crate::respond::is_grpc(content_type.map(|v| v.as_bytes()));
-        let response = refused.response(&id, grpc);
-        out.status = Some(response.status);
-        out.headers = header_pairs(&response);
-        out.body = serde_json::from_slice(&response.body).ok();
-    }
-    out
-}
-
-/// The route, token and verdict `decided` holds, in words.
+/// The route, token and verdict the decision found, in words.
 fn describe(
     config: &Config,
-    gate: &Tokengate,
+    settings: &Settings,
     header: &RequestHeader,
-    decided: &Decided,
-    q: &Question,
-) -> Explanation {
-    let routes = gate.proxy.routes.routes();
-    let route = decided.route.and_then(|rank| routes.get(rank));
+    facts: &Facts,
+    now: u64,
+    out: &mut Explanation,
+) {
+    let routes = settings.routes.routes();
+    let route = facts.route.and_then(|rank| routes.get(rank));
     let groups = config.group_names();
-    let token = token_facts(gate, header, q.now);
-    Explanation {
-        request: request_line(header),
-        canonical: route.map(|_| {
-            [
-                decided
-                    .override_method
-                    .unwrap_or(header.method.as_str())
-                    .to_owned(),
-                decided
-                    .canonical_path
-                    .clone()
-                    .unwrap_or_else(|| header.uri.path().to_owned()),
-            ]
-        }),
-        plan: "",
-        route: route.zip(decided.route).map(|(r, rank)| {
-            [
-                (rank + 1).to_string(),
-                r.name.clone(),
-                groups.get(r.upstream).cloned().unwrap_or_default(),
-                r.auth.as_str().to_owned(),
-            ]
-        }),
-        tried_before: decided.route.map_or(Vec::new(), |rank| {
-            routes[..rank].iter().map(|r| r.name.clone()).collect()
-        }),
-        requires: route.and_then(|r| {
-            let shadow = if r.shadow { " (shadow)" } else { "" };
-            r.require.as_ref().map(|q| format!("{q}{shadow}"))
-        }),
-        token,
-        verdict: decided.enforcement.map(|d| d.as_str()),
-        limit: route
-            .zip(decided.limit_key.as_ref())
-            .map(|(r, key)| [r.name.clone(), key.clone()]),
-        status: None,
-        headers: Vec::new(),
-        body: None,
-        upstream: None,
-    }
+    out.token = token_facts(settings, header, now);
+    let Some((route, rank)) = route.zip(facts.route) else {
+        return;
+    };
+    out.canonical = Some(Canonical {
+        method: facts
+            .override_method
+            .unwrap_or(header.method.as_str())
+            .to_owned(),
+        path: facts
+            .canonical_path
+            .clone()
+            .unwrap_or_else(|| header.uri.path().to_owned()),
+    });
+    out.route = Some(RouteFacts {
+        rank: rank + 1,
+        name: route.name.clone(),
+        upstream: groups.get(route.upstream).cloned().unwrap_or_default(),
+        auth: route.auth.as_str(),
+    });
+    out.tried_before = routes[..rank].iter().map(|r| r.name.clone()).collect();
+    out.requires = route.require.as_ref().map(|r| {
+        let shadow = if route.shadow { " (shadow)" } else { "" };
+        format!("{r}{shadow}")
+    });
+    out.verdict = facts.enforcement.map(|d| d.as_str());
+    out.limit = facts.limit_key.as_ref().map(|key| Limit {
+        route: route.name.clone(),
+        key: key.clone(),
+    });
 }
 
 /// What the request's token proves: its subject and abilities, or why it is not valid.
-fn token_facts(gate: &Tokengate, header: &RequestHeader, now: u64) -> Option<Value> {
+fn token_facts(settings: &Settings, header: &RequestHeader, now: u64) -> Option<Value> {
     let authorization: Vec<&[u8]> = authorization_values(header);
     if authorization.is_empty() {
         return None;
     }
-    Some(match gate.tokens.authenticate(&authorization, now) {
+    Some(match settings.tokens.authenticate(&authorization, now) {
         Ok(caller) => serde_json::json!({
             "subject": caller.claims.subject(),
             "abilities": caller.claims.get("abilities")
@@ -320,91 +549,96 @@ fn token_facts(gate: &Tokengate, header: &RequestHeader, now: u64) -> Option<Val
     })
 }
 
-/// The token route's answer, without sign-outs or the mint limit: `None` when it mints.
-fn token_answer(
-    gate: &Tokengate,
-    header: &RequestHeader,
-    body: &[u8],
-    now: u64,
-    id: &HeaderValue,
-    out: &mut Explanation,
-) -> Option<Refused> {
-    if let Err(refused) = token_method(&header.method) {
-        return Some(refused);
-    }
-    let authorization: Vec<&[u8]> = authorization_values(header);
-    match gate
-        .tokens
-        .handle(&token_request(header, &authorization, body), now)
-    {
-        Ok(minted) => {
-            let response = crate::respond::Response::minted(
-                minted.body,
-                &minted.session_token,
-                id,
-                std::time::Duration::ZERO,
-            );
-            out.status = Some(response.status);
-            out.headers = header_pairs(&response);
-            out.body = serde_json::from_slice(&response.body).ok();
-            None
-        }
-        Err(error) => Some(error.into()),
+/// tokengate's answer as the client receives it.
+fn answer(response: &Response, keeps_connection: bool) -> Answer {
+    let headers = response
+        .header()
+        .map(|h| response_headers(h, keeps_connection))
+        .unwrap_or_default();
+    Answer {
+        status: response.status,
+        headers,
+        body: serde_json::from_slice(&response.body).ok(),
+        connection: match keeps_connection {
+            true => "keep-alive",
+            false => "close",
+        },
     }
 }
 
-/// The upstream request, built by the proxy's own rewrite from the client's.
-fn forwarded(
-    gate: &Tokengate,
-    header: &RequestHeader,
-    decided: &Decided,
-    peer: Option<IpAddr>,
-    id: &HeaderValue,
-) -> Option<Upstream> {
-    let mut upstream = header.clone();
-    gate.rewrite(&mut upstream, decided, peer, false, id).ok()?;
-    let pairs = |h: &RequestHeader| -> Vec<[String; 2]> {
-        h.headers
-            .iter()
-            .map(|(n, v)| [n.as_str().to_owned(), text(v.as_bytes())])
+/// A response head's fields, spelled as written: with the `Date` and `Connection` fields
+/// Pingora's HTTP/1.1 writer sets on every final answer.
+fn response_headers(mut header: ResponseHeader, keep_alive: bool) -> Vec<Header> {
+    let connection = match keep_alive {
+        true => "keep-alive",
+        false => "close",
+    };
+    let written = header
+        .insert_header(http::header::DATE, get_cached_date())
+        .and_then(|()| header.insert_header(http::header::CONNECTION, connection));
+    if written.is_err() {
+        return Vec::new();
+    }
+    header
+        .case_header_iter()
+        .map(|(name, value)| Header {
+            name: text(name.as_slice()),
+            value: text(value.as_bytes()),
+        })
+        .collect()
+}
+
+/// The upstream head, and how it differs from the client's.
+fn describe_upstream(
+    client: &RequestHeader,
+    upstream: &RequestHeader,
+    body: &ForwardBody,
+) -> Upstream {
+    let fields = |h: &RequestHeader| -> Vec<Header> {
+        h.case_header_iter()
+            .map(|(name, value)| Header {
+                name: text(name.as_slice()),
+                value: text(value.as_bytes()),
+            })
             .collect()
     };
-    let (before, after) = (pairs(header), pairs(&upstream));
+    let (before, after) = (fields(client), fields(upstream));
+    let same = |a: &Header, b: &Header| a.name.eq_ignore_ascii_case(&b.name) && a.value == b.value;
     let added = after
         .iter()
-        .filter(|p| !before.contains(p))
+        .filter(|a| !before.iter().any(|b| same(a, b)))
         .cloned()
         .collect();
-    let mut removed: Vec<String> = before
-        .iter()
-        .filter(|p| !after.contains(p))
-        .map(|[n, _]| n.clone())
-        .collect();
-    removed.dedup();
-    Some(Upstream {
-        request: request_line(&upstream),
+    let mut removed: Vec<String> = Vec::new();
+    for b in before.iter().filter(|b| !after.iter().any(|a| same(a, b))) {
+        if !removed.iter().any(|r| r.eq_ignore_ascii_case(&b.name)) {
+            removed.push(b.name.clone());
+        }
+    }
+    let host = upstream.headers.get(http::header::HOST);
+    Upstream {
+        method: upstream.method.to_string(),
+        target: text(upstream.raw_path()),
+        host: host.map(|v| text(v.as_bytes())),
+        headers: after,
         added,
         removed,
-    })
+        body: match body {
+            ForwardBody::Unscanned if client_has_body(client) => "streamed unscanned",
+            ForwardBody::Unscanned => "none",
+            ForwardBody::ReadAhead => "read ahead",
+            ForwardBody::Scanned(_) => "streamed",
+        },
+    }
 }
 
-/// Method, target and Host.
-fn request_line(header: &RequestHeader) -> [String; 3] {
-    let host = header.headers.get(http::header::HOST);
-    [
-        header.method.to_string(),
-        text(header.raw_path()),
-        host.map_or(String::new(), |v| text(v.as_bytes())),
-    ]
-}
-
-/// The headers tokengate writes for `response`, after its preset ones.
-fn header_pairs(response: &crate::respond::Response) -> Vec<[String; 2]> {
-    response
-        .headers
-        .iter()
-        .map(|((_, name), value)| [(*name).to_owned(), text(value.as_bytes())])
-        .collect()
+/// Whether the client's head announces a body.
+fn client_has_body(header: &RequestHeader) -> bool {
+    header.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || header
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -414,15 +648,29 @@ fn text(bytes: &[u8]) -> String {
 impl std::fmt::Display for Explanation {
     /// The text form: one fact a line, in the order the proxy decides.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [method, target, host] = &self.request;
-        writeln!(f, "request     {method} {target} (Host: {host})")?;
-        if let Some([method, path]) = &self.canonical {
+        let Line {
+            method,
+            target,
+            host,
+            version,
+        } = &self.request;
+        let host = host.as_deref().unwrap_or("none");
+        let version = match *version {
+            "HTTP/1.1" => String::new(),
+            other => format!(" {other}"),
+        };
+        writeln!(f, "request     {method} {target}{version} (Host: {host})")?;
+        if let Some(why) = &self.parser {
+            writeln!(f, "parser      refused before any decision: {why}")?;
+        }
+        if let Some(Canonical { method, path }) = &self.canonical {
             writeln!(f, "canonical   {method} {path}")?;
         }
-        if let Some([rank, name, group, auth]) = &self.route {
+        if let Some(route) = &self.route {
             writeln!(
                 f,
-                "route       #{rank} {name} (upstream {group}, auth {auth})"
+                "route       #{} {} (upstream {}, auth {})",
+                route.rank, route.name, route.upstream, route.auth
             )?;
             let tried = match self.tried_before.is_empty() {
                 true => "-".to_owned(),
@@ -437,28 +685,32 @@ impl std::fmt::Display for Explanation {
         if let Some(verdict) = self.verdict {
             writeln!(f, "verdict     {verdict}")?;
         }
-        if let Some([route, key]) = &self.limit {
-            writeln!(f, "limit       route {route}, key {key}")?;
+        if let Some(Limit { route, key }) = &self.limit {
+            writeln!(f, "limit       route {route}, key {key} (not consulted)")?;
         }
         writeln!(f, "plan        {}", self.plan)?;
-        if let Some(status) = self.status {
-            writeln!(f, "answer      {status}")?;
-            for [name, value] in &self.headers {
+        if let Some(answer) = &self.answer {
+            writeln!(f, "answer      {}", answer.status)?;
+            for Header { name, value } in &answer.headers {
                 writeln!(f, "            {name}: {value}")?;
             }
-            if let Some(body) = &self.body {
+            if let Some(body) = &answer.body {
                 writeln!(f, "            {body}")?;
+            }
+            if answer.connection == "close" {
+                writeln!(f, "            (the connection closes)")?;
             }
         }
         if let Some(up) = &self.upstream {
-            let [method, target, host] = &up.request;
-            writeln!(f, "upstream    {method} {target} (Host: {host})")?;
-            for [name, value] in &up.added {
+            let host = up.host.as_deref().unwrap_or("none");
+            writeln!(f, "upstream    {} {} (Host: {host})", up.method, up.target)?;
+            for Header { name, value } in &up.added {
                 writeln!(f, "  + {name}: {value}")?;
             }
             for name in &up.removed {
                 writeln!(f, "  - {name}")?;
             }
+            writeln!(f, "body        {}", up.body)?;
         }
         Ok(())
     }

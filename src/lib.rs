@@ -13,6 +13,8 @@ pub mod admin;
 pub mod cli;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod decision;
 pub mod error;
 #[cfg(feature = "server")]
 pub mod explain;

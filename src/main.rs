@@ -14,8 +14,8 @@ use tokengate::access_log::LogFormat;
 
 use tokengate::cli::{Cli, Command, ExplainArgs, KeysAction};
 use tokengate::config::{Config, ProcessEnv};
+use tokengate::decision::unix_now;
 use tokengate::explain::Question;
-use tokengate::proxy::unix_now;
 use tokengate::server::{self, MarkDraining};
 use tokengate::token::asymmetric::{self, KeyAlgorithm};
 use tokengate::token::mint::session_token;
@@ -123,7 +123,10 @@ fn explain(config: &Config, args: ExplainArgs) -> ExitCode {
         url: args.url,
         headers: args.headers,
         body: args.body,
-        peer: Some(args.peer),
+        chunked: args.chunked,
+        no_host: args.no_host,
+        http10: args.http10,
+        peer: args.peer,
         user_id: args.user_id,
         permission: args.permission,
         now: unix_now(),

@@ -14,6 +14,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::access_log::AccessLog;
 use crate::config::{Config, ConfigError, ProcessEnv};
+use crate::decision::{self, Jwks};
 use crate::limits::Limiter;
 use crate::metrics;
 use crate::proxy::{AppState, Tokengate};
@@ -43,17 +44,35 @@ pub fn groups(config: &Config) -> Vec<Arc<UpstreamGroup>> {
         .collect()
 }
 
+/// What the decision reads, for `config`: the proxy's and `tokengate explain`'s alike.
+pub fn decision_settings(config: &Config) -> Result<decision::Settings, ConfigError> {
+    let token_path =
+        PathTemplate::parse(&config.token.token_path).map_err(|e| ConfigError::Invalid {
+            key: "tokengate.token_path".into(),
+            problem: e.to_string(),
+        })?;
+    let proxy = &config.proxy;
+    Ok(decision::Settings {
+        tokens: config.token_service()?,
+        token_path,
+        jwks: config.token.signing.as_ref().map(|s| Jwks {
+            body: bytes::Bytes::from(s.jwks.clone()),
+            cache_control: format!("public, max-age={}", s.jwks_max_age.as_secs()),
+        }),
+        request: proxy.request,
+        routes: proxy.routes.clone(),
+        identity_header: proxy.identity_header.clone(),
+        forward_claims: proxy.forward_claims.clone(),
+        trusted_proxies: proxy.trusted_proxies.clone(),
+    })
+}
+
 /// The proxy's state for `config`, over upstream groups already made for it.
 pub fn gate(
     config: &Config,
     groups: Vec<Arc<UpstreamGroup>>,
     lasting: &Lasting,
 ) -> Result<Tokengate, ConfigError> {
-    let token_path =
-        PathTemplate::parse(&config.token.token_path).map_err(|e| ConfigError::Invalid {
-            key: "tokengate.token_path".into(),
-            problem: e.to_string(),
-        })?;
     let route_limiters = config
         .proxy
         .routes
@@ -66,22 +85,14 @@ pub fn gate(
         })
         .collect();
     Ok(Tokengate {
-        tokens: config.token_service()?,
-        token_path,
+        decision: decision_settings(config)?,
         groups: groups.into(),
-        proxy: config.proxy.clone(),
         access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
         limiter: config.token.rate_limit.map(Limiter::new),
         mint_rate: config.token.rate_limit,
         route_limiters,
         shared: lasting.shared.clone(),
         tracer: lasting.tracer.clone(),
-        jwks: config.token.signing.as_ref().map(|s| {
-            (
-                bytes::Bytes::from(s.jwks.clone()),
-                format!("public, max-age={}", s.jwks_max_age.as_secs()),
-            )
-        }),
         secret_source: config.secret_source.clone(),
         algorithms: config.token.algorithms.clone(),
         state: lasting.state.clone(),

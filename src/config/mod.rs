@@ -32,13 +32,14 @@ use crate::shared::RedisSettings;
 use crate::token::mint::Minting;
 use crate::token::permission::RESERVED_CLAIMS;
 use crate::token::{
-    KeyError, Keyring, Limits, PermissionPolicy, Secret, SharedKeyring, TokenService, VerifyPolicy,
+    KeyError, Keyring, Limits, PermissionPolicy, Secret, SecretSource, SecretsError, SharedKeyring,
+    TokenService, VerifyPolicy,
 };
 use crate::trace::TraceSettings;
 use crate::upstreams::{GroupConfig, UpstreamTimeouts};
 pub use layout::grouped;
 pub use routes::DEFAULT_GROUP;
-pub use secrets::{SecretSource, Signing, DEVELOPMENT_SECRET};
+pub use secrets::{Signing, DEVELOPMENT_SECRET};
 pub use tls::ListenerTls;
 use values::{boolean, duration, invalid, listen_address, parse_duration, pick, upstream_address};
 
@@ -80,6 +81,15 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl From<SecretsError> for ConfigError {
+    fn from(e: SecretsError) -> ConfigError {
+        match e {
+            SecretsError::File(path, e) => ConfigError::SecretFile(path, e),
+            SecretsError::Keys(e) => ConfigError::Keys(e),
+        }
+    }
+}
 
 /// The whole validated configuration.
 #[derive(Debug)]

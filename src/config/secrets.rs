@@ -6,51 +6,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use super::values::{invalid, parse_duration};
 use super::ConfigError;
 use crate::token::asymmetric::{jwks, public_jwk, AsymmetricKey, KeyAlgorithm, PublicKeys};
-use crate::token::{Keyring, Secret};
+use crate::token::Secret;
 
 /// The development secret `conf/tokengate.yaml` ships with: public, so it may only ever serve
 /// loopback listeners.
 pub const DEVELOPMENT_SECRET: &str = "tokengate-dev-only-secret-do-not-deploy-0123456789";
-
-/// Where secrets come from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SecretSource {
-    /// `secret` / `TOKENGATE_SECRET`, first when set.
-    pub inline: Option<String>,
-    /// `secret_file` / `TOKENGATE_SECRET_FILE`, re-read on change or `SIGHUP`.
-    pub file: Option<PathBuf>,
-}
-
-impl SecretSource {
-    /// Reads the secrets again (the file may have been rotated) and builds a keyring.
-    pub fn keyring(&self, algorithms: &[Algorithm]) -> Result<Keyring, ConfigError> {
-        Keyring::new(&self.secrets()?, algorithms).map_err(ConfigError::Keys)
-    }
-
-    /// The inline secret first, then the file's, read now.
-    pub(super) fn secrets(&self) -> Result<Vec<Secret>, ConfigError> {
-        let mut secrets: Vec<Secret> = self
-            .inline
-            .iter()
-            .map(|s| Secret {
-                id: None,
-                bytes: s.as_bytes().to_vec(),
-            })
-            .collect();
-        if let Some(path) = &self.file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::SecretFile(path.clone(), e))?;
-            secrets.extend(Secret::parse_file(&text));
-        }
-        Ok(secrets)
-    }
-}
 
 /// Refuses the public development secret unless nothing but this machine can reach tokengate;
 /// true when it is in use on loopback (worth a warning on every start).

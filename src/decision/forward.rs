@@ -7,10 +7,78 @@ use std::net::IpAddr;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
+use super::Settings;
 use crate::forward_claims::ClaimHeader;
 use crate::forwarded::{self, is_forwarding_header, Received};
 use crate::request::method::OVERRIDE_HEADERS;
+use crate::request::BodyScan;
 use crate::respond::{name, Name, X_REQUEST_ID};
+
+/// The request a forwarded one becomes upstream, as decided.
+#[derive(Debug, Default)]
+pub struct Forward {
+    /// The canonical target, when it differs from the one received.
+    pub target: Option<Vec<u8>>,
+    /// The canonical authority: the client's Host value itself when it was canonical already.
+    pub authority: Option<HeaderValue>,
+    /// Whether Host must be rewritten to `authority`.
+    pub host_rewritten: bool,
+    /// The honoured override method.
+    pub honoured_override: Option<&'static str>,
+    /// Claims sent as headers (`forward_claims`), by header name.
+    pub claims: Vec<(String, String)>,
+    /// How the body goes upstream.
+    pub body: ForwardBody,
+}
+
+/// How a forwarded request's body goes upstream.
+#[derive(Debug, Default)]
+pub enum ForwardBody {
+    /// As it comes: there is none, or it is one no framework reads fields from.
+    #[default]
+    Unscanned,
+    /// Read ahead and checked whole; Pingora sends it on.
+    ReadAhead,
+    /// Streamed and scanned on its way: the chunk that completes a `_method` field is never
+    /// sent, and the request is refused.
+    Scanned(BodyScan),
+}
+
+impl Forward {
+    /// Rewrites `upstream`, a copy of the client's request head, into the one decided: for the
+    /// verified `subject`, from the client at `peer`, over TLS when `tls`.
+    pub fn apply(
+        &self,
+        upstream: &mut RequestHeader,
+        settings: &Settings,
+        subject: Option<&str>,
+        peer: Option<IpAddr>,
+        tls: bool,
+        request_id: &HeaderValue,
+    ) -> pingora::Result<()> {
+        let rewrite = Rewrite {
+            claim_headers: &settings.forward_claims,
+            claims: &self.claims,
+            target: self.target.as_deref(),
+            authority: self.authority.as_ref(),
+            host_rewritten: self.host_rewritten,
+            honoured_override: self.honoured_override,
+            subject,
+            peer: peer.map(|ip| (ip, settings.trusted_proxies.contains(ip))),
+            proto: match tls {
+                true => "https",
+                false => "http",
+            },
+            request_id,
+        };
+        rewrite_header(upstream, &settings.identity_header, &rewrite)?;
+        if matches!(self.body, ForwardBody::ReadAhead) {
+            // The client was already told to go on and sent it all; the upstream gets it at once.
+            upstream.remove_header(&http::header::EXPECT);
+        }
+        Ok(())
+    }
+}
 
 /// Headers set on every forwarded request, parsed once (`respond::Name`).
 static FORWARDED: Name = (http::header::FORWARDED, "Forwarded");
@@ -60,7 +128,7 @@ pub struct Rewrite<'a> {
 /// Rewrites `upstream` (a copy of the client's request) into the request the upstream gets.
 /// Every header tokengate sets is first removed in all its spellings, then appended: cheaper
 /// than Pingora's insert, which replaces and may grow two maps each time.
-pub fn rewrite(
+pub fn rewrite_header(
     upstream: &mut RequestHeader,
     identity_header: &HeaderName,
     rewrite: &Rewrite<'_>,
@@ -327,7 +395,7 @@ mod tests {
                 request_id: &rid,
                 proto,
             };
-            rewrite(&mut r, &HeaderName::from_static("x-user-id"), &rw).unwrap();
+            rewrite_header(&mut r, &HeaderName::from_static("x-user-id"), &rw).unwrap();
             let get = |n: &str| r.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
             (get("forwarded"), get("x-forwarded-for"), get("x-real-ip"))
         };
@@ -424,7 +492,7 @@ mod tests {
             request_id: &rid,
             proto: "http",
         };
-        rewrite(&mut r, &HeaderName::from_static("x-user-id"), &rw).unwrap();
+        rewrite_header(&mut r, &HeaderName::from_static("x-user-id"), &rw).unwrap();
         assert_eq!(r.raw_path(), b"/b");
         assert_eq!(
             names(&r),
@@ -465,7 +533,7 @@ mod tests {
             request_id: &rid,
             proto: "http",
         };
-        rewrite(&mut r, &HeaderName::from_static("x-user-id"), &rw).unwrap();
+        rewrite_header(&mut r, &HeaderName::from_static("x-user-id"), &rw).unwrap();
         assert_eq!(
             names(&r),
             [

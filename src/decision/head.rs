@@ -1,14 +1,13 @@
-//! What the proxy reads of a request's head and session: addresses, body framing, the
-//! headers the pure parts take, and the request id.
+//! What the decision reads of a request's head: its body framing, the headers the pure parts
+//! take, and the request id.
 
 use std::cell::RefCell;
-use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Version};
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 
 use super::forward::same_header;
 use crate::request::body::body_kind;
@@ -16,14 +15,6 @@ use crate::request::method::OVERRIDE_HEADERS;
 use crate::request::{BodyKind, Framing, Refusal};
 use crate::respond;
 use crate::token::TokenRequest;
-
-/// The client's address.
-pub(super) fn client_ip(session: &Session) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-}
 
 /// How the body is read for `_method` fields, by the request's `Content-Type`.
 pub(super) fn content_type(header: &RequestHeader) -> Result<BodyKind, Refusal> {
@@ -34,8 +25,8 @@ pub(super) fn content_type(header: &RequestHeader) -> Result<BodyKind, Refusal> 
 /// How the request's body is framed, from the protocol: before any of it is read, Pingora's
 /// session says whether the message ended with its header (HTTP/1.1 by its framing rules,
 /// HTTP/2 by `END_STREAM` on HEADERS).
-pub(super) fn body_framing(session: &mut Session) -> Framing {
-    let ended = session.as_downstream_mut().is_body_done();
+pub fn body_framing(session: &mut ServerSession) -> Framing {
+    let ended = session.is_body_done();
     let headers = &session.req_header().headers;
     Framing::of(
         ended,
@@ -47,7 +38,7 @@ pub(super) fn body_framing(session: &mut Session) -> Framing {
 }
 
 /// Whether the client waits for `100 Continue` before it sends the body.
-pub(super) fn expects_continue(header: &RequestHeader) -> bool {
+pub fn expects_continue(header: &RequestHeader) -> bool {
     header
         .headers
         .get(http::header::EXPECT)
@@ -55,10 +46,9 @@ pub(super) fn expects_continue(header: &RequestHeader) -> bool {
 }
 
 /// Whether the client is a gRPC library, which reads `grpc-status` rather than HTTP statuses.
-pub(super) fn grpc_call(session: &Session) -> bool {
+pub fn grpc_call(header: &RequestHeader) -> bool {
     crate::respond::is_grpc(
-        session
-            .req_header()
+        header
             .headers
             .get(http::header::CONTENT_TYPE)
             .map(|v| v.as_bytes()),

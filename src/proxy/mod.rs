@@ -3,17 +3,14 @@
 //! canonicalize, route, decide, answer or forward, observe.
 
 mod admission;
-mod decide;
 mod failure;
-mod forward;
-mod head;
 mod state;
 mod token_route;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -28,49 +25,30 @@ use pingora::{Error, ErrorSource, ErrorType};
 use smallvec::SmallVec;
 
 use crate::access_log::{self, AccessLog, Entry};
-use crate::config::{ProxySettings, SecretSource};
+use crate::decision::{
+    self, decide_request, grpc_call, request_id, unix_now, Action, Facts, Forward, ForwardBody,
+    Refused,
+};
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::{Limiter, RateLimit};
 use crate::metrics::{self, RouteKind, UpstreamErrorKind};
-use crate::request::{self, Framing, Refusal};
 use crate::respond;
-use crate::routes::{Decision, PathTemplate};
+use crate::routes::Decision;
 use crate::shared::Shared;
-use crate::token::TokenService;
+use crate::token::SecretSource;
 use crate::trace::{self, Exporter, SpanRecord, TraceContext};
 use crate::upstreams::UpstreamGroup;
-pub use admission::Refused;
-pub use decide::{override_streamed, overrides_in, Decided, Forward, Plan};
-pub use forward::same_header;
-pub use head::{authorization_values, request_id, token_request, unix_now};
 pub use state::{watch_listener, AppState, InFlight};
-pub use token_route::{jwks_method, token_method};
 
 use admission::Counted;
-use head::{body_framing, client_ip};
 
-/// Where the public keys of asymmetrically signed tokens are published.
-pub const JWKS_PATH: &str = "/.well-known/jwks.json";
-
-/// Largest url-encoded `POST` body read ahead to find a `_method` field when overrides are
-/// honoured: what Pingora can replay to the upstream.
-const PREREAD_LIMIT: usize = 64 * 1024;
-
-/// [`JWKS_PATH`], parsed once.
-static JWKS_TEMPLATE: LazyLock<PathTemplate> =
-    LazyLock::new(|| PathTemplate::parse(JWKS_PATH).unwrap_or_else(|_| PathTemplate::root()));
-
-/// One configuration of the proxy, built from the configuration by `reload::gate`
-/// and swapped whole by a reload.
+/// One configuration of the proxy: what the decision reads, and the runtime handles acting on
+/// it needs. Built by `reload::gate` and swapped whole by a reload.
 pub struct Tokengate {
-    /// The token route's service.
-    pub tokens: TokenService,
-    /// Path of the token route (matched in any case, with a trailing `/` or `.format`).
-    pub token_path: PathTemplate,
+    /// What the decision reads.
+    pub decision: decision::Settings,
     /// Upstream groups, by index (a reload keeps the unchanged ones).
     pub groups: Arc<[Arc<UpstreamGroup>]>,
-    /// Routes, request options, forwarded identity and claims, trusted proxies.
-    pub proxy: ProxySettings,
     /// The access log.
     pub access_log: AccessLog,
     /// The per-subject mint limit, in this process.
@@ -83,8 +61,6 @@ pub struct Tokengate {
     pub shared: Option<Arc<Shared>>,
     /// Span export, when tracing is configured.
     pub tracer: Option<Arc<Exporter>>,
-    /// The JWKS body and its `Cache-Control`, when minted tokens are signed asymmetrically.
-    pub jwks: Option<(Bytes, String)>,
     /// Where the secrets are read from again when their file changes.
     pub secret_source: SecretSource,
     /// Algorithms session tokens may use, for a keyring read again.
@@ -96,7 +72,7 @@ pub struct Tokengate {
 impl Tokengate {
     /// The keyring the token route verifies and signs with, for rotation.
     pub fn keyring(&self) -> crate::token::SharedKeyring {
-        self.tokens.keys.clone()
+        self.decision.tokens.keys.clone()
     }
 
     /// The upstream groups, for readiness.
@@ -104,14 +80,14 @@ impl Tokengate {
         &self.groups
     }
 
-    /// The request limit `decided` counts against, if its route has one.
-    fn route_limit<'a>(&'a self, decided: &'a Decided) -> Option<Counted<'a>> {
+    /// The request limit a forwarded request counts against, if its route has one.
+    fn route_limit<'a>(&'a self, facts: &'a Facts) -> Option<Counted<'a>> {
         const ROUTE_RATE_LIMITED: ApiError = ApiError::new(
             ErrorCode::RateLimited,
             "Too many requests on this route; retry later.",
         );
-        let key = decided.limit_key.as_deref()?;
-        let route = self.proxy.routes.routes().get(decided.route?)?;
+        let key = facts.limit_key.as_deref()?;
+        let route = self.decision.routes.routes().get(facts.route?)?;
         Some(Counted {
             scope: &route.name,
             key,
@@ -121,65 +97,13 @@ impl Tokengate {
         })
     }
 
-    /// Rewrites `upstream`, a copy of the client's request, into the canonical one `decided`
-    /// describes; `peer` is the client's address, `tls` whether it came over TLS.
-    pub fn rewrite(
-        &self,
-        upstream: &mut RequestHeader,
-        decided: &Decided,
-        peer: Option<IpAddr>,
-        tls: bool,
-        request_id: &HeaderValue,
-    ) -> pingora::Result<()> {
-        let forward = &decided.forward;
-        let rewrite = forward::Rewrite {
-            claim_headers: &self.proxy.forward_claims,
-            claims: &forward.claims,
-            target: forward.target.as_deref(),
-            authority: forward.authority.as_ref(),
-            host_rewritten: forward.host_rewritten,
-            honoured_override: forward.honoured_override,
-            subject: decided.subject.as_deref(),
-            peer: peer.map(|ip| (ip, self.proxy.trusted_proxies.contains(ip))),
-            proto: match tls {
-                true => "https",
-                false => "http",
-            },
-            request_id,
-        };
-        forward::rewrite(upstream, &self.proxy.identity_header, &rewrite)
-    }
-
-    /// Reads a small body of `kind` (replayed upstream by Pingora's retry buffer) and plans
-    /// again with its `_method` fields.
-    async fn plan_after_body(
-        &self,
-        session: &mut Session,
-        framing: Framing,
-        kind: &request::BodyKind,
-        decided: &mut Decided,
-    ) -> Result<Plan, Refused> {
-        session.as_downstream_mut().enable_retry_buffering();
-        let body = token_route::read_body(session, PREREAD_LIMIT)
-            .await
-            .map_err(|error| Refused {
-                close: true,
-                ..error.into()
-            })?;
-        let found = decide::overrides_in(kind, &body);
-        let peer = client_ip(session);
-        let header = session.req_header();
-        Ok(self.plan(header, framing, peer, Some(&found), unix_now(), decided))
-    }
-
-    /// Counts what `plan` decided that operators watch: the ability check, a shadow refusal
-    /// (logged with the fields `tokengate explain` prints), claims left out.
-    fn record(&self, header: &RequestHeader, request: &RequestState) {
-        let decided = &request.decided;
-        let route = decided
+    /// Counts what the decision found that operators watch: the ability check, a shadow
+    /// refusal (logged with the fields `tokengate explain` prints), claims left out.
+    fn record(&self, header: &RequestHeader, id: &str, facts: &Facts) {
+        let route = facts
             .route
-            .and_then(|r| self.proxy.routes.routes().get(r));
-        if let (Some(route), Some(decision)) = (route, decided.enforcement) {
+            .and_then(|r| self.decision.routes.routes().get(r));
+        if let (Some(route), Some(decision)) = (route, facts.enforcement) {
             metrics::get()
                 .enforcement
                 .with_label_values(&[route.name.as_str(), decision.as_str()])
@@ -187,18 +111,17 @@ impl Tokengate {
             if decision == Decision::ShadowDeny {
                 let requires = route.require.as_ref().map(|r| r.to_string());
                 log::warn!(
-                    "route {}: would refuse request {} (shadow mode, forwarded): {} {} requires {}, subject {}",
+                    "route {}: would refuse request {id} (shadow mode, forwarded): {} {} requires {}, subject {}",
                     route.name,
-                    request.id(),
-                    decided.override_method.unwrap_or(header.method.as_str()),
-                    decided.canonical_path.as_deref().unwrap_or(header.uri.path()),
+                    facts.override_method.unwrap_or(header.method.as_str()),
+                    facts.canonical_path.as_deref().unwrap_or(header.uri.path()),
                     requires.as_deref().unwrap_or("-"),
-                    decided.subject.as_deref().unwrap_or("-"),
+                    facts.subject.as_deref().unwrap_or("-"),
                 );
             }
         }
-        for &i in &decided.omitted_claims {
-            if let Some(mapping) = self.proxy.forward_claims.get(i) {
+        for &i in &facts.omitted_claims {
+            if let Some(mapping) = self.decision.forward_claims.get(i) {
                 metrics::get()
                     .claim_headers_omitted
                     .with_label_values(&[mapping.header.as_str()])
@@ -206,6 +129,51 @@ impl Tokengate {
             }
         }
     }
+
+    /// Acts on `action`, decided for the request in `session`: `Ok(true)` when tokengate
+    /// answered, `Ok(false)` when the request goes upstream.
+    async fn act(
+        &self,
+        session: &mut Session,
+        request: &mut RequestState,
+        action: Action,
+    ) -> pingora::Result<bool> {
+        let refused = match action {
+            Action::Refuse(refused) => refused,
+            Action::Jwks => {
+                self.answer_jwks(session, request).await?;
+                return Ok(true);
+            }
+            Action::Mint(prepared) => {
+                self.answer_mint(session, request, prepared).await?;
+                return Ok(true);
+            }
+            Action::Forward(forward) => match self.admit(self.route_limit(&request.facts)).await {
+                Ok(()) => {
+                    request.forward = forward;
+                    return Ok(false);
+                }
+                Err(refused) => refused,
+            },
+        };
+        if refused.close {
+            // The body is left unread, and the client often gone already.
+            if let Err(e) = self.refuse(session, request, &refused).await {
+                log::debug!("client gone before its refusal was written: {e}");
+            }
+            return Ok(true);
+        }
+        self.refuse(session, request, &refused).await?;
+        Ok(true)
+    }
+}
+
+/// The client's address.
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// Sends a sampled request's span to the exporter, named by its kind and route.
@@ -286,8 +254,10 @@ pub struct RequestState {
     kind: RouteKind,
     /// The propagated or generated request id, ready to be sent (upstream, and back).
     id: HeaderValue,
-    /// What `plan` decided.
-    decided: Decided,
+    /// What the decision found out.
+    facts: Facts,
+    /// The upstream request, once the decision forwards it.
+    forward: Forward,
     /// The error code tokengate answered with, if any.
     reason: Option<ErrorCode>,
     /// A refusal decided while the body streamed, answered by `fail_to_proxy`.
@@ -333,7 +303,8 @@ impl ProxyHttp for Proxy {
             start: Instant::now(),
             kind: RouteKind::Proxy,
             id: HeaderValue::from_static(""),
-            decided: Decided::default(),
+            facts: Facts::default(),
+            forward: Forward::default(),
             reason: None,
             refusal: None,
             upstream: UpstreamState::default(),
@@ -395,51 +366,20 @@ impl ProxyHttp for Proxy {
             let RequestCtx { gate, request } = &mut **ctx;
             request.id = request_id(session.req_header());
             let peer = client_ip(session);
-            let framing = body_framing(session);
-            let header = session.req_header();
-            let mut plan = gate.plan(
-                header,
-                framing,
+            let decision = decide_request(
+                &gate.decision,
+                session.as_downstream_mut(),
                 peer,
-                None,
                 unix_now(),
-                &mut request.decided,
-            );
-            if let Plan::PreRead(kind) = &plan {
-                plan = match gate
-                    .plan_after_body(session, framing, kind, &mut request.decided)
-                    .await
-                {
-                    Ok(plan) => plan,
-                    Err(refused) => {
-                        gate.refuse(session, request, &refused).await?;
-                        return Ok(true);
-                    }
-                };
+                gate.shared.as_deref(),
+            )
+            .await;
+            gate.record(session.req_header(), request.id(), &decision.facts);
+            if decision.facts.answered_here {
+                request.kind = RouteKind::Token;
             }
-            gate.record(session.req_header(), request);
-            let refused = match plan {
-                Plan::Token => {
-                    request.kind = RouteKind::Token;
-                    gate.token_route(session, request).await?;
-                    return Ok(true);
-                }
-                Plan::Jwks => {
-                    request.kind = RouteKind::Token;
-                    gate.jwks_route(session, request).await?;
-                    return Ok(true);
-                }
-                Plan::Forward => match gate.admit(gate.route_limit(&request.decided)).await {
-                    Ok(()) => return Ok(false),
-                    Err(refused) => refused,
-                },
-                Plan::Refuse(error) => error.into(),
-                Plan::PreRead(_) => {
-                    ApiError::new(ErrorCode::Internal, "The body was read twice.").into()
-                }
-            };
-            gate.refuse(session, request, &refused).await?;
-            Ok(true)
+            request.facts = decision.facts;
+            gate.act(session, request, decision.action).await
         }
     }
 
@@ -461,11 +401,11 @@ impl ProxyHttp for Proxy {
     {
         async move {
             let request = &mut ctx.request;
-            let Some(scan) = request.decided.body_scan.as_mut() else {
+            let ForwardBody::Scanned(scan) = &mut request.forward.body else {
                 return Ok(());
             };
-            if decide::override_streamed(scan, body.as_deref(), end_of_stream) {
-                request.refusal = Some(Refusal::OverrideField.api_error());
+            if decision::override_streamed(scan, body.as_deref(), end_of_stream) {
+                request.refusal = Some(decision::streamed_override_refusal());
                 return Err(Error::explain(
                     ErrorType::InvalidHTTPHeader,
                     "a _method field in the request body",
@@ -499,7 +439,7 @@ impl ProxyHttp for Proxy {
             let RequestCtx { gate, request } = &mut **ctx;
             let group = gate
                 .groups
-                .get(request.decided.group)
+                .get(request.facts.group)
                 .ok_or_else(no_address)?;
             let tried = &mut request.upstream.tried;
             let addr = group.select(tried).ok_or_else(no_address)?;
@@ -525,9 +465,10 @@ impl ProxyHttp for Proxy {
         async move {
             let RequestCtx { gate, request } = &mut **ctx;
             let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-            gate.rewrite(
+            request.forward.apply(
                 upstream,
-                &request.decided,
+                &gate.decision,
+                request.facts.subject.as_deref(),
                 client_ip(session),
                 tls,
                 &request.id,
@@ -588,8 +529,8 @@ impl ProxyHttp for Proxy {
             // An informational answer (`100`, `103`) comes before the final one, which needs the
             // token too.
             let token = match response.status.is_informational() {
-                true => request.decided.token.clone(),
-                false => request.decided.token.take(),
+                true => request.facts.token.clone(),
+                false => request.facts.token.take(),
             };
             if let Some(token) = token {
                 response.insert_header(respond::X_TOKEN.clone(), token)?;
@@ -608,7 +549,7 @@ impl ProxyHttp for Proxy {
     ) -> Box<Error> {
         let RequestCtx { gate, request } = &mut **ctx;
         request.upstream.error = Some(failure::upstream_error_code(&e).0);
-        let Some(group) = gate.groups.get(request.decided.group) else {
+        let Some(group) = gate.groups.get(request.facts.group) else {
             return e;
         };
         // With another address to go to, eject this one for a while and retry there.
@@ -661,7 +602,8 @@ impl ProxyHttp for Proxy {
             }
             if session.response_written().is_none() {
                 session.set_keepalive(None);
-                let response = Refused::from(error).response(&request.id, head::grpc_call(session));
+                let grpc = grpc_call(session.req_header());
+                let response = Refused::from(error).response(&request.id, grpc);
                 if let Err(write_error) = respond::send(session, response).await {
                     log::debug!("could not send error response: {write_error}");
                 }
@@ -695,8 +637,8 @@ impl ProxyHttp for Proxy {
             metrics::get().record_request(request.kind, status, duration);
             let kind = request.kind.as_str();
             if let (Some(tracer), Some(span)) = (&gate.tracer, request.span.take()) {
-                let route = request.decided.route;
-                let route = route.and_then(|r| gate.proxy.routes.routes().get(r));
+                let route = request.facts.route;
+                let route = route.and_then(|r| gate.decision.routes.routes().get(r));
                 record_span(tracer, span, kind, route, session, status);
             }
             if !gate.access_log.enabled() {
@@ -708,7 +650,7 @@ impl ProxyHttp for Proxy {
                 request_id: request.id(),
                 method: header.method.as_str(),
                 path: request
-                    .decided
+                    .facts
                     .canonical_path
                     .as_deref()
                     .unwrap_or_else(|| header.uri.path()),
@@ -718,7 +660,7 @@ impl ProxyHttp for Proxy {
                 upstream_duration: request.upstream.duration,
                 bytes_in: session.body_bytes_read(),
                 bytes_out: session.body_bytes_sent(),
-                subject: request.decided.subject.as_deref(),
+                subject: request.facts.subject.as_deref(),
                 reason: request.reason.map(ErrorCode::as_str),
             });
         }

@@ -1,6 +1,7 @@
 //! The keyring: HMAC secrets that verify session tokens, the first of which signs.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -51,6 +52,63 @@ impl Secret {
                 },
             })
             .collect()
+    }
+}
+
+/// Where secrets come from: read at start and again whenever the file changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretSource {
+    /// `secret` / `TOKENGATE_SECRET`, first when set.
+    pub inline: Option<String>,
+    /// `secret_file` / `TOKENGATE_SECRET_FILE`, re-read on change or `SIGHUP`.
+    pub file: Option<PathBuf>,
+}
+
+/// Why the configured secrets make no keyring.
+#[derive(Debug)]
+pub enum SecretsError {
+    /// The secrets file could not be read.
+    File(PathBuf, std::io::Error),
+    /// The secrets do not make a usable keyring.
+    Keys(KeyError),
+}
+
+impl fmt::Display for SecretsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretsError::File(path, e) => write!(
+                f,
+                "cannot read the secrets file {}: {e}; mount it there, or set TOKENGATE_SECRET \
+                 or TOKENGATE_SECRET_FILE",
+                path.display()
+            ),
+            SecretsError::Keys(e) => write!(f, "invalid secrets: {e}"),
+        }
+    }
+}
+
+impl SecretSource {
+    /// Reads the secrets again (the file may have been rotated) and builds a keyring.
+    pub fn keyring(&self, algorithms: &[Algorithm]) -> Result<Keyring, SecretsError> {
+        Keyring::new(&self.secrets()?, algorithms).map_err(SecretsError::Keys)
+    }
+
+    /// The inline secret first, then the file's, read now.
+    pub fn secrets(&self) -> Result<Vec<Secret>, SecretsError> {
+        let mut secrets: Vec<Secret> = self
+            .inline
+            .iter()
+            .map(|s| Secret {
+                id: None,
+                bytes: s.as_bytes().to_vec(),
+            })
+            .collect();
+        if let Some(path) = &self.file {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| SecretsError::File(path.clone(), e))?;
+            secrets.extend(Secret::parse_file(&text));
+        }
+        Ok(secrets)
     }
 }
 

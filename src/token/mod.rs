@@ -13,7 +13,7 @@ pub mod verify;
 
 use crate::error::{ApiError, ErrorCode};
 pub use asymmetric::{AsymmetricKey, PublicKeys};
-pub use keys::{KeyError, Keyring, Secret, SharedKeyring};
+pub use keys::{KeyError, Keyring, Secret, SecretSource, SecretsError, SharedKeyring};
 pub use permission::{Limits, PermissionPolicy};
 pub use verify::{Claims, SignatureKeys, VerifyPolicy};
 
@@ -167,16 +167,12 @@ impl TokenService {
         if !admit(prepared.subject()) {
             return Err(RATE_LIMITED);
         }
-        prepared.mint()
+        self.mint(prepared)
     }
 
     /// Everything before signing: the caller verified, the permission parsed and checked. The
-    /// caller decides, even asynchronously, whether [`Prepared::mint`] may run.
-    pub fn prepare<'a>(
-        &'a self,
-        request: &TokenRequest<'a>,
-        now: u64,
-    ) -> Result<Prepared<'a>, ApiError> {
+    /// caller decides, even asynchronously, whether [`TokenService::mint`] may sign it.
+    pub fn prepare(&self, request: &TokenRequest<'_>, now: u64) -> Result<Prepared, ApiError> {
         // One snapshot for the whole request: a rotation mid-way cannot mix two keyrings.
         let keys = self.keys.current();
         let caller = self.authenticate_with(&*keys, request.authorization, now, true)?;
@@ -186,11 +182,46 @@ impl TokenService {
             permission::check_attenuation(permission, caller.claims.iter())?;
         }
         Ok(Prepared {
-            service: self,
             keys,
-            caller,
+            token: caller.token.to_owned(),
+            claims: caller.claims,
             permission,
             now,
+        })
+    }
+
+    /// Signs what [`prepare`](Self::prepare) checked: the merged claims, in the answer's body.
+    pub fn mint(&self, prepared: Prepared) -> Result<Minted, ApiError> {
+        let (claims, permission, now) =
+            (&prepared.claims, prepared.permission.as_ref(), prepared.now);
+        // The response body is written around the token: `{"token":"…","endpoint":…}`.
+        let mut body = String::with_capacity(640 + self.endpoint.len());
+        body.push_str(TOKEN_OPENING);
+        match &self.signer {
+            Some(signer) => mint::payload(claims, permission, &self.minting, now)
+                .and_then(|payload| match &self.minting.typ {
+                    Some(typ) => signer.sign_typed(typ, &payload),
+                    None => signer.sign(&payload),
+                })
+                .map(|token| body.push_str(&token)),
+            None => mint::mint_into(
+                &mut body,
+                claims,
+                permission,
+                prepared.keys.signing(),
+                &self.minting,
+                now,
+            ),
+        }
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "The token could not be signed."))?;
+        if body.len() - TOKEN_OPENING.len() > self.permission.limits.max_token_bytes {
+            return Err(MINTED_TOO_LONG);
+        }
+        let subject = prepared.claims.subject().to_owned();
+        Ok(Minted {
+            body: close_response_body(body, &self.endpoint),
+            session_token: prepared.token,
+            subject,
         })
     }
 }
@@ -201,58 +232,32 @@ pub const RATE_LIMITED: ApiError = ApiError::new(
     "Too many tokens minted for this subject; retry later.",
 );
 
-/// A token request that passed every check but the rate limit, ready to be signed.
-pub struct Prepared<'a> {
-    service: &'a TokenService,
+/// A token request that passed every check but the rate limit, ready to be signed; it owns what
+/// it holds, so a decision can carry it past the request it was read from.
+pub struct Prepared {
     keys: std::sync::Arc<Keyring>,
-    caller: Caller<'a>,
+    token: String,
+    claims: Claims,
     permission: Option<permission::Permission>,
     now: u64,
 }
 
-impl Prepared<'_> {
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself, not even in a debug dump.
+        write!(f, "Prepared {{ subject: {:?} }}", self.subject())
+    }
+}
+
+impl Prepared {
     /// The verified subject, which the rate limit counts.
     pub fn subject(&self) -> &str {
-        self.caller.claims.subject()
+        self.claims.subject()
     }
 
     /// When the verified token was issued (`iat`), for revocation checks.
     pub fn issued_at(&self) -> Option<f64> {
-        self.caller.claims.issued_at()
-    }
-
-    /// Signs the merged claims.
-    pub fn mint(self) -> Result<Minted, ApiError> {
-        let service = self.service;
-        let (claims, permission, now) = (&self.caller.claims, self.permission.as_ref(), self.now);
-        // The response body is written around the token: `{"token":"…","endpoint":…}`.
-        let mut body = String::with_capacity(640 + service.endpoint.len());
-        body.push_str(TOKEN_OPENING);
-        match &service.signer {
-            Some(signer) => mint::payload(claims, permission, &service.minting, now)
-                .and_then(|payload| match &service.minting.typ {
-                    Some(typ) => signer.sign_typed(typ, &payload),
-                    None => signer.sign(&payload),
-                })
-                .map(|token| body.push_str(&token)),
-            None => mint::mint_into(
-                &mut body,
-                claims,
-                permission,
-                self.keys.signing(),
-                &service.minting,
-                now,
-            ),
-        }
-        .map_err(|_| ApiError::new(ErrorCode::Internal, "The token could not be signed."))?;
-        if body.len() - TOKEN_OPENING.len() > service.permission.limits.max_token_bytes {
-            return Err(MINTED_TOO_LONG);
-        }
-        Ok(Minted {
-            body: close_response_body(body, &service.endpoint),
-            session_token: self.caller.token.to_owned(),
-            subject: self.caller.claims.subject().to_owned(),
-        })
+        self.claims.issued_at()
     }
 }
 

@@ -73,30 +73,10 @@ def exchange(host, port, tls, request):
             headers.append(("content-length", str(len(data))))
         conn.send_headers(stream, headers, end_stream=framing == "none")
         sock.sendall(conn.data_to_send())
-        if framing != "none":
-            pieces = [data[i:i + 1] for i in range(len(data))] if framing == "bytes" else [data]
-            try:
-                for piece in pieces:
-                    conn.send_data(stream, piece)
-                    sock.sendall(conn.data_to_send())
-                conn.end_stream(stream)
-                sock.sendall(conn.data_to_send())
-            except (OSError, h2.exceptions.StreamClosedError) as e:
-                # The server answered (or reset the stream) before the body was all sent:
-                # what it said is read below.
-                answer["error"] = f"sending the body: {type(e).__name__}"
-        done = False
-        send_failed = answer["error"] is not None
-        while not done:
-            try:
-                chunk = sock.recv(65536)
-            except OSError as e:
-                answer["error"] = answer["error"] or f"{type(e).__name__}: {e}"
-                break
-            if not chunk:
-                answer["error"] = answer["error"] or "connection closed"
-                break
-            for event in conn.receive_data(chunk):
+        state = {"done": False}
+
+        def handle(events):
+            for event in events:
                 if isinstance(event, h2.events.ResponseReceived):
                     for name, value in event.headers:
                         if name == ":status":
@@ -107,16 +87,56 @@ def exchange(host, port, tls, request):
                         else:
                             answer["headers"].append([name, value])
                 elif isinstance(event, h2.events.DataReceived):
-                    body += event.data
+                    body.extend(event.data)
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, h2.events.StreamEnded):
-                    done = True
+                    state["done"] = True
                 elif isinstance(event, h2.events.StreamReset):
                     answer["reset"] = int(event.error_code)
-                    done = True
+                    state["done"] = True
                 elif isinstance(event, h2.events.ConnectionTerminated):
                     answer["reset"] = answer["reset"] or int(event.error_code)
-                    done = True
+                    state["done"] = True
+
+        if framing != "none":
+            pieces = [data[i:i + 1] for i in range(len(data))] if framing == "bytes" else [data]
+            try:
+                for piece in pieces:
+                    # Within the flow-control window: wait for the server to open it, and
+                    # stop once it has answered.
+                    while piece and not state["done"]:
+                        room = min(conn.local_flow_control_window(stream),
+                                   conn.max_outbound_frame_size)
+                        if room == 0:
+                            chunk = sock.recv(65536)
+                            if not chunk:
+                                raise OSError("connection closed")
+                            handle(conn.receive_data(chunk))
+                            sock.sendall(conn.data_to_send())
+                            continue
+                        conn.send_data(stream, piece[:room])
+                        sock.sendall(conn.data_to_send())
+                        piece = piece[room:]
+                    if state["done"]:
+                        break
+                if not state["done"]:
+                    conn.end_stream(stream)
+                    sock.sendall(conn.data_to_send())
+            except (OSError, h2.exceptions.StreamClosedError) as e:
+                # The server answered (or reset the stream) before the body was all sent:
+                # what it said is read below.
+                answer["error"] = f"sending the body: {type(e).__name__}"
+        send_failed = answer["error"] is not None
+        while not state["done"]:
+            try:
+                chunk = sock.recv(65536)
+            except OSError as e:
+                answer["error"] = answer["error"] or f"{type(e).__name__}: {e}"
+                break
+            if not chunk:
+                answer["error"] = answer["error"] or "connection closed"
+                break
+            handle(conn.receive_data(chunk))
             pending = conn.data_to_send()
             if pending and not send_failed:
                 try:

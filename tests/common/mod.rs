@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod recorder;
 pub mod wire;
 
 use std::collections::BTreeSet;
