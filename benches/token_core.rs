@@ -8,7 +8,8 @@ use tokengate::routes::{grants, Requirement, Resource};
 use tokengate::token::extract::bearer_token;
 use tokengate::token::mint::{mint, session_token};
 use tokengate::token::permission::{check_attenuation, parse_body, PermissionPolicy};
-use tokengate::token::verify::{verify, VerifyPolicy};
+use tokengate::token::verify::verify;
+use tokengate::token::Settings;
 use tokengate::token::{Keyring, Secret, SharedKeyring, TokenRequest, TokenService};
 
 const SECRET: &[u8] = b"benchmark-secret-benchmark-secret-00";
@@ -38,10 +39,9 @@ fn bench(c: &mut Criterion) {
     let auth = format!("Token token=\"{session}\"");
     let service = TokenService {
         keys: SharedKeyring::new(keyring()),
-        verify: VerifyPolicy::default(),
+        settings: Settings::default(),
         permission: PermissionPolicy::default(),
         minting: Default::default(),
-        endpoint: "localhost:5001".into(),
         signer: None,
         minted_keys: None,
     };
@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("extract", |b| {
         b.iter(|| bearer_token(black_box([auth.as_bytes()])))
     });
-    let policy = VerifyPolicy::default();
+    let policy = Settings::default();
     c.bench_function("verify", |b| {
         b.iter(|| verify(black_box(&session), &keys, &policy, IAT + 1))
     });

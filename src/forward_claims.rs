@@ -109,6 +109,82 @@ fn header_value(value: Value) -> ClaimValue {
     }
 }
 
+/// Headers no claim may become: tokengate sets them, or they frame the connection, the message
+/// or the client's credentials, and Pingora or the application acts on them before any route.
+const OWNED: [&str; 18] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "http2-settings",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "authorization",
+    "x-request-id",
+    "x-token",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// Words in the names of `X-` headers that frameworks, servers and gateways read: method and
+/// path overrides (`X-HTTP-Method-Override`, `X-Original-URL`, `X-Rewrite-URL`), client
+/// addresses (`X-Forwarded-*`, `X-Client-IP`, `X-Cluster-Client-IP`, `X-Remote-Addr`), forgery
+/// and XHR markers (`X-CSRF-Token`, `X-XSRF-TOKEN`, `X-Requested-With`), identities and
+/// credentials (`X-Remote-User`, `X-Auth-Request-User`, `X-Auth-Token`), server internals
+/// (`X-Accel-Redirect`, `X-Sendfile`).
+const READ_BY_FRAMEWORKS: [&str; 18] = [
+    "method",
+    "override",
+    "original",
+    "rewrite",
+    "forwarded",
+    "client",
+    "real-ip",
+    "remote",
+    "originating",
+    "csrf",
+    "xsrf",
+    "requested-with",
+    "auth",
+    "user",
+    "token",
+    "session",
+    "accel",
+    "sendfile",
+];
+
+/// Why `header` (lower case) cannot carry a claim, if it cannot. No claim becomes a header
+/// tokengate sets or one that frames the connection or the message. A claim a permission can
+/// set (`issuer_only: false`) is the caller's to choose, so it may only become an `X-`
+/// extension header outside the families frameworks read ([`READ_BY_FRAMEWORKS`]): a standard
+/// field (`Content-Type`, `Content-Encoding`, `True-Client-IP`, …) or an override header would
+/// let a caller change which request the application serves.
+pub fn unfit_header(header: &str, identity_header: &str, issuer_only: bool) -> Option<String> {
+    if header == identity_header || OWNED.contains(&header) || header.starts_with("x-forwarded-") {
+        return Some("is a header tokengate sets itself or one that frames the request".into());
+    }
+    if issuer_only {
+        return None;
+    }
+    const CHOOSE: &str = "a claim a permission can set may only go to an X- header no framework \
+                          reads (or map a claim only the session token's issuer sets)";
+    let Some(name) = header.strip_prefix("x-") else {
+        return Some(format!(
+            "is a standard header the HTTP stack or the framework reads; {CHOOSE}"
+        ));
+    };
+    READ_BY_FRAMEWORKS
+        .iter()
+        .find(|word| name.contains(*word))
+        .map(|word| format!("is read by frameworks (`{word}`: an override, an address, a credential or a marker); {CHOOSE}"))
+}
+
 /// RFC 9110 §5.5 field-value: visible ASCII, obs-text, and space or tab inside, never at an
 /// end; what `http::HeaderValue` accepts, and what arrives unchanged.
 fn is_header_value(value: &[u8]) -> bool {
@@ -145,19 +221,14 @@ impl ClaimHeader {
 mod tests {
     use super::*;
     use crate::token::verify::tests::{ring, sign_raw, SECRET};
-    use crate::token::VerifyPolicy;
+    use crate::token::Settings;
     use jsonwebtoken::Algorithm;
     use std::borrow::Cow;
 
     fn claims(json: &str) -> Claims {
         let token = sign_raw(r#"{"alg":"HS256"}"#, json, Algorithm::HS256, SECRET);
-        crate::token::verify::verify(
-            &token,
-            &ring(&[Algorithm::HS256]),
-            &VerifyPolicy::default(),
-            1,
-        )
-        .unwrap()
+        crate::token::verify::verify(&token, &ring(&[Algorithm::HS256]), &Settings::default(), 1)
+            .unwrap()
     }
 
     #[test]

@@ -163,10 +163,9 @@ mod tests {
     fn service() -> TokenService {
         TokenService {
             keys: SharedKeyring::new(ring(&[Algorithm::HS256])),
-            verify: Default::default(),
+            settings: Default::default(),
             permission: Default::default(),
             minting: Default::default(),
-            endpoint: String::new(),
             signer: None,
             minted_keys: None,
         }

@@ -55,7 +55,7 @@ pub fn decision_settings(config: &Config) -> Result<decision::Settings, ConfigEr
     Ok(decision::Settings {
         tokens: config.token_service()?,
         token_path,
-        jwks: config.token.signing.as_ref().map(|s| Jwks {
+        jwks: config.signing.as_ref().map(|s| Jwks {
             body: bytes::Bytes::from(s.jwks.clone()),
             cache_control: format!("public, max-age={}", s.jwks_max_age.as_secs()),
         }),
@@ -88,8 +88,8 @@ pub fn gate(
         decision: decision_settings(config)?,
         groups: groups.into(),
         access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
-        limiter: config.token.rate_limit.map(Limiter::new),
-        mint_rate: config.token.rate_limit,
+        limiter: config.token.rate_limit.rate().map(Limiter::new),
+        mint_rate: config.token.rate_limit.rate(),
         route_limiters,
         shared: lasting.shared.clone(),
         tracer: lasting.tracer.clone(),

@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use tokengate::error::ErrorCode;
 use tokengate::token::mint::session_token;
 use tokengate::token::{
-    Keyring, PermissionPolicy, Secret, SharedKeyring, TokenRequest, TokenService, VerifyPolicy,
+    Keyring, PermissionPolicy, Secret, SharedKeyring, Settings, TokenRequest, TokenService,
 };
 
 const NOW: u64 = 1_700_000_000;
@@ -28,11 +28,10 @@ fn fixture() -> &'static Fixture {
         let session = session_token(keys.signing(), "user_id", "fuzz", NOW, 3600).expect("signs");
         let service = TokenService {
             keys: SharedKeyring::new(keys),
-            verify: VerifyPolicy::default(),
+            settings: Settings::default(),
             permission: PermissionPolicy::default(),
             minting: tokengate::token::mint::Minting { max_ttl_secs: Some(600), ..Default::default() },
-            endpoint: "localhost:5001".into(),
-            signer: None,
+                signer: None,
             minted_keys: None,
         };
         let auth = format!("Bearer {session}");

@@ -24,19 +24,8 @@ const SECTIONS: &[(&str, &[(&str, &str)])] = &[
         "token",
         &[
             ("path", "token_path"),
-            ("endpoint", "endpoint"),
             ("secret", "secret"),
             ("secret_file", "secret_file"),
-            ("subject_claim", "subject_claim"),
-            ("algorithms", "algorithms"),
-            ("leeway", "leeway"),
-            ("max_ttl", "max_ttl"),
-            ("issuer", "issuer"),
-            ("audience", "audience"),
-            ("minted_typ", "minted_typ"),
-            ("reserved_claims", "reserved_claims"),
-            ("abilities", "abilities"),
-            ("rate_limit", "rate_limit"),
             ("signing", "signing"),
         ],
     ),
@@ -88,18 +77,27 @@ pub fn grouped() -> Vec<(String, &'static str)> {
 /// structs components declare, spelled the same both ways.
 fn sections() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     use serde_aux::serde_introspection::serde_introspect;
-    let owned = |section: &str| -> &'static [&'static str] {
+    let owned = |section: &str| -> Vec<&'static str> {
         match section {
-            "token" => serde_introspect::<crate::token::Limits>(),
-            "proxy" => serde_introspect::<crate::request::Options>(),
-            _ => &[],
+            "token" => [
+                serde_introspect::<crate::token::Settings>(),
+                serde_introspect::<crate::token::Limits>(),
+            ]
+            .concat(),
+            "proxy" => serde_introspect::<crate::request::Options>().to_vec(),
+            _ => Vec::new(),
         }
     };
     SECTIONS
         .iter()
         .map(|(section, keys)| {
             let mut keys = keys.to_vec();
-            keys.extend(owned(section).iter().map(|k| (*k, *k)));
+            for key in owned(section) {
+                // Spelled differently grouped (`token.path`): listed in `SECTIONS`.
+                if !keys.iter().any(|(_, flat)| *flat == key) {
+                    keys.push((key, key));
+                }
+            }
             (*section, keys)
         })
         .collect()
@@ -198,7 +196,7 @@ mod tests {
     #[test]
     fn nested_mistakes_are_named() {
         for (yaml, want) in [
-            ("token: {paht: /t}", "invalid configuration: tokengate: unknown field `token.paht`, expected one of path, endpoint"),
+            ("token: {paht: /t}", "invalid configuration: tokengate: unknown field `token.paht`, expected one of path, secret, secret_file, signing, endpoint"),
             ("token: {path: /t}\ntoken_path: /u", "invalid configuration: tokengate: `token.path` is also given as `token_path`: write it once"),
             ("proxy: [auth]", "invalid configuration: tokengate: `proxy` must be a mapping of settings"),
         ] {

@@ -18,22 +18,23 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use http::HeaderName;
-use jsonwebtoken::Algorithm;
 use pingora::server::configuration::ServerConf;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_aux::serde_introspection::serde_introspect;
+use serde_yaml::{Mapping, Value};
 
 use crate::access_log::LogFormat;
-use crate::forward_claims::ClaimHeader;
+use crate::forward_claims::{unfit_header, ClaimHeader};
 use crate::forwarded::TrustedProxies;
-use crate::limits::RateLimit;
 use crate::request;
 use crate::routes::{AuthMode, RouteTable};
 use crate::shared::RedisSettings;
 use crate::token::mint::Minting;
 use crate::token::permission::RESERVED_CLAIMS;
 use crate::token::{
-    KeyError, Keyring, Limits, PermissionPolicy, Secret, SecretSource, SecretsError, SharedKeyring,
-    TokenService, VerifyPolicy,
+    self, KeyError, Keyring, Limits, PermissionPolicy, Secret, SecretSource, SecretsError,
+    SharedKeyring, TokenService,
 };
 use crate::trace::TraceSettings;
 use crate::upstreams::{GroupConfig, UpstreamTimeouts};
@@ -102,16 +103,18 @@ pub struct Config {
     pub tls: Option<ListenerTls>,
     /// Whether the plaintext listener also takes HTTP/2 with prior knowledge.
     pub h2c: bool,
-    /// The `endpoint` returned with minted tokens.
-    pub endpoint: String,
     /// Verification secrets; the first signs.
     pub secrets: Vec<Secret>,
     /// Where the secrets came from, to read them again on rotation.
     pub secret_source: SecretSource,
     /// The public development secret is in use (allowed on loopback listeners only).
     pub development_secret: bool,
-    /// The `token` section: minting and verifying tokens.
-    pub token: TokenSettings,
+    /// The `token` section: minting and verifying tokens, besides the keys.
+    pub token: token::Settings,
+    /// How large a token request, its permission and the tokens may be.
+    pub limits: Limits,
+    /// ES256 / EdDSA minting, when configured; HS256 otherwise.
+    pub signing: Option<Signing>,
     /// How forwarded requests are read, checked, routed and rewritten.
     pub proxy: ProxySettings,
     /// Shared limits and sign-outs across replicas, when configured.
@@ -132,19 +135,6 @@ pub struct Config {
     pub server: ServerConf,
 }
 
-/// The `tokengate:` section as written, flat: the settings a component declares itself
-/// ([`Limits`], [`request::Options`]) and the ones resolved here; unknown keys refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawFile {
-    #[serde(flatten)]
-    settings: RawConfig,
-    #[serde(flatten)]
-    limits: Limits,
-    #[serde(flatten)]
-    request: request::Options,
-}
-
 /// The settings resolved here; every field optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -152,33 +142,23 @@ struct RawConfig {
     listen: Option<String>,
     admin_listen: Option<String>,
     upstream: Option<String>,
-    endpoint: Option<String>,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
-    subject_claim: Option<String>,
-    algorithms: Option<Vec<String>>,
-    leeway: Option<String>,
-    max_ttl: Option<String>,
-    issuer: Option<String>,
-    audience: Option<String>,
-    minted_typ: Option<String>,
-    token_path: Option<String>,
-    reserved_claims: Vec<String>,
-    abilities: Option<Vec<String>>,
     identity_header: Option<String>,
     forward_claims: BTreeMap<String, String>,
     auth: Option<AuthMode>,
     /// Replaced by routes; kept only to say how to rewrite it.
     auth_paths: Option<serde_yaml::Value>,
     trusted_proxies: Vec<String>,
-    header_timeout: Option<String>,
-    grace_period: Option<String>,
+    #[serde(with = "humantime_serde")]
+    header_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    grace_period: Option<Duration>,
     threads: Option<usize>,
     log: Option<String>,
     log_format: Option<String>,
     access_log: Option<bool>,
     upstream_timeouts: routes::RawTimeouts,
-    rate_limit: RawRateLimit,
     upstreams: BTreeMap<String, routes::RawGroup>,
     routes: Vec<routes::RawRoute>,
     signing: Option<secrets::RawSigning>,
@@ -310,30 +290,14 @@ fn resolve_redis(raw: RawRedis) -> Result<RedisSettings, ConfigError> {
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawRateLimit {
-    mints: Option<u32>,
-    per: Option<String>,
-    burst: Option<u32>,
-}
-
 /// Defaults named once.
 mod defaults {
     pub const LISTEN: &str = "127.0.0.1:8080";
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
     pub const UPSTREAM: &str = "127.0.0.1:3000";
-    pub const ENDPOINT: &str = "localhost:5001";
-    pub const SUBJECT_CLAIM: &str = crate::token::DEFAULT_SUBJECT_CLAIM;
-    pub const TOKEN_PATH: &str = "/api/v1/token";
     pub const IDENTITY_HEADER: &str = "X-User-Id";
     pub const GRACE_PERIOD: &str = "10s";
     pub const HEADER_TIMEOUT: &str = "10s";
-    pub const LEEWAY: &str = "0s";
-    /// A page minting one token per album for 100 albums is served; then 10 a second.
-    pub const MINTS: u32 = 10;
-    pub const MINT_WINDOW: &str = "1s";
-    pub const MINT_BURST: u32 = 100;
     pub const CONNECT_TIMEOUT: &str = "5s";
     pub const READ_TIMEOUT: &str = "60s";
     pub const WRITE_TIMEOUT: &str = "60s";
@@ -402,15 +366,9 @@ impl Config {
         reserved.push(token.subject_claim.clone());
         Ok(TokenService {
             keys,
-            verify: VerifyPolicy {
-                subject_claim: token.subject_claim.clone(),
-                leeway_secs: token.leeway.as_secs(),
-                issuer: token.issuer.clone(),
-                audience: token.audience.clone(),
-                refused_typ: token.minted_typ.clone(),
-            },
+            settings: token.clone(),
             permission: PermissionPolicy {
-                limits: token.limits,
+                limits: self.limits,
                 reserved,
                 abilities: token.abilities.clone(),
             },
@@ -420,9 +378,8 @@ impl Config {
                 issuer: token.issuer.clone(),
                 audience: token.audience.clone(),
             },
-            endpoint: self.endpoint.clone(),
-            signer: token.signing.as_ref().map(|s| s.key.clone()),
-            minted_keys: token.signing.as_ref().map(|s| s.public.clone()),
+            signer: self.signing.as_ref().map(|s| s.key.clone()),
+            minted_keys: self.signing.as_ref().map(|s| s.public.clone()),
         })
     }
 
@@ -463,7 +420,7 @@ impl Config {
 /// Splits the file into tokengate's settings and Pingora's. tokengate's may sit under
 /// `tokengate:` or, flat, at the top level beside Pingora's keys; every key must be one or the
 /// other, and none may be given in both places.
-fn split_sections(text: &str) -> Result<(RawFile, ServerConf, layout::Spellings), ConfigError> {
+fn split_sections(text: &str) -> Result<(Mapping, ServerConf, layout::Spellings), ConfigError> {
     let parse_err = |e: serde_yaml::Error| ConfigError::Parse(e.to_string());
     let mut doc: serde_yaml::Mapping = if text.trim().is_empty() {
         serde_yaml::Mapping::new()
@@ -506,8 +463,6 @@ fn split_sections(text: &str) -> Result<(RawFile, ServerConf, layout::Spellings)
             .entry("threads".into())
             .or_insert_with(|| threads.clone());
     }
-    let raw = serde_yaml::from_value(serde_yaml::Value::Mapping(section))
-        .map_err(|e| ConfigError::Parse(format!("tokengate: {}", with_expected_keys(e))))?;
     // Each worker thread runs its own connections start to end unless the file says otherwise:
     // no cross-thread task stealing on the per-request path (cheaper, and what Pingora advises).
     let stealing_set = doc.contains_key("work_stealing");
@@ -523,29 +478,111 @@ fn split_sections(text: &str) -> Result<(RawFile, ServerConf, layout::Spellings)
     if !pool_set {
         server.upstream_keepalive_pool_size = defaults::UPSTREAM_POOL;
     }
-    Ok((raw, server, spellings))
+    Ok((section, server, spellings))
 }
 
 /// Every key the `tokengate:` section takes, flat, whoever declares it.
 fn flat_keys() -> Vec<&'static str> {
-    use serde_aux::serde_introspection::serde_introspect;
     [
         serde_introspect::<RawConfig>(),
+        serde_introspect::<token::Settings>(),
         serde_introspect::<Limits>(),
         serde_introspect::<request::Options>(),
     ]
     .concat()
 }
 
-/// `error`, with the keys allowed when it refuses an unknown one: serde lists them itself only
-/// for a struct that declares every key.
-fn with_expected_keys(error: serde_yaml::Error) -> String {
-    let text = error.to_string();
-    if !text.starts_with("unknown field") || text.contains("expected") {
-        return text;
+/// Environment variables that set a key a component declares, by that key. (The settings
+/// `config` resolves itself read theirs where they are resolved.)
+const ENVIRONMENT: [(&str, &str); 2] = [
+    ("TOKENGATE_ENDPOINT", "endpoint"),
+    ("TOKENGATE_LEEWAY", "leeway"),
+];
+
+/// Sets each key of [`ENVIRONMENT`] whose variable is set: the environment beats the file.
+/// Returns the variables used, by key, for an error to name.
+fn apply_environment(section: &mut Mapping, env: &impl Env) -> BTreeMap<String, &'static str> {
+    let mut used = BTreeMap::new();
+    for (var, key) in ENVIRONMENT {
+        if let Some(value) = env.var(var) {
+            section.insert(key.into(), Value::String(value));
+            used.insert(key.to_owned(), var);
+        }
     }
+    used
+}
+
+/// Takes the keys a component's settings struct `T` declares out of `section` and reads `T`
+/// from them: a refusal names the key (as the file, or the variable, gave it), its value, and
+/// what is accepted.
+fn take<T: DeserializeOwned>(
+    section: &mut Mapping,
+    from_env: &BTreeMap<String, &'static str>,
+) -> Result<T, ConfigError> {
+    let mut own = Mapping::new();
+    for key in serde_introspect::<T>() {
+        if let Some((key, value)) = section.remove_entry(*key) {
+            own.insert(key, value);
+        }
+    }
+    let document = Value::Mapping(own);
+    serde_path_to_error::deserialize(document.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let top = path.split(['.', '[']).next().unwrap_or_default();
+        let name = match from_env.get(top) {
+            Some(var) => (*var).to_owned(),
+            None => format!("tokengate.{path}"),
+        };
+        let shown = value_at(&document, &path)
+            .and_then(|v| serde_json::to_string(v).ok())
+            .unwrap_or_default();
+        invalid(
+            &name,
+            format!("{shown}: {}", accepted(&e.inner().to_string())),
+        )
+    })
+}
+
+/// serde's refusal in the words of the file: what would be accepted.
+fn accepted(message: &str) -> String {
+    let message = message
+        .replace("expected usize", "expected a whole number")
+        .replace("expected u32", "expected a whole number")
+        .replace("expected u64", "expected a whole number")
+        .replace("expected a boolean", "expected true or false");
+    match message.strip_suffix("expected a duration") {
+        Some(start) => format!("{start}expected a duration like 10s, 500ms or 1h"),
+        None => message,
+    }
+}
+
+/// The value at a dotted `path` (as `serde_path_to_error` writes it) in `document`.
+fn value_at<'a>(document: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(document, |at, segment| {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let at = at.get(name)?;
+        match index {
+            Some(i) => at.get(i),
+            None => Some(at),
+        }
+    })
+}
+
+/// The keys left once every component took its own: none, or the first, refused.
+fn refuse_unknown(section: &Mapping) -> Result<(), ConfigError> {
+    let Some(key) = section.keys().next() else {
+        return Ok(());
+    };
+    let key = serde_yaml::to_string(key).unwrap_or_default();
     let keys: Vec<String> = flat_keys().iter().map(|k| format!("`{k}`")).collect();
-    format!("{text}, expected one of {}", keys.join(", "))
+    Err(ConfigError::Parse(format!(
+        "tokengate: unknown field `{}`, expected one of {}",
+        key.trim(),
+        keys.join(", ")
+    )))
 }
 
 fn pingora_keys() -> BTreeSet<String> {
@@ -565,7 +602,6 @@ struct Network {
     listen: SocketAddr,
     admin_listen: SocketAddr,
     upstream: String,
-    endpoint: String,
 }
 
 fn resolve_network(raw: &mut RawConfig, env: &impl Env) -> Result<Network, ConfigError> {
@@ -591,48 +627,11 @@ fn resolve_network(raw: &mut RawConfig, env: &impl Env) -> Result<Network, Confi
         raw.upstream.take(),
         UPSTREAM,
     );
-    let (_, endpoint) = pick(
-        env,
-        "TOKENGATE_ENDPOINT",
-        "endpoint",
-        raw.endpoint.take(),
-        ENDPOINT,
-    );
     Ok(Network {
         listen,
         admin_listen,
         upstream: upstream_address(&name, &upstream)?,
-        endpoint,
     })
-}
-
-fn resolve_rate_limit(raw: RawRateLimit) -> Result<Option<RateLimit>, ConfigError> {
-    let per = raw.per.as_deref().unwrap_or(defaults::MINT_WINDOW);
-    let per = parse_duration("tokengate.rate_limit.per", per)?;
-    if per.is_zero() {
-        return Err(invalid(
-            "tokengate.rate_limit.per",
-            "must be longer than zero",
-        ));
-    }
-    let burst = raw.burst.unwrap_or(defaults::MINT_BURST);
-    if burst == 0 {
-        return Err(invalid("tokengate.rate_limit.burst", "must be at least 1"));
-    }
-    Ok(match raw.mints.unwrap_or(defaults::MINTS) {
-        0 => None,
-        mints => Some(RateLimit { mints, per, burst }),
-    })
-}
-
-fn resolve_algorithms(raw: Option<Vec<String>>) -> Result<Vec<Algorithm>, ConfigError> {
-    raw.unwrap_or_else(|| vec!["HS256".to_owned()])
-        .iter()
-        .map(|a| {
-            Algorithm::from_str(a)
-                .map_err(|_| invalid("tokengate.algorithms", format!("unknown algorithm {a:?}")))
-        })
-        .collect()
 }
 
 /// Logging and threads: how the process runs.
@@ -688,7 +687,9 @@ fn resolve_process(raw: &mut RawConfig, env: &impl Env) -> Result<Process, Confi
             env,
             "TOKENGATE_GRACE_PERIOD",
             "grace_period",
-            raw.grace_period.take(),
+            raw.grace_period
+                .take()
+                .map(|d| humantime::format_duration(d).to_string()),
             defaults::GRACE_PERIOD,
         )?,
     })
@@ -741,22 +742,13 @@ fn resolve_identity_header(raw: Option<String>) -> Result<HeaderName, ConfigErro
     })
 }
 
-/// Headers tokengate owns or that change how a request is read: no claim may be sent as one.
-const NOT_FOR_CLAIMS: [&str; 9] = [
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "authorization",
-    "x-request-id",
-    "forwarded",
-    "x-real-ip",
-    "x-token",
-];
-
+/// The `forward_claims` mappings, each header fit for its claim (`forward_claims::unfit_header`:
+/// a claim a permission can set, unlike one of `issuer_claims`, may only become an `X-`
+/// header no framework reads).
 fn resolve_forward_claims(
     raw: BTreeMap<String, String>,
     identity_header: Option<&str>,
+    issuer_claims: &[String],
 ) -> Result<Vec<ClaimHeader>, ConfigError> {
     let identity = identity_header
         .unwrap_or(defaults::IDENTITY_HEADER)
@@ -765,12 +757,9 @@ fn resolve_forward_claims(
     for (pointer, header) in raw {
         let key = format!("tokengate.forward_claims.{pointer}");
         let claim = ClaimHeader::parse(&pointer, &header).map_err(|e| invalid(&key, e.0))?;
-        let h = claim.header.as_str();
-        if h == identity || NOT_FOR_CLAIMS.contains(&h) || h.starts_with("x-forwarded-") {
-            return Err(invalid(
-                &key,
-                format!("{header:?} is a header tokengate sets itself"),
-            ));
+        let issuer_only = issuer_claims.iter().any(|c| c == claim.pointer.claim());
+        if let Some(why) = unfit_header(&claim.header, &identity, issuer_only) {
+            return Err(invalid(&key, format!("{header:?} {why}")));
         }
         if mapped.iter().any(|m| m.header == claim.header) {
             return Err(invalid(&key, format!("{header:?} is mapped twice")));
@@ -780,34 +769,28 @@ fn resolve_forward_claims(
     Ok(mapped)
 }
 
-fn resolve_minted_typ(raw: Option<String>) -> Result<Option<String>, ConfigError> {
-    match raw {
-        Some(typ) if typ.eq_ignore_ascii_case("JWT") || typ.trim().is_empty() => Err(invalid(
-            "tokengate.minted_typ",
-            "must differ from JWT, the session tokens' typ (e.g. tokengate+jwt)",
-        )),
-        other => Ok(other),
+fn resolve(
+    mut section: Mapping,
+    mut server: ServerConf,
+    env: &impl Env,
+) -> Result<Config, ConfigError> {
+    let from_env = apply_environment(&mut section, env);
+    let token: token::Settings = take(&mut section, &from_env)?;
+    let limits: Limits = take(&mut section, &from_env)?;
+    let request: request::Options = take(&mut section, &from_env)?;
+    let mut raw: RawConfig = take(&mut section, &from_env)?;
+    refuse_unknown(&section)?;
+    if let Err((key, problem)) = token.check() {
+        return Err(invalid(&format!("tokengate.{key}"), problem));
     }
-}
-
-fn resolve_token_path(raw: Option<String>) -> Result<String, ConfigError> {
-    let path = raw.unwrap_or_else(|| defaults::TOKEN_PATH.to_owned());
-    crate::routes::PathTemplate::parse(&path).map_err(|e| invalid("tokengate.token_path", e))?;
-    if path.contains(['{', '}']) {
+    crate::routes::PathTemplate::parse(&token.token_path)
+        .map_err(|e| invalid("tokengate.token_path", e))?;
+    if token.token_path.contains(['{', '}']) {
         return Err(invalid(
             "tokengate.token_path",
             "must be a fixed path, without {parameters}",
         ));
     }
-    Ok(path)
-}
-
-fn resolve(file: RawFile, mut server: ServerConf, env: &impl Env) -> Result<Config, ConfigError> {
-    let RawFile {
-        settings: mut raw,
-        limits,
-        request,
-    } = file;
     if raw.auth_paths.is_some() {
         return Err(invalid(
             "tokengate.auth_paths",
@@ -821,7 +804,11 @@ fn resolve(file: RawFile, mut server: ServerConf, env: &impl Env) -> Result<Conf
     listeners.extend(tls.as_ref().map(|t| t.listen));
     let (secret_source, secrets, development_secret) = resolve_secrets(&mut raw, env, &listeners)?;
     let process = resolve_process(&mut raw, env)?;
-    let token = resolve_token_section(&mut raw, limits, env)?;
+    let signing = raw
+        .signing
+        .take()
+        .map(secrets::resolve_signing)
+        .transpose()?;
     // What the session token's issuer alone sets: the names no permission may set.
     let issuer_claims: Vec<String> = RESERVED_CLAIMS
         .iter()
@@ -829,7 +816,16 @@ fn resolve(file: RawFile, mut server: ServerConf, env: &impl Env) -> Result<Conf
         .chain([token.subject_claim.clone()])
         .chain(token.reserved_claims.iter().cloned())
         .collect();
-    let proxy = resolve_proxy_section(&mut raw, request, env, network.upstream, &issuer_claims)?;
+    let proxy = resolve_proxy_section(
+        &mut raw,
+        request,
+        env,
+        network.upstream,
+        &ProxyContext {
+            issuer_claims: &issuer_claims,
+            abilities: token.abilities.as_deref(),
+        },
+    )?;
     server.threads = process.threads;
     // Pingora's grace sleep is fixed; the drain watcher exits as soon as in-flight work is done.
     server.grace_period_seconds = Some(process.grace_period.as_secs());
@@ -839,11 +835,12 @@ fn resolve(file: RawFile, mut server: ServerConf, env: &impl Env) -> Result<Conf
         admin_listen: network.admin_listen,
         tls,
         h2c: boolean(env, "TOKENGATE_H2C", "h2c", raw.h2c, false)?,
-        endpoint: network.endpoint,
         secrets,
         secret_source,
         development_secret,
         token,
+        limits,
+        signing,
         proxy,
         redis: resolve_redis_source(raw.redis.take(), env)?,
         tracing: raw.tracing.take().map(resolve_tracing).transpose()?,
@@ -897,75 +894,6 @@ fn resolve_secrets(
     Ok((source, secrets, development))
 }
 
-/// The `token` section resolved: what minting and verifying tokens take, besides the keys.
-#[derive(Debug)]
-pub struct TokenSettings {
-    /// Mints allowed per subject; `None` means unlimited.
-    pub rate_limit: Option<RateLimit>,
-    /// Algorithms session tokens may use.
-    pub algorithms: Vec<Algorithm>,
-    /// Name of the subject claim.
-    pub subject_claim: String,
-    /// Clock skew tolerated on `exp` and `nbf`.
-    pub leeway: Duration,
-    /// Upper bound on a minted token's lifetime.
-    pub max_ttl: Option<Duration>,
-    /// `iss` session tokens must carry, written onto minted ones.
-    pub issuer: Option<String>,
-    /// `aud` session tokens must hold, written onto minted ones.
-    pub audience: Option<String>,
-    /// The header `typ` of minted tokens; a session token with it is refused.
-    pub minted_typ: Option<String>,
-    /// Path of the token route.
-    pub token_path: String,
-    /// How large a token request, its permission and the tokens may be.
-    pub limits: Limits,
-    /// Claims a permission may not set, besides the standard ones.
-    pub reserved_claims: Vec<String>,
-    /// Allowed ability names, when restricted.
-    pub abilities: Option<Vec<String>>,
-    /// ES256 / EdDSA minting, when configured; HS256 otherwise.
-    pub signing: Option<Signing>,
-}
-
-fn resolve_token_section(
-    raw: &mut RawConfig,
-    limits: Limits,
-    env: &impl Env,
-) -> Result<TokenSettings, ConfigError> {
-    let max_ttl = raw.max_ttl.take();
-    Ok(TokenSettings {
-        rate_limit: resolve_rate_limit(std::mem::take(&mut raw.rate_limit))?,
-        algorithms: resolve_algorithms(raw.algorithms.take())?,
-        subject_claim: raw
-            .subject_claim
-            .take()
-            .unwrap_or_else(|| defaults::SUBJECT_CLAIM.to_owned()),
-        leeway: duration(
-            env,
-            "TOKENGATE_LEEWAY",
-            "leeway",
-            raw.leeway.take(),
-            defaults::LEEWAY,
-        )?,
-        max_ttl: max_ttl
-            .map(|text| parse_duration("tokengate.max_ttl", &text))
-            .transpose()?,
-        issuer: raw.issuer.take(),
-        audience: raw.audience.take(),
-        minted_typ: resolve_minted_typ(raw.minted_typ.take())?,
-        token_path: resolve_token_path(raw.token_path.take())?,
-        limits,
-        reserved_claims: std::mem::take(&mut raw.reserved_claims),
-        abilities: raw.abilities.clone(),
-        signing: raw
-            .signing
-            .take()
-            .map(secrets::resolve_signing)
-            .transpose()?,
-    })
-}
-
 /// The `proxy` section resolved, with the upstream groups and the header deadline: how
 /// forwarded requests are read, checked, routed and rewritten.
 #[derive(Debug, Clone)]
@@ -986,12 +914,20 @@ pub struct ProxySettings {
     pub routes: RouteTable,
 }
 
+/// What the proxy section's resolution needs from the token section.
+struct ProxyContext<'a> {
+    /// Claims only the session token's issuer sets (no permission may).
+    issuer_claims: &'a [String],
+    /// The ability names permissions may hold, when restricted.
+    abilities: Option<&'a [String]>,
+}
+
 fn resolve_proxy_section(
     raw: &mut RawConfig,
     request: request::Options,
     env: &impl Env,
     upstream: String,
-    issuer_claims: &[String],
+    context: &ProxyContext<'_>,
 ) -> Result<ProxySettings, ConfigError> {
     let upstream_timeouts = resolve_timeouts(std::mem::take(&mut raw.upstream_timeouts), env)?;
     let upstream_groups = routes::resolve_groups(
@@ -1004,12 +940,11 @@ fn resolve_proxy_section(
         &routes::RouteContext {
             groups: &upstream_groups,
             default_auth: raw.auth.unwrap_or(AuthMode::Passthrough),
-            abilities: raw.abilities.as_deref(),
+            abilities: context.abilities,
             allow_semicolon: request.allow_semicolon,
-            issuer_claims,
+            issuer_claims: context.issuer_claims,
         },
     )?;
-    let header_timeout = raw.header_timeout.as_deref();
     Ok(ProxySettings {
         request,
         trusted_proxies: TrustedProxies::parse(&raw.trusted_proxies)
@@ -1017,12 +952,13 @@ fn resolve_proxy_section(
         forward_claims: resolve_forward_claims(
             std::mem::take(&mut raw.forward_claims),
             raw.identity_header.as_deref(),
+            context.issuer_claims,
         )?,
         identity_header: resolve_identity_header(raw.identity_header.take())?,
-        header_timeout: parse_duration(
-            "tokengate.header_timeout",
-            header_timeout.unwrap_or(defaults::HEADER_TIMEOUT),
-        )?,
+        header_timeout: match raw.header_timeout {
+            Some(timeout) => timeout,
+            None => parse_duration("tokengate.header_timeout", defaults::HEADER_TIMEOUT)?,
+        },
         upstream_groups,
         routes,
     })
@@ -1044,15 +980,15 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
         assert_eq!(c.proxy.upstream_groups[0].addresses, ["127.0.0.1:3000"]);
-        assert_eq!(c.endpoint, "localhost:5001");
+        assert_eq!(c.token.endpoint, "localhost:5001");
         assert_eq!(c.grace_period, Duration::from_secs(10));
         assert_eq!(c.proxy.header_timeout, Duration::from_secs(10));
-        assert_eq!(c.token.limits.body_limit, 16384);
-        assert_eq!(c.token.limits.max_token_bytes, 8192);
+        assert_eq!(c.limits.body_limit, 16384);
+        assert_eq!(c.limits.max_token_bytes, 8192);
         assert_eq!(c.proxy.request, request::Options::default());
         assert_eq!(
-            c.token.rate_limit,
-            Some(RateLimit {
+            c.token.rate_limit.rate(),
+            Some(crate::limits::RateLimit {
                 mints: 10,
                 per: Duration::from_secs(1),
                 burst: 100
@@ -1264,6 +1200,93 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.proxy.forward_claims[0].header, "x-album-id");
+    }
+
+    #[test]
+    fn a_claim_a_permission_can_set_never_becomes_a_header_frameworks_read() {
+        for header in [
+            "X-HTTP-Method-Override",
+            "X-HTTP-Method",
+            "X-Method-Override",
+            "X-Original-URL",
+            "X-Rewrite-URL",
+            "Content-Type",
+            "Content-Encoding",
+            "Upgrade",
+            "TE",
+            "Trailer",
+            "Keep-Alive",
+            "Proxy-Connection",
+            "Expect",
+            "Proxy-Authorization",
+            "Client-IP",
+            "True-Client-IP",
+            "X-Client-IP",
+            "CF-Connecting-IP",
+            "X-Cluster-Client-IP",
+            "X-CSRF-Token",
+            "X-Requested-With",
+            "X-Remote-User",
+            "X-Accel-Redirect",
+        ] {
+            let e = err(
+                &format!("tokengate:\n  forward_claims:\n    /mo: {header}\n"),
+                &[SECRET],
+            );
+            let start = format!("invalid tokengate.forward_claims./mo: {header:?} ");
+            assert!(e.starts_with(&start) && !e.contains('\n'), "{e}");
+        }
+        // A claim only the issuer sets may go to a header applications read as an identity;
+        // a permission's own claims to X- headers no framework reads.
+        let c = Config::from_yaml(
+            "tokengate:\n  forward_claims:\n    /user_id: X-Remote-User\n    /Id: X-Album-Id\n    \
+             /abilities/{album}/Access/see: X-Can-See\n",
+            &[SECRET],
+        )
+        .unwrap();
+        assert_eq!(c.proxy.forward_claims.len(), 3);
+        assert!(err(
+            "tokengate:\n  forward_claims:\n    /user_id: Connection\n",
+            &[SECRET]
+        )
+        .contains("is a header tokengate sets itself"));
+    }
+
+    #[test]
+    fn every_refusal_names_the_key_its_value_and_what_is_accepted() {
+        for (yaml, env, want) in [
+            (
+                "tokengate:\n  token: {max_depth: lots}\n",
+                None,
+                "invalid tokengate.token.max_depth: \"lots\": invalid type: string \"lots\", expected a whole number",
+            ),
+            (
+                "tokengate:\n  header_timeout: 10\n",
+                None,
+                "invalid tokengate.header_timeout: 10: invalid type: integer `10`, expected a duration like 10s, 500ms or 1h",
+            ),
+            (
+                "tokengate:\n  leeway: soon\n",
+                None,
+                "invalid tokengate.leeway: \"soon\": invalid value: string \"soon\", expected a duration like 10s, 500ms or 1h",
+            ),
+            (
+                "",
+                Some(("TOKENGATE_LEEWAY", "bad")),
+                "invalid TOKENGATE_LEEWAY: \"bad\": invalid value: string \"bad\", expected a duration like 10s, 500ms or 1h",
+            ),
+            (
+                "tokengate:\n  algorithms: [HS999]\n",
+                None,
+                "invalid tokengate.algorithms[0]: \"HS999\": unknown variant `HS999`, expected one of `HS256`",
+            ),
+        ] {
+            let e = match env {
+                Some(var) => err(yaml, &[SECRET, var]),
+                None => err(yaml, &[SECRET]),
+            };
+            assert!(e.starts_with(want), "{yaml}: {e}");
+        }
     }
 
     #[test]

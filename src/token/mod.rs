@@ -9,13 +9,15 @@ pub mod keys;
 pub mod mint;
 pub(crate) mod object;
 pub mod permission;
+pub mod settings;
 pub mod verify;
 
 use crate::error::{ApiError, ErrorCode};
 pub use asymmetric::{AsymmetricKey, PublicKeys};
 pub use keys::{KeyError, Keyring, Secret, SecretSource, SecretsError, SharedKeyring};
 pub use permission::{Limits, PermissionPolicy};
-pub use verify::{Claims, SignatureKeys, VerifyPolicy};
+pub use settings::{MintLimit, Settings};
+pub use verify::{Claims, SignatureKeys};
 
 /// What the token route needs of a request, borrowed from wherever it came from.
 #[derive(Debug, Clone, Copy)]
@@ -52,14 +54,12 @@ pub struct Caller<'a> {
 pub struct TokenService {
     /// Keys that verify session tokens; the first signs. Swapped on rotation.
     pub keys: SharedKeyring,
-    /// What a session token must satisfy.
-    pub verify: VerifyPolicy,
+    /// The token section: what a session token must satisfy, how minted ones differ.
+    pub settings: Settings,
     /// What a permission must satisfy.
     pub permission: PermissionPolicy,
     /// How minted tokens differ from the caller's claims (lifetime cap, `typ`, `iss`, `aud`).
     pub minting: mint::Minting,
-    /// The `endpoint` returned with minted tokens.
-    pub endpoint: String,
     /// When set, minted tokens are signed with this ES256 / EdDSA key instead of the HS256 one.
     pub signer: Option<std::sync::Arc<AsymmetricKey>>,
     /// The public keys of the signer and of every published key: forwarded requests may carry
@@ -147,7 +147,7 @@ impl TokenService {
         if token.len() > self.permission.limits.max_token_bytes {
             return Err(TOKEN_TOO_LONG);
         }
-        let claims = verify::verify_as(token, keys, &self.verify, now, session)?;
+        let claims = verify::verify_as(token, keys, &self.settings, now, session)?;
         Ok(Caller { token, claims })
     }
 
@@ -195,7 +195,7 @@ impl TokenService {
         let (claims, permission, now) =
             (&prepared.claims, prepared.permission.as_ref(), prepared.now);
         // The response body is written around the token: `{"token":"…","endpoint":…}`.
-        let mut body = String::with_capacity(640 + self.endpoint.len());
+        let mut body = String::with_capacity(640 + self.settings.endpoint.len());
         body.push_str(TOKEN_OPENING);
         match &self.signer {
             Some(signer) => mint::payload(claims, permission, &self.minting, now)
@@ -219,7 +219,7 @@ impl TokenService {
         }
         let subject = prepared.claims.subject().to_owned();
         Ok(Minted {
-            body: close_response_body(body, &self.endpoint),
+            body: close_response_body(body, &self.settings.endpoint),
             session_token: prepared.token,
             subject,
         })
@@ -297,10 +297,9 @@ mod tests {
     fn service() -> TokenService {
         TokenService {
             keys: SharedKeyring::new(ring(&[Algorithm::HS256])),
-            verify: VerifyPolicy::default(),
+            settings: Settings::default(),
             permission: PermissionPolicy::default(),
             minting: Default::default(),
-            endpoint: "localhost:5001".into(),
             signer: None,
             minted_keys: None,
         }
@@ -422,14 +421,14 @@ mod tests {
 
     #[test]
     fn a_typed_minted_token_is_no_session_token_but_opens_routes() {
-        let policy = VerifyPolicy {
+        let policy = Settings {
             issuer: Some("rails".into()),
             audience: Some("gate".into()),
-            refused_typ: Some("tokengate+jwt".into()),
-            ..VerifyPolicy::default()
+            minted_typ: Some("tokengate+jwt".into()),
+            ..Settings::default()
         };
         let svc = TokenService {
-            verify: policy,
+            settings: policy,
             minting: mint::Minting {
                 typ: Some("tokengate+jwt".into()),
                 issuer: Some("rails".into()),

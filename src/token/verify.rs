@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::keys::Keyring;
 use super::object::Object;
+use super::settings::Settings;
 use crate::error::{ApiError, ErrorCode};
 
 pub(crate) const MALFORMED: ApiError = ApiError::new(
@@ -66,34 +67,6 @@ const WRONG_AUDIENCE: ApiError = ApiError::new(
 );
 const EXPIRED: ApiError = ApiError::new(ErrorCode::TokenExpired, "The token has expired.");
 const NOT_YET: ApiError = ApiError::new(ErrorCode::TokenNotYetValid, "The token is not valid yet.");
-
-/// What a session token must satisfy besides its signature.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifyPolicy {
-    /// Name of the claim holding the subject (`user_id` in the legacy tokens).
-    pub subject_claim: String,
-    /// Seconds of clock skew tolerated on `exp` and `nbf`.
-    pub leeway_secs: u64,
-    /// When set, the `iss` claim must equal it.
-    pub issuer: Option<String>,
-    /// When set, the `aud` claim (a string, or an array) must hold it.
-    pub audience: Option<String>,
-    /// When set, a token whose header `typ` names it is refused (RFC 8725 §3.11): the token
-    /// route's way of refusing a minted token replayed as a session token.
-    pub refused_typ: Option<String>,
-}
-
-impl Default for VerifyPolicy {
-    fn default() -> Self {
-        VerifyPolicy {
-            subject_claim: super::DEFAULT_SUBJECT_CLAIM.to_owned(),
-            leeway_secs: 0,
-            issuer: None,
-            audience: None,
-            refused_typ: None,
-        }
-    }
-}
 
 /// A verified token's claims: original order, original bytes of every value.
 #[derive(Debug)]
@@ -201,7 +174,7 @@ impl SignatureKeys for Keyring {
 pub fn verify(
     token: &str,
     keys: &dyn SignatureKeys,
-    policy: &VerifyPolicy,
+    policy: &Settings,
     now: u64,
 ) -> Result<Claims, ApiError> {
     verify_as(token, keys, policy, now, true)
@@ -212,7 +185,7 @@ pub fn verify(
 pub fn verify_as(
     token: &str,
     keys: &dyn SignatureKeys,
-    policy: &VerifyPolicy,
+    policy: &Settings,
     now: u64,
     session: bool,
 ) -> Result<Claims, ApiError> {
@@ -241,7 +214,7 @@ pub fn verify_as(
     if header.crit.is_some() {
         return Err(CRITICAL);
     }
-    if let (true, Some(refused), Some(typ)) = (session, &policy.refused_typ, &header.typ) {
+    if let (true, Some(refused), Some(typ)) = (session, &policy.minted_typ, &header.typ) {
         if typ.eq_ignore_ascii_case(refused) {
             return Err(WRONG_TYP);
         }
@@ -274,7 +247,7 @@ fn common_header() -> JoseHeader<'static> {
 /// Bytes of decoded JOSE header kept on the stack.
 const HEADER_ON_STACK: usize = 384;
 
-fn check_claims(object: Object, policy: &VerifyPolicy, now: u64) -> Result<Claims, ApiError> {
+fn check_claims(object: Object, policy: &Settings, now: u64) -> Result<Claims, ApiError> {
     let find = |name: &str| object.get(name);
     let exp: f64 = find("exp")
         .and_then(|raw| serde_json::from_str(raw).ok())
@@ -286,7 +259,7 @@ fn check_claims(object: Object, policy: &VerifyPolicy, now: u64) -> Result<Claim
         .map(|raw| serde_json::from_str(raw).map_err(|_| BAD_IAT))
         .transpose()?;
     let subject = subject(&object, &policy.subject_claim).ok_or(NO_SUBJECT)?;
-    let (now, leeway) = (now as f64, policy.leeway_secs as f64);
+    let (now, leeway) = (now as f64, policy.leeway.as_secs() as f64);
     if now >= exp + leeway {
         return Err(EXPIRED);
     }
@@ -380,13 +353,7 @@ pub(crate) mod tests {
     const CLAIMS: &str = r#"{"exp":2000,"iat":1000,"user_id":"u-1"}"#;
 
     fn check(token: &str, now: u64) -> Result<Claims, ErrorCode> {
-        verify(
-            token,
-            &ring(&[Algorithm::HS256]),
-            &VerifyPolicy::default(),
-            now,
-        )
-        .map_err(|e| e.code)
+        verify(token, &ring(&[Algorithm::HS256]), &Settings::default(), now).map_err(|e| e.code)
     }
 
     #[test]
@@ -416,9 +383,9 @@ pub(crate) mod tests {
         let token = sign_raw(HS256, CLAIMS, Algorithm::HS256, SECRET);
         assert!(check(&token, 1999).is_ok());
         assert_eq!(check(&token, 2000).err(), Some(ErrorCode::TokenExpired));
-        let leeway = VerifyPolicy {
-            leeway_secs: 5,
-            ..VerifyPolicy::default()
+        let leeway = Settings {
+            leeway: std::time::Duration::from_secs(5),
+            ..Settings::default()
         };
         assert!(verify(&token, &ring(&[Algorithm::HS256]), &leeway, 2004).is_ok());
         let nbf = sign_raw(
@@ -448,9 +415,9 @@ pub(crate) mod tests {
             check(&at("\"1500\""), 1600).err(),
             Some(ErrorCode::InvalidToken)
         );
-        let leeway = VerifyPolicy {
-            leeway_secs: 5,
-            ..VerifyPolicy::default()
+        let leeway = Settings {
+            leeway: std::time::Duration::from_secs(5),
+            ..Settings::default()
         };
         let ring = ring(&[Algorithm::HS256]);
         assert!(verify(&future, &ring, &leeway, 1595).is_ok());
@@ -533,11 +500,11 @@ pub(crate) mod tests {
 
     #[test]
     fn issuer_audience_and_typ_are_checked_when_configured() {
-        let policy = VerifyPolicy {
+        let policy = Settings {
             issuer: Some("https://rails.example".into()),
             audience: Some("tokengate".into()),
-            refused_typ: Some("tokengate+jwt".into()),
-            ..VerifyPolicy::default()
+            minted_typ: Some("tokengate+jwt".into()),
+            ..Settings::default()
         };
         let check = |header: &str, claims: &str| {
             let token = sign_raw(header, claims, Algorithm::HS256, SECRET);
@@ -579,7 +546,7 @@ pub(crate) mod tests {
         assert!(verify(
             &token,
             &ring(&[Algorithm::HS256]),
-            &VerifyPolicy::default(),
+            &Settings::default(),
             1500
         )
         .is_ok());
@@ -607,16 +574,16 @@ pub(crate) mod tests {
             "another-secret-another-secret-0000",
         );
         assert_eq!(check(&forged, 1500).err(), Some(ErrorCode::InvalidToken));
-        let typed = VerifyPolicy {
-            refused_typ: Some("jwt".into()),
-            ..VerifyPolicy::default()
+        let typed = Settings {
+            minted_typ: Some("jwt".into()),
+            ..Settings::default()
         };
         let refused = verify(&token, &ring(&[Algorithm::HS256]), &typed, 1500);
         assert_eq!(refused.err().map(|e| e.message), Some(WRONG_TYP.message));
         let hs384_only = verify(
             &token,
             &ring(&[Algorithm::HS384]),
-            &VerifyPolicy::default(),
+            &Settings::default(),
             1500,
         );
         assert_eq!(
