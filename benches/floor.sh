@@ -13,6 +13,8 @@
 #   bash benches/floor.sh [TARGET...]     # targets: pingora tokengate (default: both)
 #   env: N1=500 N2=3000 CONC=10 SKIP_BUILD=1
 #        BARE=path (another build of the bare proxy, e.g. against the published Pingora crates)
+#        BODY=form: each request a 20-byte url-encoded POST (what tokengate reads ahead and
+#        scans for `_method` before anything goes upstream), instead of a GET
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-500}; N2=${N2:-3000}; CONC=${CONC:-10}
@@ -62,8 +64,14 @@ server_cmd() { # target -> the command that serves it on $port
   esac
 }
 
+body=()
+if [ "${BODY:-}" = form ]; then
+  printf 'caption=a&photo=1234' >"$work/body"
+  body=(-p "$work/body" -T application/x-www-form-urlencoded)
+fi
+
 load() { # requests
-  ab -q -k -n "$1" -c "$CONC" "http://127.0.0.1:$port/x" >"$work/ab.out" 2>&1 || true
+  ab -q -k "${body[@]}" -n "$1" -c "$CONC" "http://127.0.0.1:$port/x" >"$work/ab.out" 2>&1 || true
   local bad
   bad=$(awk '/Failed requests|Non-2xx/ {s += $NF} END {print s + 0}' "$work/ab.out")
   [ "$bad" = 0 ] || { echo "$bad failed or non-2xx requests" >&2; cat "$work/ab.out" >&2; return 1; }

@@ -22,6 +22,8 @@ pub mod forward_claims;
 pub mod forwarded;
 pub mod limits;
 #[cfg(feature = "server")]
+pub mod log_limit;
+#[cfg(feature = "server")]
 pub mod metrics;
 pub mod policy;
 #[cfg(feature = "server")]

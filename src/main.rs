@@ -21,6 +21,10 @@ use tokengate::token::asymmetric::{self, KeyAlgorithm};
 use tokengate::token::mint::session_token;
 
 fn main() -> ExitCode {
+    // Before anything else, SIGHUP included: from the first socket on, it means reload.
+    if let Err(e) = tokengate::watch::catch_hangup() {
+        return fail(format!("cannot handle SIGHUP: {e}"));
+    }
     let cli = Cli::parse();
     // Generating keys needs no configuration (and must work before any secret exists).
     if let Some(Command::Keys {

@@ -20,6 +20,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 
+use crate::log_limit::{left_out_note, LogLimit};
+
 /// Timeouts towards an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamTimeouts {
@@ -243,11 +245,15 @@ impl UpstreamGroup {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(addr, until);
-        log::warn!(
-            "upstream {} ejected {addr} for {:?}",
-            self.config.name,
-            self.config.ejection
-        );
+        static LIMIT: LogLimit = LogLimit::new();
+        if let Some(left_out) = LIMIT.admit() {
+            log::warn!(
+                "upstream {} ejected {addr} for {:?}{}",
+                self.config.name,
+                self.config.ejection,
+                left_out_note(left_out)
+            );
+        }
     }
 
     /// Whether another address could be tried after `tried` failed.

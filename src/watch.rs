@@ -4,6 +4,8 @@
 //! signal handler, one timer, one way a half-written file is left alone.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -61,6 +63,16 @@ pub trait Subscriber: Send + Sync {
     fn stop(&self) {}
 }
 
+/// Set by a `SIGHUP` from the moment [`catch_hangup`] ran: one that arrives before the watcher
+/// runs (while the process starts) is a reload owed, never the end of the process.
+static HANGUP: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
+
+/// Handles `SIGHUP` from now on: its default action would end the process, and a ConfigMap
+/// reloader or an operator may send it while tokengate is still starting. Call it first.
+pub fn catch_hangup() -> std::io::Result<()> {
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, HANGUP.clone()).map(drop)
+}
+
 /// The background service running every subscriber.
 pub struct Watcher {
     subscribers: Vec<Box<dyn Subscriber>>,
@@ -111,18 +123,23 @@ async fn reload(subscriber: &dyn Subscriber, why: Why) {
 #[async_trait]
 impl BackgroundService for Watcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Handling SIGHUP at all matters: its default action would end the process.
+        // The signal, for a prompt reload; `HANGUP`, for one that came before this ran.
         let mut hangup = signal(SignalKind::hangup()).ok();
         for subscriber in &self.subscribers {
             subscriber.start().await;
         }
         let mut loaded: Vec<_> = self.subscribers.iter().map(|s| read(&s.files())).collect();
         loop {
-            let hung_up = tokio::select! {
-                _ = shutdown.changed() => break,
-                _ = tokio::time::sleep(POLL) => false,
-                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-            };
+            let pending = HANGUP.swap(false, Ordering::AcqRel);
+            let hung_up = pending
+                || tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tokio::time::sleep(POLL) => HANGUP.swap(false, Ordering::AcqRel),
+                    Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                        HANGUP.store(false, Ordering::Release);
+                        true
+                    }
+                };
             for (subscriber, loaded) in self.subscribers.iter().zip(loaded.iter_mut()) {
                 let files = subscriber.files();
                 let now = read(&files);

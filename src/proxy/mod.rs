@@ -31,6 +31,7 @@ use crate::decision::{
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::{Limiter, RateLimit};
+use crate::log_limit::{left_out_note, LogLimit};
 use crate::metrics::{self, RouteKind, UpstreamErrorKind};
 use crate::respond;
 use crate::routes::Decision;
@@ -507,7 +508,8 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    /// Adds `X-Request-Id`, and `X-token` when the request carried a valid token.
+    /// Sets `X-Request-Id`, and `X-token` when the request carried a valid token, replacing any
+    /// the upstream sent.
     fn response_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
         &'life0 self,
         _session: &'life1 mut Session,
@@ -523,6 +525,14 @@ impl ProxyHttp for Proxy {
     {
         async move {
             let request = &mut ctx.request;
+            // One id per answer, and `X-token` is the gate's alone: an upstream's own copies go.
+            // Looked up first, as removing what is absent still walks both maps.
+            if response.headers.contains_key(&respond::X_REQUEST_ID.0) {
+                response.remove_header(&respond::X_REQUEST_ID.0);
+            }
+            if response.headers.contains_key(&respond::X_TOKEN.0) {
+                response.remove_header(&respond::X_TOKEN.0);
+            }
             // No `reserve_headers`: the parsed response header (vendor/README.md) has room for the
             // one or two added here at most sizes, where reserving would grow and rehash both maps.
             response.append_header(respond::X_REQUEST_ID.clone(), request.id.clone())?;
@@ -533,7 +543,7 @@ impl ProxyHttp for Proxy {
                 false => request.facts.token.take(),
             };
             if let Some(token) = token {
-                response.insert_header(respond::X_TOKEN.clone(), token)?;
+                response.append_header(respond::X_TOKEN.clone(), token)?;
             }
             Ok(())
         }
@@ -676,12 +686,16 @@ impl ProxyHttp for Proxy {
             return true;
         }
         if ctx.request.upstream.error.is_some() {
-            let header = session.req_header();
-            log::warn!(
-                "upstream failed for {} {}: {e}",
-                header.method,
-                header.uri.path()
-            );
+            static LIMIT: LogLimit = LogLimit::new();
+            if let Some(left_out) = LIMIT.admit() {
+                let header = session.req_header();
+                log::warn!(
+                    "upstream failed for {} {}: {e}{}",
+                    header.method,
+                    header.uri.path(),
+                    left_out_note(left_out)
+                );
+            }
             return true;
         }
         false

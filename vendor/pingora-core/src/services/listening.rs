@@ -204,6 +204,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
     ) {
+        // Accept failures since the last accepted connection, and when one was last logged.
+        let mut failures: u32 = 0;
+        let mut last_logged: Option<std::time::Instant> = None;
         // the accept loop, until the system is shutting down
         loop {
             let new_io = tokio::select! { // TODO: consider biased for perf reason?
@@ -227,6 +230,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
             };
             match new_io {
                 Ok(io) => {
+                    failures = 0;
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
@@ -252,20 +256,28 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     });
                 }
                 Err(e) => {
-                    error!("Accept() failed {e}");
-                    if let Some(io_error) = e
-                        .root_cause()
-                        .downcast_ref::<std::io::Error>()
-                        .and_then(|e| e.raw_os_error())
-                    {
-                        // 24: too many open files. In this case accept() will continue return this
-                        // error without blocking, which could use up all the resources
-                        if io_error == 24 {
-                            // call sleep to calm the thread down and wait for others to release
-                            // some resources
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        }
+                    let io_error = e.root_cause().downcast_ref::<std::io::Error>();
+                    // A runtime that is shutting down fails every accept at once, forever:
+                    // stop accepting rather than spin (and log) until the process is killed.
+                    if io_error.is_some_and(tokio::runtime::is_rt_shutdown_err) {
+                        info!("Stop accepting on {}: the runtime is shutting down", stack.as_str());
+                        break;
                     }
+                    failures = failures.saturating_add(1);
+                    // The first failure, then at most one line a second saying how many there
+                    // were: no fault can turn this line into a disk filler.
+                    if last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        error!("Accept() failed {e} ({failures} failures since the last accepted connection)");
+                        last_logged = Some(std::time::Instant::now());
+                    }
+                    // 24: too many open files. accept() keeps failing at once until other
+                    // connections close: wait a second. Any other failure backs off from 1 ms,
+                    // doubling up to a second, so a fault that fails at once spins no core.
+                    let pause = match io_error.and_then(|e| e.raw_os_error()) {
+                        Some(24) => Duration::from_secs(1),
+                        _ => Duration::from_millis(1 << failures.min(11) - 1).min(Duration::from_secs(1)),
+                    };
+                    tokio::time::sleep(pause).await;
                 }
             }
         }

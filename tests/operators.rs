@@ -1,0 +1,158 @@
+//! What operators and their tooling do to a running gate: signals at any instant of its life
+//! (a ConfigMap reloader's `SIGHUP` while it starts, a `SIGINT` right after), and what the gate
+//! owns in every answer (`X-Request-Id` once, `X-token` never the upstream's).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Polls until something accepts connections on `addr`: the instant a listener is bound.
+fn wait_accepting(addr: SocketAddr, tg: &mut Tokengate) {
+    let start = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(tg.alive(), "tokengate exited while starting");
+        assert!(start.elapsed() < DEADLINE, "{addr} never accepted");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A tokengate spawned on free ports, not yet waited for.
+fn spawn(up: SocketAddr) -> Tokengate {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    Tokengate::spawn_on(addr, admin, up, &[("TOKENGATE_LOG", "info")], &[])
+}
+
+/// Bytes the process wrote to stderr.
+fn logged_bytes(tg: &Tokengate) -> usize {
+    tg.stderr.lock().unwrap().iter().map(|l| l.len() + 1).sum()
+}
+
+#[test]
+fn sighup_from_the_first_socket_on_reloads_and_never_ends_the_process() {
+    let up = Upstream::start();
+    for round in 0..10 {
+        let mut tg = spawn(up.addr);
+        // As the port first accepts, and (every other round) again at once.
+        let admin = tg.admin;
+        let port = if round % 2 == 0 { tg.addr } else { admin };
+        wait_accepting(port, &mut tg);
+        tg.signal("-HUP");
+        if round % 2 == 1 {
+            tg.signal("-HUP");
+        }
+        assert!(tg.try_wait_ready(), "round {round}: not ready");
+        assert!(tg.alive(), "round {round}: SIGHUP ended the process");
+        let r = tg.request(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(r.status, 200, "round {round}");
+        // The hangup is a reload owed: it happens once the watcher runs.
+        tg.logged("configuration reloaded (SIGHUP)");
+        tg.assert_no_panic();
+    }
+}
+
+#[test]
+fn sigint_at_any_instant_of_start_up_exits_promptly_without_flooding_the_log() {
+    let up = Upstream::start();
+    for round in 0..12 {
+        let mut tg = spawn(up.addr);
+        let addr = tg.addr;
+        match round % 3 {
+            0 => wait_accepting(addr, &mut tg),
+            1 => {
+                let admin = tg.admin;
+                wait_accepting(admin, &mut tg)
+            }
+            _ => assert!(tg.try_wait_ready()),
+        }
+        tg.signal("-INT");
+        // Gone, whichever way: by its handler, or by the signal itself before one runs.
+        tg.wait_exit(Duration::from_secs(10));
+        // Give the pipe's reader a moment to take the last lines, then bound what was logged.
+        let start = Instant::now();
+        let mut last = usize::MAX;
+        while logged_bytes(&tg) != last && start.elapsed() < Duration::from_secs(2) {
+            last = logged_bytes(&tg);
+            thread::sleep(Duration::from_millis(50));
+        }
+        let bytes = logged_bytes(&tg);
+        assert!(bytes < 32 * 1024, "round {round}: {bytes} bytes logged");
+    }
+}
+
+/// An upstream that answers every request with its own `X-Request-Id` and `X-token`.
+fn meddling_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                let mut pending = Vec::new();
+                loop {
+                    let Ok(n) = stream.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\nX-Request-Id: upstream-id\r\nX-token: upstream-token\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn every_answer_carries_one_request_id_and_only_the_gates_token() {
+    let tg = Tokengate::start(meddling_upstream(), &[]);
+    let token = session("alice");
+    for (authorization, id, want_token) in [
+        (None, None, None),
+        (None, Some("client-1"), None),
+        (Some(token.as_str()), None, Some(token.as_str())),
+        (Some("a.b.c"), Some("client-2"), None),
+    ] {
+        let mut raw = String::from("GET /x HTTP/1.1\r\nHost: a\r\n");
+        if let Some(t) = authorization {
+            raw.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if let Some(id) = id {
+            raw.push_str(&format!("X-Request-Id: {id}\r\n"));
+        }
+        raw.push_str("\r\n");
+        let r = tg.request(raw.as_bytes());
+        assert_eq!(r.status, 200);
+        let ids: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        match id {
+            Some(id) => assert_eq!(ids[0], id),
+            None => assert_eq!(ids[0].len(), 36, "a new UUID: {ids:?}"),
+        }
+        let tokens: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("x-token"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(tokens, want_token.into_iter().collect::<Vec<_>>());
+    }
+    tg.assert_no_panic();
+}
