@@ -882,12 +882,17 @@ fn resolve_secrets(
     env: &impl Env,
     listeners: &[SocketAddr],
 ) -> Result<(SecretSource, Vec<Secret>, bool), ConfigError> {
-    let source = SecretSource {
-        inline: env.var("TOKENGATE_SECRET").or(raw.secret.take()),
-        file: env
-            .var("TOKENGATE_SECRET_FILE")
-            .map(PathBuf::from)
-            .or(raw.secret_file.take()),
+    // The environment beats the file, as for every setting: either variable replaces both of
+    // the file's (`docker run -e TOKENGATE_SECRET=…` starts whatever `secret_file` the image's
+    // configuration names).
+    let inline = env.var("TOKENGATE_SECRET");
+    let file = env.var("TOKENGATE_SECRET_FILE").map(PathBuf::from);
+    let source = match inline.is_some() || file.is_some() {
+        true => SecretSource { inline, file },
+        false => SecretSource {
+            inline: raw.secret.take(),
+            file: raw.secret_file.take(),
+        },
     };
     let secrets = source.secrets()?;
     let development = secrets::check_development_secret(&secrets, listeners)?;
@@ -1115,6 +1120,15 @@ mod tests {
         ] {
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn the_environments_secrets_replace_the_files() {
+        let yaml = "tokengate:\n  secret_file: /nonexistent/secrets\n  secret: short\n";
+        let c = Config::from_yaml(yaml, &[SECRET]).unwrap();
+        assert_eq!(c.secrets.len(), 1);
+        assert_eq!(c.secret_source.file, None);
+        assert!(err(yaml, &[("X", "")]).starts_with("cannot read the secrets file /nonexistent"));
     }
 
     #[test]
