@@ -25,7 +25,14 @@ fn main() -> ExitCode {
     if let Err(e) = tokengate::watch::catch_hangup() {
         return fail(format!("cannot handle SIGHUP: {e}"));
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Absolute now: with `-d` the daemon runs from `/`, and every reload reads the path again.
+    if let Some(conf) = &cli.conf {
+        match std::path::absolute(conf) {
+            Ok(path) => cli.conf = Some(path),
+            Err(e) => return fail(format!("cannot resolve {}: {e}", conf.display())),
+        }
+    }
     // Generating keys needs no configuration (and must work before any secret exists).
     if let Some(Command::Keys {
         action: KeysAction::Generate { algorithm, out },
@@ -92,7 +99,6 @@ fn serve(config: Config, cli: &Cli) -> ExitCode {
         Err(e) => return fail(e),
     };
     log::info!("{banner}");
-    server::exit_when_drained(built.state.clone());
     let signals = MarkDraining::new(UnixShutdownSignalWatch, built.state);
     built.server.run(RunArgs {
         shutdown_signal: Box::new(signals),

@@ -156,3 +156,107 @@ fn every_answer_carries_one_request_id_and_only_the_gates_token() {
     }
     tg.assert_no_panic();
 }
+
+/// Polls `path` until it holds a process id.
+fn read_pid(path: &std::path::Path) -> u32 {
+    let start = Instant::now();
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(start.elapsed() < DEADLINE, "no pid in {}", path.display());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A daemon's process, killed if a test ends before it does.
+struct Daemon(u32);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn kill(signal: &str, pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// Polls `path` until it holds `needle`.
+fn wait_logged(path: &std::path::Path, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(start.elapsed() < DEADLINE, "never logged {needle:?}: {text}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_daemon_reloads_its_relative_configuration_and_exits_once_drained() {
+    let up = Upstream::start();
+    let dir = std::env::temp_dir().join(format!("tokengate-daemon-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let conf = |endpoint: &str| {
+        format!(
+            "pid_file: {dir}/tg.pid\nerror_log: {dir}/tg.log\nupgrade_sock: {dir}/tg.sock\n\
+             tokengate:\n  listen: 127.0.0.1:{listen}\n  admin_listen: 127.0.0.1:{admin}\n  \
+             upstream: {up}\n  endpoint: {endpoint}\n  log_format: text\n",
+            dir = dir.display(),
+            up = up.addr
+        )
+    };
+    std::fs::write(dir.join("tg.yaml"), conf("a:1")).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["-d", "-c", "tg.yaml"])
+        .current_dir(&dir)
+        .env_clear()
+        .env("TOKENGATE_SECRET", SECRET)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid = read_pid(&dir.join("tg.pid"));
+    let _daemon = Daemon(pid);
+    let log = dir.join("tg.log");
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let start = Instant::now();
+    while try_request(admin_addr, b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .map_or(true, |r| r.status != 200)
+    {
+        assert!(start.elapsed() < DEADLINE, "the daemon never became ready");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The daemon runs from `/`: the relative path was made absolute when it started.
+    std::fs::write(dir.join("tg.yaml"), conf("b:2")).unwrap();
+    kill("-HUP", pid);
+    let text = wait_logged(&log, "configuration reloaded (SIGHUP)");
+    assert!(!text.contains("cannot read"), "{text}");
+    // Nothing in flight: SIGTERM ends it at once, not after the 10 s grace period.
+    let start = Instant::now();
+    kill("-TERM", pid);
+    while alive(pid) {
+        assert!(start.elapsed() < Duration::from_secs(5), "still draining after 5 s");
+        thread::sleep(Duration::from_millis(20));
+    }
+    wait_logged(&log, "drained: no request in flight, exiting");
+}

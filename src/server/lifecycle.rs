@@ -51,9 +51,11 @@ impl BackgroundService for ReadinessProbe {
     }
 }
 
-/// Exits the process with 0 once `SIGTERM` arrived and no request is in flight; Pingora itself
-/// would sleep out the whole grace period even when idle.
-pub fn exit_when_drained(state: Arc<AppState>) {
+/// Exits the process with 0 once no request is in flight, after `SIGTERM`; Pingora itself
+/// would sleep out the whole grace period even when idle. Started when the signal arrives, in
+/// the process that serves: a thread started before Pingora daemonizes (`-d`) would not survive
+/// its fork.
+fn exit_when_drained(state: Arc<AppState>) {
     std::thread::spawn(move || {
         let poll = std::time::Duration::from_millis(50);
         let mut idle_polls = 0;
@@ -97,6 +99,7 @@ impl<W: ShutdownSignalWatch + Send + Sync> ShutdownSignalWatch for MarkDraining<
         self.state.draining.store(true, Ordering::Release);
         if matches!(signal, ShutdownSignal::GracefulTerminate) {
             self.state.terminating.store(true, Ordering::Release);
+            exit_when_drained(self.state.clone());
         }
         signal
     }

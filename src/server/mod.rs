@@ -25,7 +25,7 @@ use crate::tls::CertReloader;
 use crate::trace::Exporter;
 use crate::watch::{Subscriber, Watcher};
 use lifecycle::ReadinessProbe;
-pub use lifecycle::{exit_when_drained, MarkDraining};
+pub use lifecycle::MarkDraining;
 
 /// Why the server could not be built.
 #[derive(Debug)]
