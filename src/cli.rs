@@ -52,6 +52,13 @@ pub enum Command {
     /// route, what it requires and what the token grants, the verdict, and the exact answer or
     /// the request forwarded upstream.
     Explain(ExplainArgs),
+    /// Serve a stand-in for the image app, for a first try on one machine: every request is
+    /// answered 200 with what it received (method, target, headers), as JSON.
+    DemoApp {
+        /// Where it listens: the upstream `conf/tokengate.yaml` forwards to.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: std::net::SocketAddr,
+    },
     /// Manage the ES256 / EdDSA keys minted tokens can be signed with.
     Keys {
         /// What to do with keys.

@@ -15,6 +15,8 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod decision;
+#[cfg(feature = "server")]
+pub mod demo;
 pub mod error;
 #[cfg(feature = "server")]
 pub mod explain;

@@ -40,6 +40,14 @@ fn main() -> ExitCode {
     {
         return generate_keys(algorithm, out);
     }
+    // The demo app needs no configuration either.
+    if let Some(Command::DemoApp { listen }) = &cli.command {
+        env_logger::Builder::new()
+            .filter_level(log::LevelFilter::Info)
+            .init();
+        tokengate::demo::run(*listen);
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(cli.conf.as_deref(), &ProcessEnv) {
         Ok(config) => config,
         Err(e) => return fail(e),
@@ -50,7 +58,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Some(Command::Sign { user_id, ttl }) => sign(&config, &user_id, ttl.as_secs()),
-        Some(Command::Keys { .. }) => ExitCode::SUCCESS,
+        Some(Command::Keys { .. } | Command::DemoApp { .. }) => ExitCode::SUCCESS,
         Some(Command::Revoke { subject }) => revoke(&config, &subject),
         Some(Command::Explain(args)) => explain(&config, args),
         None if cli.test => {

@@ -366,11 +366,13 @@ fn decide_into(
         jwks_method(&header.method)?;
         return Ok(Next::Act(Action::Jwks));
     }
-    pingora::proxy::upstream_request::check_connection_nominations(
-        header,
-        HttpUpstreamRequestPolicy::default(),
-    )
-    .map_err(|_| Refused::from(CONNECTION_NOMINATIONS))?;
+    if !plain_connection(header) {
+        pingora::proxy::upstream_request::check_connection_nominations(
+            header,
+            HttpUpstreamRequestPolicy::default(),
+        )
+        .map_err(|_| Refused::from(CONNECTION_NOMINATIONS))?;
+    }
     let plan = forward_body(settings, request, &mut canonical)?;
     if let BodyPlan::ReadFirst(ahead) = plan {
         return Ok(Next::ReadAhead(ahead));
@@ -386,6 +388,19 @@ fn decide_into(
         BodyPlan::RefuseAfterHead(refused) => return Err(refused),
     };
     Ok(Next::Act(Action::Forward(forward)))
+}
+
+/// No `Connection` header, or one that says only `keep-alive` or `close`, as most clients send:
+/// nothing Pingora's policy would refuse, and no header name to parse per request.
+fn plain_connection(header: &RequestHeader) -> bool {
+    header
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .all(|v| {
+            let v = v.as_bytes().trim_ascii();
+            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+        })
 }
 
 /// How a forwarded request's body is dealt with: already decided, to be read ahead first
