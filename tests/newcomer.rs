@@ -45,8 +45,11 @@ fn demo_app() -> (DemoApp, SocketAddr) {
             .unwrap();
         let start = Instant::now();
         loop {
-            if try_request(addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-                .is_ok_and(|r| r.status == 200)
+            if try_request(
+                addr,
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .is_ok_and(|r| r.status == 200)
             {
                 return Some((DemoApp(child), addr));
             }
@@ -74,7 +77,11 @@ fn the_readmes_first_steps_show_an_allowed_request_a_refused_one_and_why() {
         .output()
         .unwrap();
     let text = text(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", common::text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        common::text(&out.stderr)
+    );
     for want in [
         "\"app\": \"tokengate demo-app\"",
         "\"x-user-id\": \"alice\"",
@@ -87,6 +94,9 @@ fn the_readmes_first_steps_show_an_allowed_request_a_refused_one_and_why() {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
     // And the demo app's own line in the README starts what the test started.
-    assert_eq!(shell_block("## Trying it", 0).trim(), "cargo run --release -q -- demo-app");
+    assert_eq!(
+        shell_block("## Trying it", 0).trim(),
+        "cargo run --release -q -- demo-app"
+    );
     tg.assert_no_panic();
 }

@@ -206,7 +206,10 @@ fn wait_logged(path: &std::path::Path, needle: &str) -> String {
         if text.contains(needle) {
             return text;
         }
-        assert!(start.elapsed() < DEADLINE, "never logged {needle:?}: {text}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "never logged {needle:?}: {text}"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -240,8 +243,11 @@ fn a_daemon_reloads_its_relative_configuration_and_exits_once_drained() {
     let log = dir.join("tg.log");
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let start = Instant::now();
-    while try_request(admin_addr, b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .map_or(true, |r| r.status != 200)
+    while try_request(
+        admin_addr,
+        b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .map_or(true, |r| r.status != 200)
     {
         assert!(start.elapsed() < DEADLINE, "the daemon never became ready");
         thread::sleep(Duration::from_millis(20));
@@ -255,7 +261,10 @@ fn a_daemon_reloads_its_relative_configuration_and_exits_once_drained() {
     let start = Instant::now();
     kill("-TERM", pid);
     while alive(pid) {
-        assert!(start.elapsed() < Duration::from_secs(5), "still draining after 5 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still draining after 5 s"
+        );
         thread::sleep(Duration::from_millis(20));
     }
     wait_logged(&log, "drained: no request in flight, exiting");

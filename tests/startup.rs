@@ -63,7 +63,9 @@ fn a_taken_port_is_refused_clearly() {
     let out = tokengate(&[], &env);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).starts_with(&format!("tokengate: cannot listen on {addr}: ")),
+        stderr(&out).starts_with(&format!(
+            "tokengate: cannot listen on {addr} (tokengate.listen or TOKENGATE_LISTEN): "
+        )),
         "{}",
         stderr(&out)
     );

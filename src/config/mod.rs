@@ -425,7 +425,8 @@ fn split_sections(text: &str) -> Result<(Mapping, ServerConf, layout::Spellings)
     let mut doc: serde_yaml::Mapping = if text.trim().is_empty() {
         serde_yaml::Mapping::new()
     } else {
-        serde_yaml::from_str(text).map_err(parse_err)?
+        serde_yaml::from_str(text)
+            .map_err(|e| duplicated(text, &e).unwrap_or_else(|| parse_err(e)))?
     };
     let mut section = match doc.remove("tokengate") {
         Some(serde_yaml::Value::Mapping(section)) => section,
@@ -479,6 +480,29 @@ fn split_sections(text: &str) -> Result<(Mapping, ServerConf, layout::Spellings)
         server.upstream_keepalive_pool_size = defaults::UPSTREAM_POOL;
     }
     Ok((section, server, spellings))
+}
+
+/// A key given twice at the top level, named with the lines of every occurrence (the YAML
+/// parser says only that there is one).
+fn duplicated(text: &str, error: &serde_yaml::Error) -> Option<ConfigError> {
+    let message = error.to_string();
+    let key = message
+        .strip_prefix("duplicate entry with key \"")?
+        .split('"')
+        .next()?;
+    let lines: Vec<String> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        })
+        .map(|(i, _)| (i + 1).to_string())
+        .collect();
+    Some(ConfigError::Parse(format!(
+        "`{key}` is given more than once (lines {}): write it once",
+        lines.join(", ")
+    )))
 }
 
 /// Every key the `tokengate:` section takes, flat, whoever declares it.
@@ -578,10 +602,13 @@ fn refuse_unknown(section: &Mapping) -> Result<(), ConfigError> {
     };
     let key = serde_yaml::to_string(key).unwrap_or_default();
     let keys: Vec<String> = flat_keys().iter().map(|k| format!("`{k}`")).collect();
+    let pingora: Vec<String> = pingora_keys().iter().map(|k| format!("`{k}`")).collect();
     Err(ConfigError::Parse(format!(
-        "tokengate: unknown field `{}`, expected one of {}",
+        "tokengate: unknown field `{}`, expected one of {} (or, at the top level, one of \
+         Pingora's: {})",
         key.trim(),
-        keys.join(", ")
+        keys.join(", "),
+        pingora.join(", ")
     )))
 }
 
@@ -1120,6 +1147,24 @@ mod tests {
         ] {
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn a_key_given_twice_or_a_pingora_typo_is_named() {
+        assert_eq!(
+            err(
+                "tokengate:\n  listen: 127.0.0.1:1\nversion: 1\ntokengate:\n  listen: 127.0.0.1:2\n",
+                &[SECRET]
+            ),
+            "invalid configuration: `tokengate` is given more than once (lines 1, 4): write it once"
+        );
+        let e = err("pid_fille: /tmp/x\n", &[SECRET]);
+        assert!(
+            e.starts_with("invalid configuration: tokengate: unknown field `pid_fille`, expected one of `listen`")
+                && e.contains("(or, at the top level, one of Pingora's: ")
+                && e.contains("`pid_file`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::shared::{Shared, SharedSync};
 use crate::tls::CertReloader;
 use crate::trace::Exporter;
 use crate::watch::{Subscriber, Watcher};
-use lifecycle::ReadinessProbe;
 pub use lifecycle::MarkDraining;
+use lifecycle::ReadinessProbe;
 
 /// Why the server could not be built.
 #[derive(Debug)]
@@ -33,14 +33,16 @@ pub enum StartError {
     /// The configuration is unusable.
     Config(ConfigError),
     /// A listener address is taken or not ours to bind.
-    Bind(SocketAddr, std::io::Error),
+    Bind(&'static str, SocketAddr, std::io::Error),
 }
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Config(e) => e.fmt(f),
-            StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            StartError::Bind(setting, addr, e) => {
+                write!(f, "cannot listen on {addr} ({setting}): {e}")
+            }
         }
     }
 }
@@ -119,12 +121,21 @@ pub fn build(
 /// listener would go on answering: bind here, with a clear error, and hand Pingora the sockets
 /// themselves, so no other process can take an address between a check and Pingora's own bind.
 fn bind_all(config: &Config) -> Result<Vec<(SocketAddr, TcpListener)>, StartError> {
-    let tls = config.tls.as_ref().map(|t| t.listen);
-    [config.listen, config.admin_listen]
-        .into_iter()
-        .chain(tls)
-        .map(bind)
-        .collect()
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|t| ("tokengate.tls.listen or TOKENGATE_TLS_LISTEN", t.listen));
+    [
+        ("tokengate.listen or TOKENGATE_LISTEN", config.listen),
+        (
+            "tokengate.admin_listen or TOKENGATE_ADMIN_LISTEN",
+            config.admin_listen,
+        ),
+    ]
+    .into_iter()
+    .chain(tls)
+    .map(|(setting, addr)| bind(setting, addr))
+    .collect()
 }
 
 /// What outlives any one configuration: the connections to Redis and the trace collector.
@@ -145,10 +156,10 @@ fn lasting(config: &Config, state: &Arc<AppState>) -> Result<Lasting, StartError
     })
 }
 
-/// A listening socket on `addr`, non-blocking, as Pingora adopts it.
-fn bind(addr: SocketAddr) -> Result<(SocketAddr, TcpListener), StartError> {
+/// A listening socket on `addr`, the value of `setting`, non-blocking, as Pingora adopts it.
+fn bind(setting: &'static str, addr: SocketAddr) -> Result<(SocketAddr, TcpListener), StartError> {
     let socket = TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| StartError::Bind(addr, e))?;
+        .map_err(|e| StartError::Bind(setting, addr, e))?;
     Ok((addr, socket))
 }
