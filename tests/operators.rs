@@ -269,3 +269,43 @@ fn a_daemon_reloads_its_relative_configuration_and_exits_once_drained() {
     }
     wait_logged(&log, "drained: no request in flight, exiting");
 }
+
+#[test]
+fn probes_are_answered_until_the_process_exits_after_sigterm() {
+    let up = Upstream::start();
+    let mut tg = Tokengate::start(up.addr, &[("TOKENGATE_GRACE_PERIOD", "5s")]);
+    // A request in flight keeps the process draining.
+    let mut conn = tg.connect();
+    conn.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhalf")
+        .unwrap();
+    let start = Instant::now();
+    while tg.metric("tokengate_in_flight_requests") < 1.0 {
+        assert!(start.elapsed() < DEADLINE);
+        thread::sleep(Duration::from_millis(10));
+    }
+    tg.signal("-TERM");
+    let admin = tg.admin;
+    let probe = |path: &str| {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        try_request(admin, raw.as_bytes()).map(|r| r.status)
+    };
+    // From the signal on: not ready, still alive, on new connections, again and again.
+    let start = Instant::now();
+    while probe("/readyz").ok() != Some(503) {
+        assert!(start.elapsed() < DEADLINE, "readyz never said draining");
+        thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..20 {
+        assert_eq!(probe("/readyz").ok(), Some(503));
+        assert_eq!(probe("/healthz").ok(), Some(200));
+        thread::sleep(Duration::from_millis(20));
+    }
+    conn.write_all(b"other!").unwrap();
+    let r = read_response(&mut conn).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(tg.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(
+        probe("/healthz").is_err(),
+        "the admin listener outlived the process"
+    );
+}

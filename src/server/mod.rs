@@ -95,6 +95,14 @@ pub fn build(
     let mut admin = Service::new("tokengate admin".to_owned(), AdminApp::new(state.clone()));
     admin.add_tcp(&config.admin_listen.to_string());
     admin.threads = Some(1);
+    // Probes are answered until the process exits after SIGTERM (`/readyz` 503 while it drains);
+    // on an upgrade (SIGQUIT) the new process takes the socket and this one stops, as usual.
+    let terminating = state.clone();
+    admin.keep_listening_at_shutdown(Arc::new(move || {
+        terminating
+            .terminating
+            .load(std::sync::atomic::Ordering::Acquire)
+    }));
     let probe = ReadinessProbe {
         addr: config.listen,
         state: state.clone(),

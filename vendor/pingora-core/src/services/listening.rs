@@ -44,10 +44,15 @@ use std::time::Duration;
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
 
 /// The type of service that is associated with a list of listening endpoints and a particular application
+/// Asked when graceful shutdown begins: whether a service keeps accepting until the process
+/// exits ([`Service::keep_listening_at_shutdown`]).
+pub type KeepListening = Arc<dyn Fn() -> bool + Send + Sync>;
+
 pub struct Service<A> {
     name: String,
     listeners: Listeners,
     app_logic: Option<A>,
+    keep_listening: Option<KeepListening>,
     /// The number of preferred threads. `None` to follow global setting.
     pub threads: Option<usize>,
     runtime_opts_override: Option<RuntimeOptsOverride>,
@@ -62,6 +67,7 @@ impl<A> Service<A> {
             name,
             listeners: Listeners::new(),
             app_logic: Some(app_logic),
+            keep_listening: None,
             threads: None,
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
@@ -76,11 +82,21 @@ impl<A> Service<A> {
             name,
             listeners,
             app_logic: Some(app_logic),
+            keep_listening: None,
             threads: None,
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
         }
+    }
+
+    /// Keep accepting connections after graceful shutdown begins, until the process exits,
+    /// when `keep` says so at that moment: a health or admin endpoint that must go on answering
+    /// (a readiness probe saying "draining") while the proxy drains. Without it, or when `keep`
+    /// says no (say, during an upgrade that hands the sockets to a new process), the service
+    /// stops accepting at shutdown as every service does.
+    pub fn keep_listening_at_shutdown(&mut self, keep: KeepListening) {
+        self.keep_listening = Some(keep);
     }
 
     /// Set a runtime options override for this service.
@@ -203,6 +219,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         app_logic: Arc<A>,
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
+        keep_listening: Option<KeepListening>,
     ) {
         // Accept failures since the last accepted connection, and when one was last logged.
         let mut failures: u32 = 0;
@@ -216,6 +233,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                         Ok(()) => {
                             if !*shutdown.borrow() {
                                 // happen in the initial read
+                                continue;
+                            }
+                            if keep_listening.as_ref().is_some_and(|keep| keep()) {
+                                info!("Still accepting on {} until the process exits", stack.as_str());
                                 continue;
                             }
                             info!("Shutting down {}", stack.as_str());
@@ -317,9 +338,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 let shutdown = shutdown.clone();
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
+                let keep_listening = self.keep_listening.clone();
 
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, keep_listening).await;
                 });
 
                 handlers.push(jh);
