@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::lb::discovery::ServiceDiscovery;
-use pingora::lb::health_check::TcpHealthCheck;
+use pingora::lb::health_check::{HealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
@@ -22,17 +22,89 @@ use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 
 use crate::log_limit::{left_out_note, LogLimit};
 
-/// Timeouts towards an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A group's TCP health check, reported in one short line naming the group and the address:
+/// Pingora's own would print the backend and the error's peer options whole (about 1.5 KB).
+struct GroupHealthCheck {
+    group: String,
+    tcp: Box<TcpHealthCheck>,
+}
+
+#[async_trait]
+impl HealthCheck for GroupHealthCheck {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        self.tcp.check(target).await.map_err(|e| {
+            let cause = e.root_cause().to_string();
+            pingora::Error::explain(e.etype().clone(), cause)
+        })
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        format!("upstream {} address {}", self.group, target.addr)
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.tcp.health_threshold(success)
+    }
+}
+
+/// Timeouts towards an upstream: the `upstream_timeouts` setting, for the `default` group and
+/// every group that sets none, each with its default beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct UpstreamTimeouts {
     /// TCP connect.
+    #[serde(with = "humantime_serde")]
     pub connect: Duration,
     /// Waiting for each read from the upstream.
+    #[serde(with = "humantime_serde")]
     pub read: Duration,
     /// Waiting for each write to the upstream.
+    #[serde(with = "humantime_serde")]
     pub write: Duration,
     /// How long a pooled keep-alive connection may sit idle.
+    #[serde(with = "humantime_serde")]
     pub idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> UpstreamTimeouts {
+        UpstreamTimeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(60),
+            write: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A group's own timeouts, each falling back to [`UpstreamTimeouts`] when not set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupTimeouts {
+    /// TCP connect.
+    #[serde(with = "humantime_serde")]
+    pub connect: Option<Duration>,
+    /// Each read.
+    #[serde(with = "humantime_serde")]
+    pub read: Option<Duration>,
+    /// Each write.
+    #[serde(with = "humantime_serde")]
+    pub write: Option<Duration>,
+    /// Idle pooled connection.
+    #[serde(with = "humantime_serde")]
+    pub idle: Option<Duration>,
+}
+
+impl GroupTimeouts {
+    /// These timeouts over `global`.
+    pub fn over(self, global: UpstreamTimeouts) -> UpstreamTimeouts {
+        UpstreamTimeouts {
+            connect: self.connect.unwrap_or(global.connect),
+            read: self.read.unwrap_or(global.read),
+            write: self.write.unwrap_or(global.write),
+            idle: self.idle.unwrap_or(global.idle),
+        }
+    }
 }
 
 /// How a group is configured.
@@ -158,7 +230,10 @@ impl UpstreamGroup {
         if config.addresses.len() > 1 || config.has_names() {
             let mut check = TcpHealthCheck::new();
             check.peer_template.options.connection_timeout = Some(config.timeouts.connect);
-            balancer.set_health_check(check);
+            balancer.set_health_check(Box::new(GroupHealthCheck {
+                group: config.name.clone(),
+                tcp: check,
+            }));
             balancer.health_check_frequency = Some(config.health_check_interval);
         }
         balancer.update_frequency = config.has_names().then_some(config.resolve_interval);

@@ -309,3 +309,21 @@ fn probes_are_answered_until_the_process_exits_after_sigterm() {
         "the admin listener outlived the process"
     );
 }
+
+#[test]
+fn a_failed_health_check_is_one_short_line() {
+    let up = Upstream::start();
+    let dead = dead_upstream();
+    let yaml = format!(
+        "tokengate:\n  upstreams:\n    pool: {{addresses: ['{}', '{dead}'], health_check_interval: 100ms}}\n  routes:\n    - {{name: pool, path: /pool, upstream: pool}}\n",
+        up.addr
+    );
+    let path = conf("health", &yaml);
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", &path]);
+    let line = tg.logged("becomes unhealthy");
+    assert!(
+        line.contains(&format!("upstream pool address {dead} becomes unhealthy")),
+        "{line}"
+    );
+    assert!(line.len() < 400, "{} bytes: {line}", line.len());
+}

@@ -158,7 +158,7 @@ struct RawConfig {
     log: Option<String>,
     log_format: Option<String>,
     access_log: Option<bool>,
-    upstream_timeouts: routes::RawTimeouts,
+    upstream_timeouts: UpstreamTimeouts,
     upstreams: BTreeMap<String, routes::RawGroup>,
     routes: Vec<routes::RawRoute>,
     signing: Option<secrets::RawSigning>,
@@ -298,10 +298,6 @@ mod defaults {
     pub const IDENTITY_HEADER: &str = "X-User-Id";
     pub const GRACE_PERIOD: &str = "10s";
     pub const HEADER_TIMEOUT: &str = "10s";
-    pub const CONNECT_TIMEOUT: &str = "5s";
-    pub const READ_TIMEOUT: &str = "60s";
-    pub const WRITE_TIMEOUT: &str = "60s";
-    pub const IDLE_TIMEOUT: &str = "60s";
     pub const REDIS_TIMEOUT: &str = "200ms";
     pub const REDIS_PREFIX: &str = "tokengate:";
     /// The longest a session token lives: a sign-out must outlast every token it covers.
@@ -518,20 +514,47 @@ fn flat_keys() -> Vec<&'static str> {
 
 /// Environment variables that set a key a component declares, by that key. (The settings
 /// `config` resolves itself read theirs where they are resolved.)
-const ENVIRONMENT: [(&str, &str); 2] = [
+const ENVIRONMENT: [(&str, &str); 6] = [
     ("TOKENGATE_ENDPOINT", "endpoint"),
     ("TOKENGATE_LEEWAY", "leeway"),
+    (
+        "TOKENGATE_UPSTREAM_CONNECT_TIMEOUT",
+        "upstream_timeouts.connect",
+    ),
+    ("TOKENGATE_UPSTREAM_READ_TIMEOUT", "upstream_timeouts.read"),
+    (
+        "TOKENGATE_UPSTREAM_WRITE_TIMEOUT",
+        "upstream_timeouts.write",
+    ),
+    ("TOKENGATE_UPSTREAM_IDLE_TIMEOUT", "upstream_timeouts.idle"),
 ];
 
 /// Sets each key of [`ENVIRONMENT`] whose variable is set: the environment beats the file.
 /// Returns the variables used, by key, for an error to name.
 fn apply_environment(section: &mut Mapping, env: &impl Env) -> BTreeMap<String, &'static str> {
     let mut used = BTreeMap::new();
-    for (var, key) in ENVIRONMENT {
-        if let Some(value) = env.var(var) {
-            section.insert(key.into(), Value::String(value));
-            used.insert(key.to_owned(), var);
+    for (var, path) in ENVIRONMENT {
+        let Some(value) = env.var(var) else {
+            continue;
+        };
+        // A dotted key sets a member of its section's mapping (made if the file has none).
+        let mut at = &mut *section;
+        let mut keys = path.split('.').peekable();
+        while let Some(key) = keys.next() {
+            if keys.peek().is_none() {
+                at.insert(key.into(), Value::String(value.clone()));
+                break;
+            }
+            let entry = at
+                .entry(key.into())
+                .or_insert_with(|| Value::Mapping(Mapping::new()));
+            if !entry.is_mapping() {
+                *entry = Value::Mapping(Mapping::new());
+            }
+            let Value::Mapping(inner) = entry else { break };
+            at = inner;
         }
+        used.insert(path.to_owned(), var);
     }
     used
 }
@@ -553,31 +576,37 @@ fn take<T: DeserializeOwned>(
     serde_path_to_error::deserialize(document.clone()).map_err(|e| {
         let path = e.path().to_string();
         let top = path.split(['.', '[']).next().unwrap_or_default();
-        let name = match from_env.get(top) {
+        let name = match from_env.get(&path).or_else(|| from_env.get(top)) {
             Some(var) => (*var).to_owned(),
             None => format!("tokengate.{path}"),
         };
         let shown = value_at(&document, &path)
             .and_then(|v| serde_json::to_string(v).ok())
             .unwrap_or_default();
-        invalid(
-            &name,
-            format!("{shown}: {}", accepted(&e.inner().to_string())),
-        )
+        invalid(&name, refusal(&shown, &e.inner().to_string()))
     })
 }
 
-/// serde's refusal in the words of the file: what would be accepted.
-fn accepted(message: &str) -> String {
-    let message = message
-        .replace("expected usize", "expected a whole number")
-        .replace("expected u32", "expected a whole number")
-        .replace("expected u64", "expected a whole number")
-        .replace("expected a boolean", "expected true or false");
-    match message.strip_suffix("expected a duration") {
-        Some(start) => format!("{start}expected a duration like 10s, 500ms or 1h"),
-        None => message,
+/// serde's refusal of `shown` in the words of the file: what it is not, and what would be
+/// accepted.
+fn refusal(shown: &str, message: &str) -> String {
+    let expected = |what: &str| message.contains(&format!("expected {what}"));
+    if message.starts_with("unknown field") {
+        return message.to_owned();
     }
+    if expected("a duration") {
+        return format!("{shown} is not a duration like 10s, 500ms or 1h");
+    }
+    if expected("usize") || expected("u32") || expected("u64") {
+        return format!("{shown} is not a whole number");
+    }
+    if expected("a boolean") {
+        return format!("{shown} is not true or false");
+    }
+    if let Some((_, choices)) = message.split_once("expected one of ") {
+        return format!("{shown} is not one of {choices}");
+    }
+    format!("{shown}: {message}")
 }
 
 /// The value at a dotted `path` (as `serde_path_to_error` writes it) in `document`.
@@ -722,43 +751,6 @@ fn resolve_process(raw: &mut RawConfig, env: &impl Env) -> Result<Process, Confi
     })
 }
 
-fn resolve_timeouts(
-    raw: routes::RawTimeouts,
-    env: &impl Env,
-) -> Result<UpstreamTimeouts, ConfigError> {
-    use defaults::*;
-    Ok(UpstreamTimeouts {
-        connect: duration(
-            env,
-            "TOKENGATE_UPSTREAM_CONNECT_TIMEOUT",
-            "upstream_timeouts.connect",
-            raw.connect,
-            CONNECT_TIMEOUT,
-        )?,
-        read: duration(
-            env,
-            "TOKENGATE_UPSTREAM_READ_TIMEOUT",
-            "upstream_timeouts.read",
-            raw.read,
-            READ_TIMEOUT,
-        )?,
-        write: duration(
-            env,
-            "TOKENGATE_UPSTREAM_WRITE_TIMEOUT",
-            "upstream_timeouts.write",
-            raw.write,
-            WRITE_TIMEOUT,
-        )?,
-        idle: duration(
-            env,
-            "TOKENGATE_UPSTREAM_IDLE_TIMEOUT",
-            "upstream_timeouts.idle",
-            raw.idle,
-            IDLE_TIMEOUT,
-        )?,
-    })
-}
-
 fn resolve_identity_header(raw: Option<String>) -> Result<HeaderName, ConfigError> {
     let name = raw.unwrap_or_else(|| defaults::IDENTITY_HEADER.to_owned());
     HeaderName::from_str(&name).map_err(|_| {
@@ -846,7 +838,6 @@ fn resolve(
     let proxy = resolve_proxy_section(
         &mut raw,
         request,
-        env,
         network.upstream,
         &ProxyContext {
             issuer_claims: &issuer_claims,
@@ -957,11 +948,10 @@ struct ProxyContext<'a> {
 fn resolve_proxy_section(
     raw: &mut RawConfig,
     request: request::Options,
-    env: &impl Env,
     upstream: String,
     context: &ProxyContext<'_>,
 ) -> Result<ProxySettings, ConfigError> {
-    let upstream_timeouts = resolve_timeouts(std::mem::take(&mut raw.upstream_timeouts), env)?;
+    let upstream_timeouts = raw.upstream_timeouts;
     let upstream_groups = routes::resolve_groups(
         upstream,
         upstream_timeouts,
@@ -1317,27 +1307,27 @@ mod tests {
             (
                 "tokengate:\n  token: {max_depth: lots}\n",
                 None,
-                "invalid tokengate.token.max_depth: \"lots\": invalid type: string \"lots\", expected a whole number",
+                "invalid tokengate.token.max_depth: \"lots\" is not a whole number",
             ),
             (
                 "tokengate:\n  header_timeout: 10\n",
                 None,
-                "invalid tokengate.header_timeout: 10: invalid type: integer `10`, expected a duration like 10s, 500ms or 1h",
+                "invalid tokengate.header_timeout: 10 is not a duration like 10s, 500ms or 1h",
             ),
             (
                 "tokengate:\n  leeway: soon\n",
                 None,
-                "invalid tokengate.leeway: \"soon\": invalid value: string \"soon\", expected a duration like 10s, 500ms or 1h",
+                "invalid tokengate.leeway: \"soon\" is not a duration like 10s, 500ms or 1h",
             ),
             (
                 "",
                 Some(("TOKENGATE_LEEWAY", "bad")),
-                "invalid TOKENGATE_LEEWAY: \"bad\": invalid value: string \"bad\", expected a duration like 10s, 500ms or 1h",
+                "invalid TOKENGATE_LEEWAY: \"bad\" is not a duration like 10s, 500ms or 1h",
             ),
             (
                 "tokengate:\n  algorithms: [HS999]\n",
                 None,
-                "invalid tokengate.algorithms[0]: \"HS999\": unknown variant `HS999`, expected one of `HS256`",
+                "invalid tokengate.algorithms[0]: \"HS999\" is not one of `HS256`",
             ),
         ] {
             let e = match env {

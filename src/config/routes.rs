@@ -13,7 +13,7 @@ use crate::request::host::canonical_authority;
 use crate::routes::{
     AuthMode, LimitKey, PathTemplate, Requirement, Resource, Route, RouteLimit, RouteTable,
 };
-use crate::upstreams::{GroupConfig, Protocol, UpstreamTimeouts};
+use crate::upstreams::{GroupConfig, GroupTimeouts, Protocol, UpstreamTimeouts};
 
 /// Name of the group the top-level `upstream` setting makes.
 pub const DEFAULT_GROUP: &str = "default";
@@ -35,20 +35,11 @@ pub(super) struct RawGroup {
     #[serde(default)]
     resolve_interval: Option<String>,
     #[serde(default)]
-    timeouts: RawTimeouts,
+    timeouts: GroupTimeouts,
     #[serde(default)]
     protocol: Option<String>,
     #[serde(default)]
     tls: Option<super::tls::RawUpstreamTls>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct RawTimeouts {
-    pub connect: Option<String>,
-    pub read: Option<String>,
-    pub write: Option<String>,
-    pub idle: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,7 +143,7 @@ fn resolve_group(
     Ok(GroupConfig {
         protocol,
         tls,
-        timeouts: group_timeouts(&key, &raw.timeouts, timeouts)?,
+        timeouts: raw.timeouts.over(timeouts),
         health_check_interval: interval(
             &field("health_check_interval"),
             raw.health_check_interval,
@@ -166,24 +157,6 @@ fn resolve_group(
         )?,
         name,
         addresses,
-    })
-}
-
-/// A group's timeouts: its own where set, the global ones otherwise.
-fn group_timeouts(
-    key: &str,
-    raw: &RawTimeouts,
-    global: UpstreamTimeouts,
-) -> Result<UpstreamTimeouts, ConfigError> {
-    let one = |field: &str, value: &Option<String>, fallback: Duration| match value {
-        Some(text) => parse_duration(&format!("{key}.timeouts.{field}"), text),
-        None => Ok(fallback),
-    };
-    Ok(UpstreamTimeouts {
-        connect: one("connect", &raw.connect, global.connect)?,
-        read: one("read", &raw.read, global.read)?,
-        write: one("write", &raw.write, global.write)?,
-        idle: one("idle", &raw.idle, global.idle)?,
     })
 }
 
