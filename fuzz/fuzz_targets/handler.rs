@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use tokengate::error::ErrorCode;
 use tokengate::token::mint::session_token;
 use tokengate::token::{
-    Keyring, PermissionPolicy, Secret, SharedKeyring, Settings, TokenRequest, TokenService,
+    Keyring, PermissionPolicy, Secret, Settings, SharedKeyring, TokenRequest, TokenService,
 };
 
 const NOW: u64 = 1_700_000_000;
