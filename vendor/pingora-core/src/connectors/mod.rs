@@ -198,6 +198,8 @@ fn stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
 
 /// How often taking a pooled stream yields to let its idle poll drop its reference.
 const IDLE_POLL_RELEASE_YIELDS: usize = 16;
+/// Then how many milliseconds it waits for that, at most, before opening a new connection.
+const IDLE_POLL_RELEASE_WAITS: usize = 5;
 
 impl TransportConnector {
     /// Create a new [TransportConnector] with the given [ConnectorOptions]
@@ -290,6 +292,17 @@ impl TransportConnector {
                         Ok(_) => break,
                         Err(held) => {
                             tokio::task::yield_now().await;
+                            unwrapped = Arc::try_unwrap(held);
+                        }
+                    }
+                }
+                // A thread preempted between the unlock and the drop can take longer than a few
+                // yields: wait for it a few milliseconds more, rather than lose the connection.
+                for _ in 0..IDLE_POLL_RELEASE_WAITS {
+                    match unwrapped {
+                        Ok(_) => break,
+                        Err(held) => {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
                             unwrapped = Arc::try_unwrap(held);
                         }
                     }
