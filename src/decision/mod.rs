@@ -273,7 +273,12 @@ pub async fn decide_request(
     }
     let body = match read_body(session, ahead.limit).await {
         Ok(body) => body,
-        Err(error) => return Decision::refused(Refused::closing(error)),
+        Err(error) => {
+            let mut decision = Decision::refused(Refused::closing(error));
+            // Only the token route's body is read without being forwarded.
+            decision.facts.answered_here = !ahead.forwarded;
+            return decision;
+        }
     };
     let with_body = Request {
         header: session.req_header(),
@@ -321,6 +326,7 @@ enum Next {
     ReadAhead(ReadAhead),
 }
 
+/// [`decide`]'s pass, a refusal as its error, what it learned filled into `facts`.
 fn decide_into(
     settings: &Settings,
     request: &Request<'_>,

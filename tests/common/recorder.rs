@@ -19,17 +19,6 @@ pub struct Received {
     pub body: Vec<u8>,
 }
 
-impl Received {
-    /// Every value of a header, case-insensitively.
-    pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
-
 type Shared<T> = Arc<Mutex<T>>;
 
 /// The recording upstream; stops accepting when dropped.
