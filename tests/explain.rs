@@ -848,3 +848,62 @@ fn explain_says_what_it_assumed_and_what_the_parser_refuses() {
     assert_eq!(e["answer"]["connection"], "close");
     assert_eq!(e["answer"]["body"], Value::Null);
 }
+
+/// A documented line and the one printed agree: exactly, or, for a value of the moment (a date,
+/// a token signed now, an id generated now), in everything before the value.
+fn same_line(documented: &str, printed: &str) -> bool {
+    let moment = ["Date: ", "X-token: ", "{\"token\":\"", "X-Request-Id: "];
+    match moment.iter().find(|m| documented.contains(*m)) {
+        Some(m) if *m != "X-Request-Id: " || documented.contains('…') => {
+            let cut = |l: &str| l.find(m).map(|i| l[..i + m.len()].to_owned());
+            cut(documented) == cut(printed)
+        }
+        _ => documented == printed,
+    }
+}
+
+#[test]
+fn the_explain_examples_in_the_docs_print_what_they_show() {
+    let secrets = conf("secrets", &format!("{SECRET}\n"));
+    let mut examples = 0;
+    for doc in ["README.md", "docs/routes.md"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(doc);
+        let markdown = std::fs::read_to_string(path).unwrap();
+        for block in markdown.split("```console\n").skip(1) {
+            let block = block.split("```").next().unwrap();
+            let mut lines = block.lines().peekable();
+            let mut command = lines.next().unwrap().trim_start_matches("$ ").to_owned();
+            while command.ends_with('\\') {
+                command.pop();
+                command.push_str(lines.next().unwrap().trim_start());
+            }
+            let documented: Vec<&str> = lines.collect();
+            let command = command.replacen("tokengate", env!("CARGO_BIN_EXE_tokengate"), 1);
+            let out = Command::new("bash")
+                .args(["-c", &command])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .env_clear()
+                .env("TOKENGATE_SECRET_FILE", &secrets)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{doc}: {command}: {}",
+                text(&out.stderr)
+            );
+            let printed = text(&out.stdout);
+            let printed: Vec<&str> = printed.lines().collect();
+            assert_eq!(
+                printed.len(),
+                documented.len(),
+                "{doc}: {command}:\n{}",
+                printed.join("\n")
+            );
+            for (d, p) in documented.iter().zip(&printed) {
+                assert!(same_line(d, p), "{doc}: documented {d:?}, printed {p:?}");
+            }
+            examples += 1;
+        }
+    }
+    assert_eq!(examples, 5);
+}
