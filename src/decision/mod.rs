@@ -204,8 +204,9 @@ impl Refused {
 pub enum Step {
     /// The decision.
     Decided(Decision),
-    /// Read the body, at most this many bytes, and decide again with it.
-    ReadAhead(ReadAhead),
+    /// Read the body, at most this many bytes; then decide again with it or, when the head was
+    /// decided already and the body can only refuse it, check the body against that decision.
+    ReadAhead(ReadAhead, Option<Decision>),
 }
 
 /// A body the decision needs before it can decide.
@@ -264,9 +265,9 @@ pub async fn decide_request(
         body: None,
         now,
     };
-    let ahead = match decide(settings, &head, sign_outs) {
+    let (ahead, pending) = match decide(settings, &head, sign_outs) {
         Step::Decided(decision) => return decision,
-        Step::ReadAhead(ahead) => ahead,
+        Step::ReadAhead(ahead, pending) => (ahead, pending),
     };
     if ahead.forwarded {
         session.enable_retry_buffering();
@@ -280,6 +281,9 @@ pub async fn decide_request(
             return decision;
         }
     };
+    if let Some(decision) = pending {
+        return body_checked(decision, session.req_header(), &body);
+    }
     let with_body = Request {
         header: session.req_header(),
         framing,
@@ -289,10 +293,26 @@ pub async fn decide_request(
     };
     match decide(settings, &with_body, sign_outs) {
         Step::Decided(decision) => decision,
-        Step::ReadAhead(_) => {
+        Step::ReadAhead(..) => {
             Decision::refused(ApiError::new(ErrorCode::Internal, "The body was read twice.").into())
         }
     }
+}
+
+/// The head's decision to forward, with its body read ahead: a `_method` field in the body
+/// refuses it (overrides are not honoured, or the body would have been read first), else the
+/// body goes on whole.
+fn body_checked(mut decision: Decision, header: &RequestHeader, body: &[u8]) -> Decision {
+    let found = content_type(header)
+        .ok()
+        .and_then(|kind| body_overrides(&kind, body))
+        .is_some();
+    match &mut decision.action {
+        Action::Forward(forward) if !found => forward.body = ForwardBody::ReadAhead,
+        Action::Forward(_) => decision.action = Action::Refuse(Refusal::OverrideField.into()),
+        _ => {}
+    }
+    decision
 }
 
 impl Decision {
@@ -311,7 +331,14 @@ pub fn decide(settings: &Settings, request: &Request<'_>, sign_outs: Option<&Sha
     let mut facts = Facts::default();
     match decide_into(settings, request, sign_outs, &mut facts) {
         Ok(Next::Act(action)) => Step::Decided(Decision { facts, action }),
-        Ok(Next::ReadAhead(ahead)) => Step::ReadAhead(ahead),
+        Ok(Next::ReadAhead(ahead)) => Step::ReadAhead(ahead, None),
+        Ok(Next::ReadThenForward(ahead, forward)) => Step::ReadAhead(
+            ahead,
+            Some(Decision {
+                facts,
+                action: Action::Forward(forward),
+            }),
+        ),
         Err(refused) => Step::Decided(Decision {
             facts,
             action: Action::Refuse(refused),
@@ -324,6 +351,8 @@ pub fn decide(settings: &Settings, request: &Request<'_>, sign_outs: Option<&Sha
 enum Next {
     Act(Action),
     ReadAhead(ReadAhead),
+    /// Forward this, once the body read ahead has no `_method` field.
+    ReadThenForward(ReadAhead, Forward),
 }
 
 /// [`decide`]'s pass, a refusal as its error, what it learned filled into `facts`.
@@ -388,9 +417,8 @@ fn decide_into(
     let mut forward = forward_decision(settings, request, &canonical, head, sign_outs, facts)?;
     forward.body = match plan {
         BodyPlan::Forward(body) => body,
-        BodyPlan::ReadAfterHead(ahead) | BodyPlan::ReadFirst(ahead) => {
-            return Ok(Next::ReadAhead(ahead))
-        }
+        BodyPlan::ReadAfterHead(ahead) => return Ok(Next::ReadThenForward(ahead, forward)),
+        BodyPlan::ReadFirst(ahead) => return Ok(Next::ReadAhead(ahead)),
         BodyPlan::RefuseAfterHead(refused) => return Err(refused),
     };
     Ok(Next::Act(Action::Forward(forward)))
