@@ -1,56 +1,96 @@
-//! Log lines a fault repeats once per request (an upstream down, Redis unreachable), limited:
-//! at most [`PER_SECOND`] a second from each place, then one line saying how many were left
-//! out, so no fault can turn the log into a disk filler.
+//! No fault can turn the log into a disk filler: every place in the code that logs (its file and
+//! line, tokengate's or a library's, such as Pingora's per-connection errors) writes at most
+//! [`PER_SECOND`] lines a second; the first line it writes after leaving some out says how
+//! many. Wraps the process's logger.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{Log, Metadata, Record};
 
 /// Lines one place may write in a second.
 pub const PER_SECOND: u64 = 5;
 
-/// The budget of one place in the code that logs.
-#[derive(Debug, Default)]
-pub struct LogLimit {
-    /// The second the count is for, in Unix seconds.
-    second: AtomicU64,
+/// One place's budget.
+#[derive(Debug, Default, Clone, Copy)]
+struct Budget {
+    /// The second it is counted for, in Unix seconds.
+    second: u64,
     /// Lines asked for in that second.
-    count: AtomicU64,
+    count: u64,
     /// Lines left out since the last one written.
-    left_out: AtomicU64,
+    left_out: u64,
 }
 
-impl LogLimit {
-    /// A fresh budget.
-    pub const fn new() -> LogLimit {
-        LogLimit {
-            second: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-            left_out: AtomicU64::new(0),
+/// A logger whose every place writes at most [`PER_SECOND`] lines a second.
+pub struct Limited<L> {
+    inner: L,
+    budgets: Mutex<HashMap<u64, Budget>>,
+}
+
+impl<L: Log> Limited<L> {
+    /// `inner`, limited.
+    pub fn new(inner: L) -> Limited<L> {
+        Limited {
+            inner,
+            budgets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether a line may be written now (`Some` with how many were left out before it) or
-    /// must be left out (`None`).
-    pub fn admit(&self) -> Option<u64> {
+    /// Whether `record` may be written at `now` (Unix seconds), and how many lines of its place
+    /// were left out before it.
+    fn admit(&self, record: &Record<'_>, now: u64) -> Option<u64> {
+        let mut hasher = DefaultHasher::new();
+        (record.file(), record.line(), record.target()).hash(&mut hasher);
+        let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        let budget = budgets.entry(hasher.finish()).or_default();
+        if budget.second != now {
+            budget.second = now;
+            budget.count = 0;
+        }
+        budget.count += 1;
+        if budget.count > PER_SECOND {
+            budget.left_out += 1;
+            return None;
+        }
+        Some(std::mem::take(&mut budget.left_out))
+    }
+}
+
+impl<L: Log> Log for Limited<L> {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.inner.enabled(record.metadata()) {
+            return;
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        if self.second.swap(now, Ordering::AcqRel) != now {
-            self.count.store(0, Ordering::Release);
+        let Some(left_out) = self.admit(record, now) else {
+            return;
+        };
+        if left_out > 0 {
+            self.inner.log(
+                &Record::builder()
+                    .args(format_args!(
+                        "{left_out} lines like the next were left out (at most {PER_SECOND} a second from one place)"
+                    ))
+                    .level(record.level())
+                    .target(record.target())
+                    .build(),
+            );
         }
-        if self.count.fetch_add(1, Ordering::AcqRel) >= PER_SECOND {
-            self.left_out.fetch_add(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(self.left_out.swap(0, Ordering::AcqRel))
+        self.inner.log(record);
     }
-}
 
-/// A note for a line written after `left_out` others were left out.
-pub fn left_out_note(left_out: u64) -> String {
-    match left_out {
-        0 => String::new(),
-        n => format!(" ({n} like it left out)"),
+    fn flush(&self) {
+        self.inner.flush();
     }
 }
 
@@ -58,16 +98,40 @@ pub fn left_out_note(left_out: u64) -> String {
 mod tests {
     use super::*;
 
+    /// Keeps what it is asked to write.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<String>>);
+
+    impl Log for Kept {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &Record<'_>) {
+            self.0.lock().unwrap().push(record.args().to_string());
+        }
+        fn flush(&self) {}
+    }
+
+    fn record(line: u32) -> Record<'static> {
+        Record::builder()
+            .args(format_args!("a fault"))
+            .file(Some("src/x.rs"))
+            .line(Some(line))
+            .level(log::Level::Warn)
+            .build()
+    }
+
     #[test]
-    fn a_burst_writes_the_budget_then_counts_what_it_left_out() {
-        let limit = LogLimit::new();
-        let written = (0..1000).filter_map(|_| limit.admit()).count();
-        // A second may turn over within the loop: one budget, or two.
-        assert!(
-            written as u64 == PER_SECOND || written as u64 == 2 * PER_SECOND,
-            "{written}"
-        );
-        assert_eq!(left_out_note(0), "");
-        assert_eq!(left_out_note(3), " (3 like it left out)");
+    fn each_place_writes_its_budget_then_says_how_many_it_left_out() {
+        let limited = Limited::new(Kept::default());
+        let written = (0..100)
+            .filter(|_| limited.admit(&record(1), 7).is_some())
+            .count();
+        assert_eq!(written as u64, PER_SECOND);
+        // Another place has its own budget; the next second, the first says what it left out.
+        assert_eq!(limited.admit(&record(2), 7), Some(0));
+        assert_eq!(limited.admit(&record(1), 8), Some(100 - PER_SECOND));
+        limited.log(&record(3));
+        assert_eq!(limited.inner.0.lock().unwrap().as_slice(), ["a fault"]);
     }
 }

@@ -11,6 +11,7 @@ use pingora::server::{RunArgs, UnixShutdownSignalWatch};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use tokengate::access_log::LogFormat;
+use tokengate::log_limit::Limited;
 
 use tokengate::cli::{Cli, Command, ExplainArgs, KeysAction};
 use tokengate::config::{Config, ProcessEnv};
@@ -72,7 +73,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Application logs go to stderr (stdout carries the access log), in the configured format.
+/// Application logs go to stderr (stdout carries the access log), in the configured format, each
+/// place in the code limited to a few lines a second (`log_limit`).
 fn init_logging(config: &Config) {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(config.log).format_target(false);
@@ -86,7 +88,11 @@ fn init_logging(config: &Config) {
             writeln!(buf, "{line}")
         });
     }
-    builder.init();
+    let logger = builder.build();
+    let level = logger.filter();
+    if log::set_boxed_logger(Box::new(Limited::new(logger))).is_ok() {
+        log::set_max_level(level);
+    }
 }
 
 fn serve(config: Config, cli: &Cli) -> ExitCode {

@@ -21,7 +21,6 @@ use pingora::services::background::BackgroundService;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::limits::RateLimit;
-use crate::log_limit::{left_out_note, LogLimit};
 use crate::metrics;
 
 /// How Redis is reached and what happens when it is not.
@@ -145,11 +144,7 @@ impl Shared {
             .redis_errors
             .with_label_values(&[feature.as_str()])
             .inc();
-        static LIMIT: LogLimit = LogLimit::new();
-        if let Some(left_out) = LIMIT.admit() {
-            let note = left_out_note(left_out);
-            log::warn!("redis ({}): {error}{note}", feature.as_str());
-        }
+        log::warn!("redis ({}): {error}", feature.as_str());
     }
 
     /// Counts one event against the limit `name` for `key`, across every replica.

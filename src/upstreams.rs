@@ -20,8 +20,6 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 
-use crate::log_limit::{left_out_note, LogLimit};
-
 /// A group's TCP health check, reported in one short line naming the group and the address:
 /// Pingora's own would print the backend and the error's peer options whole (about 1.5 KB).
 struct GroupHealthCheck {
@@ -320,15 +318,11 @@ impl UpstreamGroup {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(addr, until);
-        static LIMIT: LogLimit = LogLimit::new();
-        if let Some(left_out) = LIMIT.admit() {
-            log::warn!(
-                "upstream {} ejected {addr} for {:?}{}",
-                self.config.name,
-                self.config.ejection,
-                left_out_note(left_out)
-            );
-        }
+        log::warn!(
+            "upstream {} ejected {addr} for {:?}",
+            self.config.name,
+            self.config.ejection
+        );
     }
 
     /// Whether another address could be tried after `tried` failed.

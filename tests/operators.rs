@@ -327,3 +327,34 @@ fn a_failed_health_check_is_one_short_line() {
     );
     assert!(line.len() < 400, "{} bytes: {line}", line.len());
 }
+
+#[test]
+fn a_flood_of_broken_connections_writes_a_few_lines_a_second() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    let before = tg.stderr.lock().unwrap().len();
+    // Each breaks off in the middle of its request head: one log line each, unlimited.
+    for _ in 0..300 {
+        let mut conn = tg.connect();
+        let _ = conn.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Half: ");
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+    }
+    // The gate still serves; what it logs has reached the pipe once its count stops moving.
+    assert_eq!(
+        tg.request(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").status,
+        200
+    );
+    let start = Instant::now();
+    let mut last = usize::MAX;
+    while tg.stderr.lock().unwrap().len() != last && start.elapsed() < Duration::from_secs(2) {
+        last = tg.stderr.lock().unwrap().len();
+        thread::sleep(Duration::from_millis(100));
+    }
+    let lines: Vec<String> = tg.stderr.lock().unwrap()[before..].to_vec();
+    assert!(
+        !lines.is_empty(),
+        "nothing logged: the flood proves nothing"
+    );
+    assert!(lines.len() <= 20, "{} lines: {lines:?}", lines.len());
+    tg.assert_no_panic();
+}

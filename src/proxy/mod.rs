@@ -31,7 +31,6 @@ use crate::decision::{
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::{Limiter, RateLimit};
-use crate::log_limit::{left_out_note, LogLimit};
 use crate::metrics::{self, RouteKind, UpstreamErrorKind};
 use crate::respond;
 use crate::routes::Decision;
@@ -686,16 +685,12 @@ impl ProxyHttp for Proxy {
             return true;
         }
         if ctx.request.upstream.error.is_some() {
-            static LIMIT: LogLimit = LogLimit::new();
-            if let Some(left_out) = LIMIT.admit() {
-                let header = session.req_header();
-                log::warn!(
-                    "upstream failed for {} {}: {e}{}",
-                    header.method,
-                    header.uri.path(),
-                    left_out_note(left_out)
-                );
-            }
+            let header = session.req_header();
+            log::warn!(
+                "upstream failed for {} {}: {e}",
+                header.method,
+                header.uri.path()
+            );
             return true;
         }
         false
