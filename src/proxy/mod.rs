@@ -1,6 +1,7 @@
-//! The `ProxyHttp` phases. Each phase only calls the pure parts ([`crate::request`],
-//! [`crate::policy`], [`crate::token`], through [`decide`]) and records what they decided:
-//! canonicalize, route, decide, answer or forward, observe.
+//! The `ProxyHttp` phases. `request_filter` asks [`decision::decide_request`] what happens to
+//! the request, records what it learned, and acts on it (admit its limit, refuse, mint, answer
+//! the key set, or forward); the later phases apply the decided `Forward` and observe. Nothing
+//! here decides.
 
 mod admission;
 mod failure;
