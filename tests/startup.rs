@@ -304,3 +304,21 @@ fn dash_t_refuses_a_limit_key_the_caller_chooses_with_one_line_naming_it() {
         stderr(&out)
     );
 }
+
+#[test]
+fn dash_t_refuses_a_caller_chosen_claim_in_a_header_frameworks_read() {
+    // The attack: an upload-only caller mints {"mo":"DELETE","ct":"application/x-www-form-…"}
+    // and a text/plain POST reaches the app as a form with an override header.
+    let conf = conf(
+        "claims",
+        "tokengate:\n  forward_claims:\n    /mo: X-HTTP-Method-Override\n    /ct: Content-Type\n",
+    );
+    let out = tokengate(&["-t", "-c", &conf], &[("TOKENGATE_SECRET", SECRET)]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("tokengate: invalid tokengate.forward_claims./ct: \"Content-Type\" is a standard header"),
+        "{err}"
+    );
+}
