@@ -380,7 +380,7 @@ async fn run(
             let upstream =
                 upstream_head(settings, &header, &forward, subject, q.peer, &id, has_body)
                     .map_err(question)?;
-            let mut described = describe_upstream(&header, &upstream, &forward.body);
+            let mut described = describe_upstream(&header, &upstream, &forward.body, has_body);
             if let ForwardBody::Scanned(scan) = &mut forward.body {
                 if refused_while_streaming(&mut session, scan).await {
                     // The head and the chunks before the field went; the rest never does.
@@ -588,11 +588,12 @@ fn response_headers(mut header: ResponseHeader, keep_alive: bool) -> Vec<Header>
         .collect()
 }
 
-/// The upstream head, and how it differs from the client's.
+/// The upstream head, and how it differs from the client's; `has_body`: the client sent a body.
 fn describe_upstream(
     client: &RequestHeader,
     upstream: &RequestHeader,
     body: &ForwardBody,
+    has_body: bool,
 ) -> Upstream {
     let fields = |h: &RequestHeader| -> Vec<Header> {
         h.case_header_iter()
@@ -624,21 +625,12 @@ fn describe_upstream(
         added,
         removed,
         body: match body {
-            ForwardBody::Unscanned if client_has_body(client) => "streamed unscanned",
+            ForwardBody::Unscanned if has_body => "streamed unscanned",
             ForwardBody::Unscanned => "none",
             ForwardBody::ReadAhead => "read ahead",
             ForwardBody::Scanned(_) => "streamed",
         },
     }
-}
-
-/// Whether the client's head announces a body.
-fn client_has_body(header: &RequestHeader) -> bool {
-    header.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || header
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 fn text(bytes: &[u8]) -> String {

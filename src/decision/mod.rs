@@ -299,20 +299,30 @@ pub async fn decide_request(
     }
 }
 
-/// The head's decision to forward, with its body read ahead: a `_method` field in the body
-/// refuses it (overrides are not honoured, or the body would have been read first), else the
-/// body goes on whole.
+/// The head's decision to forward, with its body read ahead: the body goes on whole, or a
+/// `_method` field in it refuses the request (overrides are not honoured here, or the body
+/// would have been read first).
 fn body_checked(mut decision: Decision, header: &RequestHeader, body: &[u8]) -> Decision {
-    let found = content_type(header)
-        .ok()
-        .and_then(|kind| body_overrides(&kind, body))
-        .is_some();
-    match &mut decision.action {
-        Action::Forward(forward) if !found => forward.body = ForwardBody::ReadAhead,
-        Action::Forward(_) => decision.action = Action::Refuse(Refusal::OverrideField.into()),
-        _ => {}
+    let checked = content_type(header)
+        .map_err(Refused::from)
+        .and_then(|kind| unhonoured_body(&kind, body));
+    let Action::Forward(forward) = &mut decision.action else {
+        return decision;
+    };
+    match checked {
+        Ok(body) => forward.body = body,
+        Err(refused) => decision.action = Action::Refuse(refused),
     }
     decision
+}
+
+/// A whole body of `kind` for a request whose overrides are not honoured: sent on as read, or
+/// refused for a `_method` field in it.
+fn unhonoured_body(kind: &BodyKind, body: &[u8]) -> Result<ForwardBody, Refused> {
+    match body_overrides(kind, body) {
+        Some(_) => Err(Refusal::OverrideField.into()),
+        None => Ok(ForwardBody::ReadAhead),
+    }
 }
 
 impl Decision {
@@ -419,7 +429,7 @@ fn decide_into(
         BodyPlan::Forward(body) => body,
         BodyPlan::ReadAfterHead(ahead) => return Ok(Next::ReadThenForward(ahead, forward)),
         BodyPlan::ReadFirst(ahead) => return Ok(Next::ReadAhead(ahead)),
-        BodyPlan::RefuseAfterHead(refused) => return Err(refused),
+        BodyPlan::CheckedAfterHead(checked) => checked?,
     };
     Ok(Next::Act(Action::Forward(forward)))
 }
@@ -439,12 +449,12 @@ fn plain_connection(header: &RequestHeader) -> bool {
 
 /// How a forwarded request's body is dealt with: already decided, to be read ahead first
 /// (before the head is decided, when it may change the method; after, when it can only refuse),
-/// or refused once the head has been decided.
+/// or checked already, its refusal owed once the head has been decided.
 enum BodyPlan {
     Forward(ForwardBody),
     ReadFirst(ReadAhead),
     ReadAfterHead(ReadAhead),
-    RefuseAfterHead(Refused),
+    CheckedAfterHead(Result<ForwardBody, Refused>),
 }
 
 /// Rack, `method-override` and Symfony read `_method` from a `POST` body only: such a body is
@@ -465,11 +475,9 @@ fn forward_body(
     }
     let honoured = settings.request.honor_method_override;
     match request.body {
+        Some(body) if !honoured => Ok(BodyPlan::CheckedAfterHead(unhonoured_body(&kind, body))),
         Some(body) => {
             if let Some(found) = body_overrides(&kind, body) {
-                if !honoured {
-                    return Ok(BodyPlan::RefuseAfterHead(Refusal::OverrideField.into()));
-                }
                 canonical.add_body_overrides(&found)?;
             }
             Ok(BodyPlan::Forward(ForwardBody::ReadAhead))

@@ -1,5 +1,5 @@
-//! Admission, the same for the token route and for forwarding: a subject signed out, a limit
-//! spent, and the one way tokengate refuses a request.
+//! Acting on what was decided, the same for the token route and for forwarding: a limit
+//! counted, and the one way tokengate answers a refusal.
 
 use std::time::Instant;
 
