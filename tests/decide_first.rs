@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::io::Write;
+
 use common::recorder::Recorder;
 use common::wire::{Answer, BodyFraming, EveryProtocol, Protocol, Req, PROTOCOLS};
 use common::*;
@@ -237,4 +239,40 @@ fn a_refused_streamed_body_never_reaches_the_upstream_whole() {
         }
     }
     every.tg.assert_no_panic();
+}
+
+#[test]
+fn a_body_read_ahead_behind_100_continue_keeps_the_connection_and_the_pipeline() {
+    let up = Recorder::start();
+    let tg = Tokengate::start(up.addr, &[]);
+    let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+    let mut raw = String::new();
+    for (i, expect) in ["", "Expect: 100-continue\r\n", ""].iter().enumerate() {
+        raw.push_str(&format!(
+            "POST /p{i} HTTP/1.1\r\nHost: h\r\n{form}{expect}Content-Length: 3\r\n\r\nt={i}"
+        ));
+    }
+    raw.push_str("GET /after HTTP/1.1\r\nHost: h\r\n\r\n");
+    let mut conn = Pipelined::new(tg.connect());
+    conn.stream.write_all(raw.as_bytes()).unwrap();
+    for _ in 0..4 {
+        let r = conn.next(false).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("Connection"), Some("keep-alive"));
+    }
+    let seen: Vec<(String, Vec<u8>)> = up
+        .requests()
+        .into_iter()
+        .map(|r| (r.target, r.body))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("/p0".to_owned(), b"t=0".to_vec()),
+            ("/p1".to_owned(), b"t=1".to_vec()),
+            ("/p2".to_owned(), b"t=2".to_vec()),
+            ("/after".to_owned(), Vec::new()),
+        ]
+    );
+    tg.assert_no_panic();
 }

@@ -885,8 +885,11 @@ impl HttpSession {
             }
         }
 
-        // if body unfinished, or request header was not finished reading
+        // if body unfinished, or request header was not finished reading. An informational
+        // response (100 Continue, 103 Early Hints) is no answer yet: the body it precedes is
+        // still read, so the connection can stay for the next request.
         if self.close_on_response_before_downstream_finish
+            && !header.status.is_informational()
             && (self.request_header.is_none() || !self.is_body_done())
         {
             debug!("set connection close before downstream finish");
