@@ -24,6 +24,8 @@ pub enum RouteKind {
     Token,
     /// Forwarded to the upstream.
     Proxy,
+    /// A gateway's question to the authorization listener.
+    Authorize,
 }
 
 impl RouteKind {
@@ -32,6 +34,69 @@ impl RouteKind {
         match self {
             RouteKind::Token => "token",
             RouteKind::Proxy => "proxy",
+            RouteKind::Authorize => "authorize",
+        }
+    }
+}
+
+/// Who asked for a decision: the proxy itself, or a gateway through the authorization
+/// listener, in its convention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// The proxy listeners.
+    Proxy,
+    /// nginx `auth_request` (and ingress-nginx `auth-url`).
+    Nginx,
+    /// Traefik `forwardAuth`.
+    Traefik,
+    /// Caddy `forward_auth`.
+    Caddy,
+    /// Envoy's HTTP `ext_authz` (Istio `CUSTOM`, Envoy Gateway `extAuth`).
+    Envoy,
+}
+
+impl Caller {
+    /// Every caller, in label order.
+    pub const ALL: [Caller; 5] = [
+        Caller::Proxy,
+        Caller::Nginx,
+        Caller::Traefik,
+        Caller::Caddy,
+        Caller::Envoy,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Caller::Proxy => "proxy",
+            Caller::Nginx => "nginx",
+            Caller::Traefik => "traefik",
+            Caller::Caddy => "caddy",
+            Caller::Envoy => "envoy",
+        }
+    }
+}
+
+/// What a decision came to, the `outcome` label of `tokengate_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded, or allowed through the gateway.
+    Allow,
+    /// Refused.
+    Refuse,
+    /// Answered in-process (the token route, the key set).
+    Answer,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 3] = [Outcome::Allow, Outcome::Refuse, Outcome::Answer];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Refuse => "refuse",
+            Outcome::Answer => "answer",
         }
     }
 }
@@ -97,11 +162,15 @@ pub struct Metrics {
     pub spans_dropped: IntCounter,
     /// `tokengate_span_exports_total{result}`: batches sent to the collector (`ok`, `error`).
     pub span_exports: IntCounterVec,
+    /// `tokengate_decisions_total{caller,outcome}`: decisions, by who asked and what they came to.
+    pub decisions: IntCounterVec,
+    /// Resolved `decisions` series, by caller and outcome.
+    decision_series: [[IntCounter; 3]; 5],
     /// Resolved `requests{route,code}` series, so a request skips the label lookup: one slot
     /// per route kind and status 100–599, filled on first use.
-    request_series: [[OnceLock<IntCounter>; 500]; 2],
+    request_series: [[OnceLock<IntCounter>; 500]; 3],
     /// Resolved `request_duration{route}` series.
-    duration_series: [Histogram; 2],
+    duration_series: [Histogram; 3],
 }
 
 impl Metrics {
@@ -123,6 +192,11 @@ impl Metrics {
         }
         self.duration_series[kind].observe(seconds);
     }
+
+    /// Counts one decision asked for by `caller`.
+    pub fn record_decision(&self, caller: Caller, outcome: Outcome) {
+        self.decision_series[caller as usize][outcome as usize].inc();
+    }
 }
 
 fn register() -> Result<Metrics, prometheus::Error> {
@@ -132,9 +206,20 @@ fn register() -> Result<Metrics, prometheus::Error> {
         &["route"],
         BUCKETS.to_vec()
     )?;
-    let duration_series = [RouteKind::Token, RouteKind::Proxy]
+    let duration_series = [RouteKind::Token, RouteKind::Proxy, RouteKind::Authorize]
         .map(|r| request_duration.with_label_values(&[r.as_str()]));
+    let decisions = register_int_counter_vec!(
+        "tokengate_decisions_total",
+        "Decisions on requests, by caller (proxy, or the gateway asking the authorization listener) and outcome (allow, refuse, answer).",
+        &["caller", "outcome"]
+    )?;
+    let decision_series = Caller::ALL.map(|caller| {
+        Outcome::ALL
+            .map(|outcome| decisions.with_label_values(&[caller.as_str(), outcome.as_str()]))
+    });
     let metrics = Metrics {
+        decisions,
+        decision_series,
         request_series: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
         duration_series,
         requests: register_int_counter_vec!(

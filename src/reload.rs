@@ -64,6 +64,11 @@ pub fn decision_settings(config: &Config) -> Result<decision::Settings, ConfigEr
         identity_header: proxy.identity_header.clone(),
         forward_claims: proxy.forward_claims.clone(),
         trusted_proxies: proxy.trusted_proxies.clone(),
+        authorize: config
+            .authorize
+            .as_ref()
+            .map(|a| a.decision.clone())
+            .unwrap_or_default(),
     })
 }
 

@@ -18,6 +18,7 @@ const SECTIONS: &[(&str, &[(&str, &str)])] = &[
             ("tls", "tls"),
             ("h2c", "h2c"),
             ("header_timeout", "header_timeout"),
+            ("authorize", "authorize"),
         ],
     ),
     (

@@ -4,6 +4,7 @@
 //! [`routes`] the upstream groups and the route table. Nothing in the runtime imports from here;
 //! `server` hands each component the part it needs.
 
+mod authorize;
 mod layout;
 mod routes;
 mod secrets;
@@ -38,6 +39,7 @@ use crate::token::{
 };
 use crate::trace::TraceSettings;
 use crate::upstreams::{GroupConfig, UpstreamTimeouts};
+pub use authorize::AuthorizeSettings;
 pub use layout::grouped;
 pub use routes::DEFAULT_GROUP;
 pub use secrets::{Signing, DEVELOPMENT_SECRET};
@@ -101,6 +103,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The TLS listener, if any.
     pub tls: Option<ListenerTls>,
+    /// The authorization listener gateways ask, if any.
+    pub authorize: Option<AuthorizeSettings>,
     /// Whether the plaintext listener also takes HTTP/2 with prior knowledge.
     pub h2c: bool,
     /// Verification secrets; the first signs.
@@ -166,6 +170,7 @@ struct RawConfig {
     tracing: Option<RawTracing>,
     tls: Option<tls::RawListenerTls>,
     h2c: Option<bool>,
+    authorize: Option<authorize::RawAuthorize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -821,6 +826,8 @@ fn resolve(
     let tls = resolve_tls_listener(&mut raw, env, &network)?;
     let mut listeners = vec![network.listen, network.admin_listen];
     listeners.extend(tls.as_ref().map(|t| t.listen));
+    let authorize = authorize::resolve(raw.authorize.take(), env, &listeners)?;
+    listeners.extend(authorize.as_ref().map(|a| a.listen));
     let (secret_source, secrets, development_secret) = resolve_secrets(&mut raw, env, &listeners)?;
     let process = resolve_process(&mut raw, env)?;
     let signing = raw
@@ -852,6 +859,7 @@ fn resolve(
         listen: network.listen,
         admin_listen: network.admin_listen,
         tls,
+        authorize,
         h2c: boolean(env, "TOKENGATE_H2C", "h2c", raw.h2c, false)?,
         secrets,
         secret_source,

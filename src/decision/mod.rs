@@ -7,6 +7,7 @@
 
 mod forward;
 mod head;
+mod reported;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -35,6 +36,7 @@ pub use head::{
     unix_now,
 };
 use head::{content_type, host_of, override_values};
+pub use reported::{decide_reported, Authorize, UnseenBody};
 
 /// Where the public keys of asymmetrically signed tokens are published.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -76,6 +78,8 @@ pub struct Settings {
     pub forward_claims: Vec<ClaimHeader>,
     /// Peers whose forwarding headers are extended rather than replaced.
     pub trusted_proxies: TrustedProxies,
+    /// How gateways' reports are believed and decided on.
+    pub authorize: Authorize,
 }
 
 /// One request as the decision reads it.

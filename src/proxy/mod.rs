@@ -32,7 +32,7 @@ use crate::decision::{
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::{Limiter, RateLimit};
-use crate::metrics::{self, RouteKind, UpstreamErrorKind};
+use crate::metrics::{self, Caller, Outcome, RouteKind, UpstreamErrorKind};
 use crate::respond;
 use crate::routes::Decision;
 use crate::shared::Shared;
@@ -98,9 +98,14 @@ impl Tokengate {
         })
     }
 
+    /// Counts a forwarded request against its route's limit, if it has one.
+    pub async fn admit_route(&self, facts: &Facts) -> Result<(), Refused> {
+        self.admit(self.route_limit(facts)).await
+    }
+
     /// Counts what the decision found that operators watch: the ability check, a shadow
     /// refusal (logged with the fields `tokengate explain` prints), claims left out.
-    fn record(&self, header: &RequestHeader, id: &str, facts: &Facts) {
+    pub fn record(&self, header: &RequestHeader, id: &str, facts: &Facts) {
         let route = facts
             .route
             .and_then(|r| self.decision.routes.routes().get(r));
@@ -139,24 +144,29 @@ impl Tokengate {
         request: &mut RequestState,
         action: Action,
     ) -> pingora::Result<bool> {
+        let decided = |outcome| metrics::get().record_decision(Caller::Proxy, outcome);
         let refused = match action {
             Action::Refuse(refused) => refused,
             Action::Jwks => {
+                decided(Outcome::Answer);
                 self.answer_jwks(session, request).await?;
                 return Ok(true);
             }
             Action::Mint(prepared) => {
+                decided(Outcome::Answer);
                 self.answer_mint(session, request, prepared).await?;
                 return Ok(true);
             }
-            Action::Forward(forward) => match self.admit(self.route_limit(&request.facts)).await {
+            Action::Forward(forward) => match self.admit_route(&request.facts).await {
                 Ok(()) => {
+                    decided(Outcome::Allow);
                     request.forward = forward;
                     return Ok(false);
                 }
                 Err(refused) => refused,
             },
         };
+        decided(Outcome::Refuse);
         if refused.close {
             // The body is left unread, and the client often gone already.
             if let Err(e) = self.refuse(session, request, &refused).await {

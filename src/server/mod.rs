@@ -16,6 +16,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::authorize::AuthorizeApp;
 use crate::config::{Config, ConfigError};
 use crate::metrics;
 use crate::proxy::{AppState, Proxy};
@@ -110,10 +111,17 @@ pub fn build(
     };
     let mut probe = background_service("readiness probe", probe);
     probe.threads = Some(1);
+    let asked = current.clone();
     let mut watched: Vec<Box<dyn Subscriber>> =
         vec![Box::new(reloader), Box::new(Secrets { current })];
     if let Some(store) = certificates {
         watched.push(Box::new(CertReloader { store }));
+    }
+    if let Some(authorize) = &config.authorize {
+        let mut service = Service::new("tokengate authorize".to_owned(), AuthorizeApp::new(asked));
+        service.add_tcp(&authorize.listen.to_string());
+        service.threads = Some(config.threads);
+        server.add_service(service);
     }
     server.add_service(proxy);
     server.add_service(admin);
@@ -142,6 +150,12 @@ fn bind_all(config: &Config) -> Result<Vec<(SocketAddr, TcpListener)>, StartErro
     ]
     .into_iter()
     .chain(tls)
+    .chain(config.authorize.as_ref().map(|a| {
+        (
+            "tokengate.authorize.listen or TOKENGATE_AUTHORIZE_LISTEN",
+            a.listen,
+        )
+    }))
     .map(|(setting, addr)| bind(setting, addr))
     .collect()
 }
