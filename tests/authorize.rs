@@ -274,7 +274,6 @@ const LIMITED: &str = r#"tokengate:
 struct Stack {
     up: Upstream,
     tg: Tokengate,
-    authorize: SocketAddr,
     gateways: Vec<Gateway>,
 }
 
@@ -285,12 +284,7 @@ impl Stack {
         let gateways = ["nginx", "traefik", "caddy"]
             .map(|name| Gateway::start(name, up.addr, authorize))
             .into();
-        Stack {
-            up,
-            tg,
-            authorize,
-            gateways,
-        }
+        Stack { up, tg, gateways }
     }
 
     /// What the upstream saw of the request with `id`.
