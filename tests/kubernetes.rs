@@ -263,3 +263,60 @@ fn the_prometheus_rule_carries_the_checked_alert_rules() {
         );
     }
 }
+
+#[test]
+fn authorizer_overlay_points_every_gateway_at_the_authorization_listener() {
+    let docs = check_overlay("authorizer");
+    let (container, _) = tokengate_container(&docs);
+    let env = container["env"].as_sequence().unwrap();
+    let var = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .map(|e| str_of(&e["value"]).to_owned())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let port = port_of(&var("TOKENGATE_AUTHORIZE_LISTEN"));
+    assert_eq!(container_port(container, "authorize"), port);
+    let service = one(&docs, "Service");
+    let service_port = service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "authorize")
+        .expect("the Service exposes the authorization port");
+    assert_eq!(service_port["port"].as_u64(), Some(port));
+    // Only a gateway range is believed, never everyone.
+    assert_ne!(var("TOKENGATE_AUTHORIZE_GATEWAYS"), "0.0.0.0/0");
+
+    // The headers each gateway copies are exactly those conf/gateways/traefik.yml lists.
+    let shipped: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{ROOT}/conf/gateways/traefik.yml")).unwrap(),
+    )
+    .unwrap();
+    let copied = &shipped["http"]["middlewares"]["tokengate"]["forwardAuth"]["authResponseHeaders"];
+    let names: Vec<&str> = copied.as_sequence().unwrap().iter().map(str_of).collect();
+    let base = format!("http://tokengate.default.svc.cluster.local:{port}");
+
+    let ingress = one(&docs, "Ingress");
+    let notes = &ingress["metadata"]["annotations"];
+    assert_eq!(
+        str_of(&notes["nginx.ingress.kubernetes.io/auth-url"]),
+        format!("{base}/nginx")
+    );
+    assert_eq!(
+        str_of(&notes["nginx.ingress.kubernetes.io/auth-response-headers"]),
+        names.join(", ")
+    );
+    let middleware = one(&docs, "Middleware");
+    let forward = &middleware["spec"]["forwardAuth"];
+    assert_eq!(
+        str_of(&forward["address"]),
+        format!("{base}/traefik?body=forwarded")
+    );
+    assert_eq!(&forward["authResponseHeaders"], copied);
+    let policy = one(&docs, "SecurityPolicy");
+    let http = &policy["spec"]["extAuth"]["http"];
+    assert_eq!(http["path"], "/envoy");
+    assert_eq!(http["backendRefs"][0]["port"].as_u64(), Some(port));
+    assert_eq!(&http["headersToBackend"], copied);
+}

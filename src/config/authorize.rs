@@ -54,12 +54,16 @@ pub(super) fn resolve(
             "must differ from the other listeners",
         ));
     }
-    let gateways = match raw.gateways {
-        Some(list) => list,
-        None => LOOPBACK.iter().map(|s| (*s).to_owned()).collect(),
+    const GATEWAYS: &str = "TOKENGATE_AUTHORIZE_GATEWAYS";
+    let (key, gateways) = match (env.var(GATEWAYS), raw.gateways) {
+        (Some(list), _) => (GATEWAYS, list.split(',').map(str::to_owned).collect()),
+        (None, Some(list)) => ("tokengate.authorize.gateways", list),
+        (None, None) => (
+            "tokengate.authorize.gateways",
+            LOOPBACK.map(str::to_owned).to_vec(),
+        ),
     };
-    let gateways =
-        TrustedProxies::parse(&gateways).map_err(|e| invalid("tokengate.authorize.gateways", e))?;
+    let gateways = TrustedProxies::parse(&gateways).map_err(|e| invalid(key, e))?;
     Ok(Some(AuthorizeSettings {
         listen,
         decision: Authorize {
