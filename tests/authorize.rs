@@ -575,3 +575,17 @@ fn envoy_ext_authz_checks_are_answered_in_its_convention() {
     assert_eq!((series("allow"), series("refuse")), (3.0, 5.0));
     tg.assert_no_panic();
 }
+
+#[test]
+fn the_gateway_docs_show_the_configuration_these_tests_run() {
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/gateways.md")).unwrap();
+    for file in ["nginx.conf", "traefik.yml", "Caddyfile"] {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/gateways/").to_owned() + file;
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(
+            docs.contains(&text),
+            "docs/gateways.md does not show {file} as it is"
+        );
+    }
+}

@@ -176,6 +176,7 @@ fn each_documented_default_is_the_one_the_code_uses() {
     let needs = |key: &str| match key.split('.').next() {
         Some("redis") => Some(json!({"redis": {"url": "redis://127.0.0.1:1"}})),
         Some("tracing") => Some(json!({"tracing": {"endpoint": "http://127.0.0.1:1/v1/traces"}})),
+        Some("authorize") => Some(json!({"authorize": {"listen": "127.0.0.1:9191"}})),
         _ => Some(json!({})),
     };
     let mut checked = 0;
@@ -228,6 +229,10 @@ fn every_environment_variable_the_code_reads_is_documented() {
     ]);
     let _ = resolved(&json!({}), &tls);
     asked.extend(tls.asked.into_inner());
+    // The gateways are read once the authorization listener is on.
+    let authorize = env(&[("TOKENGATE_AUTHORIZE_LISTEN", "127.0.0.1:9191")]);
+    let _ = resolved(&json!({}), &authorize);
+    asked.extend(authorize.asked.into_inner());
     assert_eq!(asked, documented);
 }
 

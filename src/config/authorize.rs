@@ -23,8 +23,21 @@ pub struct AuthorizeSettings {
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RawAuthorize {
     listen: Option<String>,
-    gateways: Option<Vec<String>>,
+    gateways: Option<Gateways>,
     unseen_body: UnseenBody,
+}
+
+/// Gateway addresses: a list, or one comma-separated line as the environment gives them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Gateways {
+    List(Vec<String>),
+    Line(String),
+}
+
+/// Each address of a comma-separated line.
+fn split(line: &str) -> Vec<String> {
+    line.split(',').map(|a| a.trim().to_owned()).collect()
 }
 
 /// Gateways believed unless configured: the same host only.
@@ -56,8 +69,9 @@ pub(super) fn resolve(
     }
     const GATEWAYS: &str = "TOKENGATE_AUTHORIZE_GATEWAYS";
     let (key, gateways) = match (env.var(GATEWAYS), raw.gateways) {
-        (Some(list), _) => (GATEWAYS, list.split(',').map(str::to_owned).collect()),
-        (None, Some(list)) => ("tokengate.authorize.gateways", list),
+        (Some(line), _) => (GATEWAYS, split(&line)),
+        (None, Some(Gateways::List(list))) => ("tokengate.authorize.gateways", list),
+        (None, Some(Gateways::Line(line))) => ("tokengate.authorize.gateways", split(&line)),
         (None, None) => (
             "tokengate.authorize.gateways",
             LOOPBACK.map(str::to_owned).to_vec(),
