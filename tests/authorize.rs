@@ -46,15 +46,23 @@ fn shipped(file: &str, fill: &[(&str, String)]) -> String {
 }
 
 impl Gateway {
-    /// Starts gateway `name` in front of `app`, asking `authorize`.
-    fn start(name: &'static str, app: SocketAddr, authorize: SocketAddr) -> Gateway {
-        on_a_free_port(name, |port| Self::try_start(name, app, authorize, port))
+    /// Starts gateway `name` in front of `app`, asking `tg`'s authorization listener, and
+    /// sending the token route to its proxy listener.
+    fn start(
+        name: &'static str,
+        app: SocketAddr,
+        tg: &Tokengate,
+        authorize: SocketAddr,
+    ) -> Gateway {
+        on_a_free_port(name, |port| {
+            Self::try_start(name, app, (tg.addr, authorize), port)
+        })
     }
 
     fn try_start(
         name: &'static str,
         app: SocketAddr,
-        authorize: SocketAddr,
+        (proxy, authorize): (SocketAddr, SocketAddr),
         port: u16,
     ) -> Option<Gateway> {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -64,6 +72,7 @@ impl Gateway {
             ("DIR", dir.display().to_string()),
             ("APP", app.to_string()),
             ("AUTHORIZE", authorize.to_string()),
+            ("TOKENGATE", proxy.to_string()),
             ("LISTEN", addr.to_string()),
             ("PORT", port.to_string()),
         ];
@@ -179,9 +188,9 @@ fn compare(app: App) {
     let (tg, authorize) = tokengate(app.addr, ROUTES);
     let token = granted_token(&tg);
     let gateways = [
-        Gateway::start("nginx", app.addr, authorize),
-        Gateway::start("traefik", app.addr, authorize),
-        Gateway::start("caddy", app.addr, authorize),
+        Gateway::start("nginx", app.addr, &tg, authorize),
+        Gateway::start("traefik", app.addr, &tg, authorize),
+        Gateway::start("caddy", app.addr, &tg, authorize),
     ];
     let mut cases: Vec<(String, Req)> = Vec::new();
     for case in corpus(&token, &session("gw")) {
@@ -282,7 +291,7 @@ impl Stack {
         let up = Upstream::start();
         let (tg, authorize) = tokengate(up.addr, yaml);
         let gateways = ["nginx", "traefik", "caddy"]
-            .map(|name| Gateway::start(name, up.addr, authorize))
+            .map(|name| Gateway::start(name, up.addr, &tg, authorize))
             .into();
         Stack { up, tg, gateways }
     }
@@ -408,11 +417,24 @@ fn refusals_reach_the_client_as_tokengate_answers_them() {
         };
         allowed.insert(g, 1 + usize::from(dots_allowed));
 
-        // The token route is tokengate's own: a gateway asking about it is told to route it there.
-        let mint = Req::new("POST", "/api/v1/token").header("Authorization", &bearer);
-        let answer = http1_answer(gateway.addr, &mint);
-        assert_eq!(answer.status, Some(400), "{g}: {answer:?}");
-        assert_eq!(answer.json()["error"], "invalid_request", "{g}");
+        // The token route is tokengate's own: routed to its proxy listener, it mints through the
+        // gateway; a spelling the gateway does not route there is refused when it asks.
+        let body = r#"{"permission":{"abilities":{"a":{"Access":{"see":true}}}}}"#;
+        let mint = |path: &str| {
+            Req::new("POST", path)
+                .header(
+                    "Authorization",
+                    &format!("Bearer {}", common::session("gw")),
+                )
+                .header("Content-Type", "application/json")
+                .body(body.as_bytes(), BodyFraming::Length)
+        };
+        let minted = http1_answer(gateway.addr, &mint("/api/v1/token"));
+        assert_eq!(minted.status, Some(200), "{g}: {minted:?}");
+        assert!(minted.json()["token"].is_string(), "{g}");
+        let spelled = http1_answer(gateway.addr, &mint("/API/v1/token.json"));
+        assert_eq!(spelled.status, Some(400), "{g}: {spelled:?}");
+        assert_eq!(spelled.json()["error"], "invalid_request", "{g}");
     }
     // Each gateway asked six times (its start-up probe included): counted by caller.
     for (g, allowed) in allowed {
