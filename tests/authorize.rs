@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::canonical_table::*;
 use common::corpus::*;
 use common::wire::{http1_answer, Answer, BodyFraming, Protocol, Req};
 use common::*;
@@ -86,16 +87,11 @@ impl Gateway {
                 cmd
             }
             "traefik" => {
-                let conf = dir.join("dynamic.yml");
-                std::fs::write(&conf, shipped("traefik.yml", &fill)).unwrap();
+                std::fs::write(dir.join("dynamic.yml"), shipped("traefik.yml", &fill)).unwrap();
+                let conf = dir.join("traefik.yml");
+                std::fs::write(&conf, shipped("traefik-static.yml", &fill)).unwrap();
                 let mut cmd = Command::new("traefik");
-                cmd.arg(format!("--entryPoints.web.address={addr}"))
-                    .arg(format!("--providers.file.filename={}", conf.display()))
-                    .args([
-                        "--log.level=ERROR",
-                        "--global.checkNewVersion=false",
-                        "--global.sendAnonymousUsage=false",
-                    ]);
+                cmd.arg(format!("--configFile={}", conf.display()));
                 cmd
             }
             _ => {
@@ -122,14 +118,14 @@ impl Gateway {
             addr,
             dir,
         };
-        // Ready once a request goes all the way: the gateway asks tokengate, which refuses it
-        // (no token) with its own JSON.
-        let probe = Req::new("GET", "/albums/a");
+        // Ready once its configuration is in force: the token route, routed to tokengate,
+        // answers a GET with tokengate's own 405.
+        let probe = Req::new("GET", "/api/v1/token");
         let start = Instant::now();
         loop {
             let answer = http1_answer_or_none(addr, &probe);
             if let Some(answer) = answer {
-                if answer.status == Some(401) && answer.json()["error"] == "missing_token" {
+                if answer.status == Some(405) && answer.json()["error"] == "method_not_allowed" {
                     return Some(gateway);
                 }
             }
@@ -443,7 +439,7 @@ fn refusals_reach_the_client_as_tokengate_answers_them() {
         assert_eq!(stack.tg.metric(&series("allow")), allowed as f64, "{g}");
         assert_eq!(
             stack.tg.metric(&series("refuse")),
-            (6 - allowed) as f64,
+            (5 - allowed) as f64,
             "{g}"
         );
     }
@@ -582,19 +578,19 @@ fn envoy_ext_authz_checks_are_answered_in_its_convention() {
     // the token does not grant, so it is refused as unseen.
     let partial = http1_answer(authorize, &form("true"));
     assert_eq!(partial.status, Some(415), "{partial:?}");
-    // On a route open to every method, an override gains nothing: allowed without the body.
+    // Without the body, a form POST is refused by default (`unseen_body: refuse`).
     let open = http1_answer(
         authorize,
         &envoy_check("POST", "/open").header("Content-Type", "application/x-www-form-urlencoded"),
     );
-    assert_eq!(open.status, Some(200), "{open:?}");
-
+    assert_eq!(open.status, Some(415), "{open:?}");
+    assert_eq!(open.json()["error"], "unsupported_media_type");
     let series = |outcome| {
         tg.metric(&format!(
             "tokengate_decisions_total{{caller=\"envoy\",outcome=\"{outcome}\"}}"
         ))
     };
-    assert_eq!((series("allow"), series("refuse")), (3.0, 5.0));
+    assert_eq!((series("allow"), series("refuse")), (2.0, 6.0));
     tg.assert_no_panic();
 }
 
@@ -602,12 +598,92 @@ fn envoy_ext_authz_checks_are_answered_in_its_convention() {
 fn the_gateway_docs_show_the_configuration_these_tests_run() {
     let docs =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/gateways.md")).unwrap();
-    for file in ["nginx.conf", "traefik.yml", "Caddyfile"] {
+    for file in [
+        "nginx.conf",
+        "traefik-static.yml",
+        "traefik.yml",
+        "Caddyfile",
+    ] {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/gateways/").to_owned() + file;
         let text = std::fs::read_to_string(path).unwrap();
         assert!(
             docs.contains(&text),
             "docs/gateways.md does not show {file} as it is"
         );
+    }
+}
+
+#[test]
+fn the_canonicalization_table_through_every_gateway_forwards_only_what_the_proxy_would() {
+    let stack = Stack::start("tokengate:\n");
+    let table = canonical_table();
+    let mut failures = Vec::new();
+    for gateway in &stack.gateways {
+        let g = gateway.name;
+        let (mut alike, mut stricter) = (0, Vec::new());
+        for (request, expect, _) in &table {
+            let before = stack.up.seen().len();
+            let answer = http1_answer(gateway.addr, request);
+            let seen: Vec<(String, String)> = stack.up.seen()[before..]
+                .iter()
+                .map(|s| (s.method.clone(), s.url.clone()))
+                .collect();
+            let what = format!(
+                "{g}: {} {} {:?}",
+                request.method, request.target, request.headers
+            );
+            match (*expect, seen.as_slice()) {
+                (Expect::Forward(method, url, _, _), [(m, u)]) if m == method && u == url => {
+                    alike += 1
+                }
+                (Expect::Forward(..), []) => stricter.push(format!(
+                    "{} {} {:?} → {:?} {}",
+                    request.method,
+                    request.target,
+                    request.headers,
+                    answer.status,
+                    refused_by(&answer)
+                )),
+                (_, []) => alike += 1,
+                (expect, seen) => {
+                    failures.push(format!("{what}: want {expect:?}, the app saw {seen:?}"))
+                }
+            }
+        }
+        println!(
+            "{g}: canonicalization table, {} requests: {alike} decided alike, refused only through the gateway: {stricter:?}",
+            table.len()
+        );
+    }
+    stack.tg.assert_no_panic();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_body_the_gateway_keeps_is_refused_guarded_or_ignored_as_configured() {
+    // (mode, POST to a path open to every method, POST to an album whose GET is refused)
+    for (mode, open, album) in [
+        ("refuse", 415, 415),
+        ("guard", 200, 415),
+        ("ignore", 200, 200),
+    ] {
+        let up = Upstream::start();
+        let yaml = format!("{ENVOY}  authorize: {{unseen_body: {mode}}}\n");
+        let (tg, authorize) = tokengate(up.addr, &yaml);
+        let bearer = format!("Bearer {}", granted_token(&tg));
+        let post = |path: &str| {
+            let check = envoy_check("POST", path)
+                .header("Authorization", &bearer)
+                .header("Content-Type", "multipart/form-data; boundary=b");
+            http1_answer(authorize, &check).status
+        };
+        assert_eq!(post("/open"), Some(open), "{mode}");
+        assert_eq!(post("/albums/b"), Some(album), "{mode}");
+        // A length of 0, reported, is no body at all.
+        let empty = envoy_check("POST", "/albums/b")
+            .header("Authorization", &bearer)
+            .header("Content-Type", "multipart/form-data; boundary=b")
+            .header("X-Original-Content-Length", "0");
+        assert_eq!(http1_answer(authorize, &empty).status, Some(200), "{mode}");
     }
 }

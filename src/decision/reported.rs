@@ -24,12 +24,14 @@ use crate::shared::Shared;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnseenBody {
-    /// Allowed only when no method a `_method` field could name would be refused: an override
-    /// then gains the caller nothing it could not ask for directly.
+    /// Always refused, as the proxy would refuse the `_method` field it cannot rule out: such
+    /// requests come through a gateway that sends bodies, or the proxy.
     #[default]
-    Guard,
-    /// Always refused: such requests must come through a gateway that sends bodies.
     Refuse,
+    /// Allowed only when no method a `_method` field could name would be refused: an override
+    /// then gains the caller nothing it could not ask for directly (though the proxy, seeing
+    /// the field, would refuse it).
+    Guard,
     /// Decided as if the body had no `_method` field: the application honours none.
     Ignore,
 }

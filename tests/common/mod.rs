@@ -2,6 +2,7 @@
 //! HTTP/1.1 client that can show keep-alive and duplicate headers.
 #![allow(dead_code)]
 
+pub mod canonical_table;
 pub mod corpus;
 pub mod pki;
 pub mod recorder;
