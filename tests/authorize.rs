@@ -687,3 +687,40 @@ fn a_body_the_gateway_keeps_is_refused_guarded_or_ignored_as_configured() {
         assert_eq!(http1_answer(authorize, &empty).status, Some(200), "{mode}");
     }
 }
+
+#[test]
+fn a_question_no_convention_reads_gets_a_clear_refusal_and_the_next_is_answered() {
+    let up = Upstream::start();
+    let (tg, authorize) = tokengate(up.addr, "tokengate:\n");
+    for (request, message) in [
+        (
+            Req::new("GET", "/elsewhere"),
+            "Ask the authorization listener at /nginx, /traefik, /caddy or /envoy followed by the request's path.",
+        ),
+        (
+            Req::new("GET", "/nginx").header("X-Original-URI", "/a"),
+            "The gateway did not report the request: nginx sends X-Original-Method and X-Original-URI, Traefik and Caddy X-Forwarded-Method and X-Forwarded-Uri.",
+        ),
+        (
+            Req::new("GET", "/traefik")
+                .header("X-Forwarded-Method", "GET")
+                .header("X-Forwarded-Uri", "no-slash"),
+            "The request target must be a path starting with / (or an http:// URL).",
+        ),
+    ] {
+        let nginx = request.target == "/nginx";
+        let answer = http1_answer(authorize, &request);
+        // nginx passes on only 401 and 403: the real status comes in a header.
+        let (status, real) = match nginx {
+            true => (403, answer.header("x-tokengate-status")),
+            false => (400, Some("400")),
+        };
+        assert_eq!((answer.status, real), (Some(status), Some("400")), "{answer:?}");
+        assert_eq!(answer.json()["message"], message);
+        let fine = Req::new("GET", "/traefik")
+            .header("X-Forwarded-Method", "GET")
+            .header("X-Forwarded-Uri", "/a");
+        assert_eq!(http1_answer(authorize, &fine).status, Some(200));
+    }
+    tg.assert_no_panic();
+}

@@ -1384,4 +1384,58 @@ mod tests {
         assert_eq!(c.server.upgrade_sock, "/tmp/tg.sock");
         assert_eq!(c.proxy.routes.routes()[0].auth, AuthMode::Required);
     }
+
+    #[test]
+    fn the_authorization_listener_is_off_until_asked_for_and_checked_when_it_is() {
+        assert!(Config::from_yaml("tokengate:\n", &[SECRET])
+            .unwrap()
+            .authorize
+            .is_none());
+        let on = [SECRET, ("TOKENGATE_AUTHORIZE_LISTEN", "127.0.0.1:9191")];
+        let a = Config::from_yaml("tokengate:\n", &on)
+            .unwrap()
+            .authorize
+            .unwrap();
+        assert_eq!(a.listen.to_string(), "127.0.0.1:9191");
+        assert!(a.decision.gateways.contains("127.0.0.1".parse().unwrap()));
+        assert!(!a.decision.gateways.contains("10.0.0.1".parse().unwrap()));
+        assert_eq!(a.decision.unseen_body, crate::decision::UnseenBody::Refuse);
+        let file = "tokengate:\n  listeners: {authorize: {listen: 127.0.0.1:9191, gateways: 10.0.0.0/8, unseen_body: guard}}\n";
+        let a = Config::from_yaml(file, &[SECRET])
+            .unwrap()
+            .authorize
+            .unwrap();
+        assert!(a.decision.gateways.contains("10.1.2.3".parse().unwrap()));
+        assert_eq!(a.decision.unseen_body, crate::decision::UnseenBody::Guard);
+        let none = ("TOKENGATE_LOG", "info");
+        for (yaml, env, want) in [
+            (
+                "tokengate:\n  authorize: {gateways: [10.0.0.0/8]}\n",
+                none,
+                "invalid tokengate.authorize.listen: is required: the address gateways ask, like 127.0.0.1:9191",
+            ),
+            (
+                "tokengate:\n  authorize: {listen: 127.0.0.1:9191, gateways: [10.0.0.0/33]}\n",
+                none,
+                "invalid tokengate.authorize.gateways: \"10.0.0.0/33\" is not an address or CIDR like 10.0.0.0/8",
+            ),
+            (
+                "tokengate:\n  authorize: {listen: 127.0.0.1:9191}\n",
+                ("TOKENGATE_AUTHORIZE_GATEWAYS", "10.0.0.0/8,nowhere"),
+                "invalid TOKENGATE_AUTHORIZE_GATEWAYS: \"nowhere\" is not an address or CIDR like 10.0.0.0/8",
+            ),
+            (
+                "tokengate:\n  authorize: {listen: 127.0.0.1:9090}\n",
+                none,
+                "invalid tokengate.authorize.listen: must differ from the other listeners",
+            ),
+            (
+                "tokengate:\n  authorize: {listen: 127.0.0.1:9191, unseen_body: maybe}\n",
+                none,
+                "invalid tokengate.authorize.unseen_body: \"maybe\" is not one of `refuse`, `guard`, `ignore`",
+            ),
+        ] {
+            assert_eq!(err(yaml, &[SECRET, env]), want);
+        }
+    }
 }
