@@ -11,6 +11,8 @@
 #   tg-proxy      tokengate forwarding a request without a token
 #   tg-auth       tokengate forwarding with a valid token (verify, identity header, X-token)
 #   tg-token      tokengate's POST /api/v1/token with the seed's request
+#   tg-authorize  tokengate's authorization listener answering nginx's auth_request question for
+#                 the tg-auth request: the same decision, without the forward
 #   traefik       Traefik 3 reverse-proxying to nginx-200 (GOMAXPROCS=1), what a user might pick
 #   caddy         Caddy 2 reverse-proxying to nginx-200 (GOMAXPROCS=1), the same
 # Each is driven by wrk with the same settings, in alternating rounds. For every run the CPU
@@ -63,7 +65,7 @@ trap cleanup EXIT
 # shellcheck source=benches/common.sh
 . benches/common.sh
 
-read -r P200 PPROXY PHA PHAJWT PBARE PTG PADMIN PTRAEFIK PCADDY PPUB <<<"$(free_ports 10)"
+read -r P200 PPROXY PHA PHAJWT PBARE PTG PADMIN PTRAEFIK PCADDY PPUB PAUTH <<<"$(free_ports 11)"
 
 nginx_conf() { # name, server block
   mkdir -p "$work/$1"
@@ -157,10 +159,10 @@ tokengate:
   log: warn
 EOF
 TOKENGATE_LISTEN="127.0.0.1:$PTG" TOKENGATE_ADMIN_LISTEN="127.0.0.1:$PADMIN" \
-TOKENGATE_UPSTREAM="127.0.0.1:$P200" TOKENGATE_THREADS=1 \
+TOKENGATE_UPSTREAM="127.0.0.1:$P200" TOKENGATE_THREADS=1 TOKENGATE_AUTHORIZE_LISTEN="127.0.0.1:$PAUTH" \
   ./target/release/tokengate -c "$work/tokengate.yaml" > /dev/null 2>"$work/tokengate.log" & pids+=($!)
 TG_PID=$!
-for p in "$P200" "$PPROXY" "$PHA" "$PHAJWT" "$PBARE" "$PTG" "$PTRAEFIK" "$PCADDY"; do wait_port "$p"; done
+for p in "$P200" "$PPROXY" "$PHA" "$PHAJWT" "$PBARE" "$PTG" "$PTRAEFIK" "$PCADDY" "$PAUTH"; do wait_port "$p"; done
 for _ in $(seq 100); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PADMIN/readyz")" = 200 ] && break
   sleep 0.05
@@ -181,6 +183,15 @@ EOF
 printf '%s\n' "$COUNT" > "$work/get.lua"
 cat > "$work/auth.lua" <<EOF
 wrk.headers["Authorization"] = "Bearer $TOKEN"
+$COUNT
+EOF
+# What nginx's auth_request asks about that same request (conf/gateways/nginx.conf).
+cat > "$work/authorize.lua" <<EOF
+wrk.headers["Authorization"] = "Bearer $TOKEN"
+wrk.headers["X-Original-Method"] = "GET"
+wrk.headers["X-Original-URI"] = "/images"
+wrk.headers["X-Forwarded-Host"] = "127.0.0.1:$PTG"
+wrk.headers["X-Real-IP"] = "127.0.0.1"
 $COUNT
 EOF
 # Both JWT-checking proxies must really check: a forged token is refused by each. The forgery
@@ -204,6 +215,7 @@ URL[pingora]="http://127.0.0.1:$PBARE/images"; SCRIPT[pingora]="$work/get.lua"; 
 URL[tg-proxy]="http://127.0.0.1:$PTG/images"; SCRIPT[tg-proxy]="$work/get.lua"; PID[tg-proxy]=$TG_PID
 URL[tg-auth]="http://127.0.0.1:$PTG/images"; SCRIPT[tg-auth]="$work/auth.lua"; PID[tg-auth]=$TG_PID
 URL[tg-token]="http://127.0.0.1:$PTG/api/v1/token"; SCRIPT[tg-token]="$work/token.lua"; PID[tg-token]=$TG_PID
+URL[tg-authorize]="http://127.0.0.1:$PAUTH/nginx"; SCRIPT[tg-authorize]="$work/authorize.lua"; PID[tg-authorize]=$TG_PID
 URL[traefik]="http://127.0.0.1:$PTRAEFIK/images"; SCRIPT[traefik]="$work/get.lua"; PID[traefik]=$TRAEFIK_PID
 URL[caddy]="http://127.0.0.1:$PCADDY/images"; SCRIPT[caddy]="$work/get.lua"; PID[caddy]=$CADDY_PID
 TARGETS=(nginx-200 nginx-proxy haproxy haproxy-jwt)
@@ -211,7 +223,7 @@ if [ -n "${BARE_PUBLISHED:-}" ]; then
   URL[pingora-pub]="http://127.0.0.1:$PPUB/images"; SCRIPT[pingora-pub]="$work/get.lua"; PID[pingora-pub]=$PUB_PID
   TARGETS+=(pingora-pub)
 fi
-TARGETS+=(pingora tg-proxy tg-auth tg-token traefik caddy)
+TARGETS+=(pingora tg-proxy tg-auth tg-token tg-authorize traefik caddy)
 
 # A process and all its descendants (nginx's workers).
 tree() {
@@ -312,6 +324,7 @@ ratio "${P99[tg-auth]}" "${P99[haproxy-jwt]}" "authenticated forward p99 / HAPro
 ratio "${CPU[tg-token]}" "${CPU[nginx-200]}" "token endpoint CPU per request / nginx return 200" "<= 2.0"
 ratio "${SYS[tg-auth]}" "${SYS[haproxy-jwt]}" "syscalls per authenticated forward / HAProxy jwt_verify" "<= 1.0"
 ratio "${RSS[tg-proxy]}" "${RSS[haproxy]}" "peak RSS at $RSS_CONNECTIONS connections / HAProxy's" "<= 1.0"
+ratio "${CPU[tg-authorize]}" "${CPU[tg-auth]}" "(authorization decision CPU / authenticated forward)" "-"
 ratio "${CPU[traefik]}" "${CPU[tg-proxy]}" "(Traefik CPU per request / tokengate proxy)" "-"
 ratio "${CPU[caddy]}" "${CPU[tg-proxy]}" "(Caddy CPU per request / tokengate proxy)" "-"
 ratio "${CPU[pingora]}" "${CPU[nginx-proxy]}" "(bare Pingora CPU per request / nginx proxy)" "-"

@@ -144,6 +144,10 @@ impl NeedsRestart {
             ("listen", text(&c.listen)),
             ("admin_listen", text(&c.admin_listen)),
             ("tls", text(&c.tls)),
+            (
+                "authorize.listen",
+                text(&c.authorize.as_ref().map(|a| a.listen)),
+            ),
             ("h2c", text(&c.h2c)),
             ("threads", text(&c.threads)),
             ("header_timeout", text(&c.proxy.header_timeout)),

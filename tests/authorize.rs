@@ -724,3 +724,32 @@ fn a_question_no_convention_reads_gets_a_clear_refusal_and_the_next_is_answered(
     }
     tg.assert_no_panic();
 }
+
+#[test]
+fn a_reload_changes_who_is_believed_without_a_restart() {
+    let up = Upstream::start();
+    let path = conf(
+        "authorize-reload",
+        "tokengate:\n  authorize: {gateways: [10.9.9.9/32]}\n",
+    );
+    let authorize: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = authorize.to_string();
+    let env = [("TOKENGATE_AUTHORIZE_LISTEN", listen.as_str())];
+    let tg = Tokengate::start_with_args(up.addr, &env, &["-c", &path]);
+    let ask = Req::new("GET", "/caddy")
+        .header("X-Forwarded-Method", "GET")
+        .header("X-Forwarded-Uri", "/a");
+    assert_eq!(http1_answer(authorize, &ask).status, Some(403));
+    std::fs::write(
+        &path,
+        "tokengate:\n  authorize: {gateways: [127.0.0.1/32]}\n",
+    )
+    .unwrap();
+    tg.signal("-HUP");
+    let start = Instant::now();
+    while http1_answer(authorize, &ask).status != Some(200) {
+        assert!(start.elapsed() < DEADLINE, "the reload never took");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tg.assert_no_panic();
+}
