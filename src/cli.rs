@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::metrics::Caller;
 use clap::{Args, Parser, Subcommand};
 
 /// tokengate: a Pingora reverse proxy that mints ability tokens in-process.
@@ -125,4 +126,16 @@ pub struct ExplainArgs {
     /// Print JSON, for scripts (fields documented in docs/routes.md).
     #[arg(long)]
     pub json: bool,
+    /// Ask as this gateway asks the authorization listener (nginx, traefik, caddy, envoy),
+    /// with the configuration of docs/gateways.md: the answer the gateway gets.
+    #[arg(long, value_parser = gateway)]
+    pub gateway: Option<Caller>,
+}
+
+/// A gateway's name, as `--gateway` takes it.
+fn gateway(name: &str) -> Result<Caller, String> {
+    Caller::ALL
+        .into_iter()
+        .find(|c| *c != Caller::Proxy && c.as_str() == name)
+        .ok_or_else(|| format!("{name:?} is not one of nginx, traefik, caddy, envoy"))
 }

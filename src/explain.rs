@@ -18,11 +18,14 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
+use crate::authorize;
 use crate::config::{Config, ConfigError};
 use crate::decision::{
     self, authorization_values, decide_request, grpc_call, request_id, Action, Facts, Forward,
     ForwardBody, Refused, Settings,
 };
+use crate::forwarded::TrustedProxies;
+use crate::metrics::Caller;
 use crate::reload;
 use crate::request::BodyScan;
 use crate::respond::Response;
@@ -54,6 +57,9 @@ pub struct Question {
     pub permission: Option<String>,
     /// Unix time to decide at.
     pub now: u64,
+    /// Ask as this gateway asks the authorization listener (with `conf/gateways/`'s
+    /// configuration) instead of sending the request to the proxy.
+    pub gateway: Option<Caller>,
 }
 
 /// What tokengate does with the request.
@@ -81,7 +87,7 @@ pub struct Explanation {
     pub verdict: Option<&'static str>,
     /// The request limit it counts against (not consulted).
     pub limit: Option<Limit>,
-    /// `refuse`, `token`, `jwks` or `forward`.
+    /// `refuse`, `token`, `jwks` or `forward`; with a gateway, `allow` or `refuse`.
     pub plan: &'static str,
     /// tokengate's own answer, when it answers.
     pub answer: Option<Answer>,
@@ -200,7 +206,12 @@ fn question(problem: impl std::fmt::Display) -> Problem {
 
 /// Explains `q` against `config`.
 pub fn explain(config: &Config, q: &Question) -> Result<Explanation, Problem> {
-    let settings = reload::decision_settings(config).map_err(Problem::Config)?;
+    let mut settings = reload::decision_settings(config).map_err(Problem::Config)?;
+    if q.gateway.is_some() {
+        // The question comes from a gateway this configuration believes.
+        let here = TrustedProxies::parse(&["127.0.0.1".to_owned()]).map_err(question)?;
+        settings.authorize.gateways = here;
+    }
     let authorization = caller_token(config, &settings, q)?;
     let (wire, line, assumed) = wire(q, authorization.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -341,6 +352,10 @@ async fn run(
             return Ok(out);
         }
     }
+    if let Some(gateway) = q.gateway {
+        asked_by_gateway(config, settings, q, gateway, &mut session, &mut out).await?;
+        return Ok(out);
+    }
     let header = session.req_header().clone();
     let has_body = decision::body_framing(&mut session).has_body();
     let decision = decide_request(settings, &mut session, Some(q.peer), q.now, None).await;
@@ -394,6 +409,143 @@ async fn run(
         }
     }
     Ok(out)
+}
+
+/// What the gateway asks about the request `client` holds, as the shipped configuration of
+/// `conf/gateways/` (or, for Envoy, docs/gateways.md) has it ask; and the authorizer's answer.
+async fn asked_by_gateway(
+    config: &Config,
+    settings: &Settings,
+    q: &Question,
+    gateway: Caller,
+    client: &mut ServerSession,
+    out: &mut Explanation,
+) -> Result<(), Problem> {
+    let wire = gateway_question(gateway, client, q.peer)
+        .await
+        .map_err(question)?;
+    let (mut asker, server) = tokio::io::duplex(wire.len() + 1024);
+    asker.write_all(&wire).await.map_err(question)?;
+    asker.shutdown().await.map_err(question)?;
+    let mut session = ServerSession::new_http1(Box::new(server));
+    if !matches!(session.read_request().await, Ok(true)) {
+        return Err(question("the gateway's question could not be read"));
+    }
+    out.assumed.push(format!(
+        "asked as {} asks with the configuration of docs/gateways.md, from a configured gateway",
+        gateway.as_str()
+    ));
+    let gate = settings;
+    let asked = authorize::ask(gate, &mut session, Some([127, 0, 0, 1].into()), q.now, None).await;
+    if let Some(header) = &asked.header {
+        describe(config, gate, header, &asked.decision.facts, q.now, out);
+    }
+    let id = match &asked.header {
+        Some(header) => request_id(header),
+        None => request_id(session.req_header()),
+    };
+    let facts = &asked.decision.facts;
+    let (outcome, response) = authorize::respond(
+        asked.caller,
+        gate,
+        facts,
+        &asked.decision.action,
+        &id,
+        asked.grpc,
+    );
+    out.plan = outcome.as_str();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| Header {
+            name: name.as_str().to_owned(),
+            value: text(value.as_bytes()),
+        })
+        .collect();
+    out.answer = Some(Answer {
+        status: response.status().as_u16(),
+        headers,
+        body: serde_json::from_slice(response.body()).ok(),
+        connection: "keep-alive",
+    });
+    Ok(())
+}
+
+/// The bytes a gateway sends the authorization listener about the request `client` holds.
+async fn gateway_question(
+    gateway: Caller,
+    client: &mut ServerSession,
+    peer: IpAddr,
+) -> Result<Vec<u8>, String> {
+    let header = client.req_header().clone();
+    let body = decision::read_body(client, decision::READ_AHEAD_LIMIT)
+        .await
+        .map_err(|e| e.message.to_owned())?;
+    let target = text(header.raw_path());
+    let host = header
+        .headers
+        .get(http::header::HOST)
+        .map(|v| text(v.as_bytes()));
+    let length = header
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .map(|v| text(v.as_bytes()));
+    let method = header.method.as_str();
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let mut line = format!("GET /{} HTTP/1.1", gateway.as_str());
+    let mut payload = Vec::new();
+    let mut report = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            fields.push((name.to_owned(), value));
+        }
+    };
+    match gateway {
+        Caller::Nginx => {
+            report("X-Original-Method", Some(method.to_owned()));
+            report("X-Original-URI", Some(target));
+            report("X-Forwarded-Host", host);
+            report("X-Original-Content-Length", length);
+            report("X-Real-IP", Some(peer.to_string()));
+        }
+        Caller::Traefik | Caller::Caddy => {
+            report("X-Forwarded-Method", Some(method.to_owned()));
+            report("X-Forwarded-Uri", Some(target));
+            report("X-Forwarded-Host", host);
+            report("X-Forwarded-For", Some(peer.to_string()));
+            match gateway {
+                Caller::Traefik => {
+                    line = "GET /traefik?body=forwarded HTTP/1.1".to_owned();
+                    payload = body.to_vec();
+                }
+                _ => report("X-Original-Content-Length", length),
+            }
+        }
+        Caller::Envoy | Caller::Proxy => {
+            line = format!("{method} /envoy{target} HTTP/1.1");
+            report("Host", host);
+            report("x-envoy-auth-partial-body", Some("false".to_owned()));
+            payload = body.to_vec();
+        }
+    }
+    let mut raw = format!("{line}\r\n").into_bytes();
+    if gateway != Caller::Envoy {
+        raw.extend_from_slice(b"Host: tokengate\r\n");
+    }
+    for (name, value) in &header.headers {
+        let n = name.as_str();
+        // nginx and Caddy drop header names with `_`.
+        let dropped = n.contains('_') && matches!(gateway, Caller::Nginx | Caller::Caddy);
+        let hop = ["host", "content-length", "transfer-encoding", "connection"].contains(&n);
+        if !dropped && !hop && !fields.iter().any(|(f, _)| f.eq_ignore_ascii_case(n)) {
+            raw.extend_from_slice(format!("{n}: {}\r\n", text(value.as_bytes())).as_bytes());
+        }
+    }
+    for (name, value) in &fields {
+        raw.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(format!("Content-Length: {}\r\n\r\n", payload.len()).as_bytes());
+    raw.extend_from_slice(&payload);
+    Ok(raw)
 }
 
 /// Streams the rest of the body past its scan, chunk by chunk as the proxy does: whether a

@@ -154,6 +154,7 @@ fn explain(config: &Config, args: ExplainArgs) -> ExitCode {
         user_id: args.user_id,
         permission: args.permission,
         now: unix_now(),
+        gateway: args.gateway,
     };
     let answer = match tokengate::explain::explain(config, &question) {
         Ok(answer) => answer,

@@ -150,13 +150,13 @@ fn http1_answer_or_none(addr: SocketAddr, request: &Req) -> Option<Answer> {
 }
 
 /// tokengate with the differential routes, its authorization listener on too; and its address.
-fn tokengate(upstream: SocketAddr, yaml: &str) -> (Tokengate, SocketAddr) {
+fn tokengate(upstream: SocketAddr, yaml: &str) -> (Tokengate, SocketAddr, String) {
     let authorize: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let conf = conf("authorize", yaml);
     let listen = authorize.to_string();
     let env = [("TOKENGATE_AUTHORIZE_LISTEN", listen.as_str())];
     let tg = Tokengate::start_with_args(upstream, &env, &["-c", &conf]);
-    (tg, authorize)
+    (tg, authorize, conf)
 }
 
 /// A token for album `a`: `see` and `image_upload`.
@@ -181,7 +181,7 @@ fn refused_by(answer: &Answer) -> String {
 
 /// The corpus through the proxy and through each gateway in front of `app`.
 fn compare(app: App) {
-    let (tg, authorize) = tokengate(app.addr, ROUTES);
+    let (tg, authorize, _) = tokengate(app.addr, ROUTES);
     let token = granted_token(&tg);
     let gateways = [
         Gateway::start("nginx", app.addr, &tg, authorize),
@@ -280,16 +280,23 @@ struct Stack {
     up: Upstream,
     tg: Tokengate,
     gateways: Vec<Gateway>,
+    /// Its configuration file, for `tokengate explain`.
+    conf: String,
 }
 
 impl Stack {
     fn start(yaml: &str) -> Stack {
         let up = Upstream::start();
-        let (tg, authorize) = tokengate(up.addr, yaml);
+        let (tg, authorize, conf) = tokengate(up.addr, yaml);
         let gateways = ["nginx", "traefik", "caddy"]
             .map(|name| Gateway::start(name, up.addr, &tg, authorize))
             .into();
-        Stack { up, tg, gateways }
+        Stack {
+            up,
+            tg,
+            gateways,
+            conf,
+        }
     }
 
     /// What the upstream saw of the request with `id`.
@@ -449,7 +456,7 @@ fn refusals_reach_the_client_as_tokengate_answers_them() {
 fn only_configured_gateways_are_believed_and_the_public_listener_is_no_authorizer() {
     let up = Upstream::start();
     let yaml = "tokengate:\n  authorize: {gateways: [10.9.9.9/32]}\n";
-    let (tg, authorize) = tokengate(up.addr, yaml);
+    let (tg, authorize, _) = tokengate(up.addr, yaml);
     let report = Req::new("GET", "/nginx")
         .header("X-Original-Method", "GET")
         .header("X-Original-URI", "/")
@@ -496,7 +503,7 @@ fn envoy_check(method: &str, path: &str) -> Req {
 #[test]
 fn envoy_ext_authz_checks_are_answered_in_its_convention() {
     let up = Upstream::start();
-    let (tg, authorize) = tokengate(up.addr, ENVOY);
+    let (tg, authorize, _) = tokengate(up.addr, ENVOY);
     let token = granted_token(&tg);
     let bearer = format!("Bearer {token}");
     let absent = |set: &[&str]| {
@@ -669,7 +676,7 @@ fn a_body_the_gateway_keeps_is_refused_guarded_or_ignored_as_configured() {
     ] {
         let up = Upstream::start();
         let yaml = format!("{ENVOY}  authorize: {{unseen_body: {mode}}}\n");
-        let (tg, authorize) = tokengate(up.addr, &yaml);
+        let (tg, authorize, _) = tokengate(up.addr, &yaml);
         let bearer = format!("Bearer {}", granted_token(&tg));
         let post = |path: &str| {
             let check = envoy_check("POST", path)
@@ -691,7 +698,7 @@ fn a_body_the_gateway_keeps_is_refused_guarded_or_ignored_as_configured() {
 #[test]
 fn a_question_no_convention_reads_gets_a_clear_refusal_and_the_next_is_answered() {
     let up = Upstream::start();
-    let (tg, authorize) = tokengate(up.addr, "tokengate:\n");
+    let (tg, authorize, _) = tokengate(up.addr, "tokengate:\n");
     for (request, message) in [
         (
             Req::new("GET", "/elsewhere"),
@@ -752,4 +759,126 @@ fn a_reload_changes_who_is_believed_without_a_restart() {
         std::thread::sleep(Duration::from_millis(20));
     }
     tg.assert_no_panic();
+}
+
+/// `tokengate explain --gateway` on `request`, against `conf`: its JSON.
+fn explain_as(gateway: &str, conf: &str, request: &Req) -> serde_json::Value {
+    let mut args = vec![
+        "-c".to_owned(),
+        conf.to_owned(),
+        "explain".to_owned(),
+        "--json".to_owned(),
+    ];
+    args.extend(["--gateway".to_owned(), gateway.to_owned()]);
+    args.extend([request.method.clone(), request.target.clone()]);
+    match &request.host {
+        Some(host) => args.push(format!("--header=Host: {host}")),
+        None => args.push("--no-host".to_owned()),
+    }
+    for (name, value) in &request.headers {
+        args.push(format!("--header={name}: {value}"));
+    }
+    match &request.body {
+        Some((body, BodyFraming::Length)) => args.push(format!("--body={}", text(body))),
+        Some((body, _)) => args.extend(["--chunked".to_owned(), format!("--body={}", text(body))]),
+        // The test client sends `Content-Length: 0` with a bodiless request.
+        None => args.push("--body=".to_owned()),
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(&args)
+        .env_clear()
+        .env("TOKENGATE_SECRET", SECRET)
+        .env("TOKENGATE_AUTHORIZE_LISTEN", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn explain_says_what_each_real_gateway_answers() {
+    let stack = Stack::start("tokengate:\n  routes:\n    - {name: album, path: \"/albums/{album}\", methods: [GET], require: {resource: \"{album}\", access: see}}\n");
+    let token = granted_token(&stack.tg);
+    let mut requests: Vec<Req> = canonical_table()
+        .into_iter()
+        .map(|(r, _, _)| r)
+        // What a command line can carry: no NUL, no HTTP/2-only framing.
+        .filter(|r| r.host.is_some() && !matches!(r.body, Some((_, BodyFraming::Unframed))))
+        .filter(|r| {
+            let in_headers = r
+                .headers
+                .iter()
+                .any(|(n, v)| n.contains('\0') || v.contains('\0'));
+            let in_body = r.body.as_ref().is_some_and(|(b, _)| b.contains(&0));
+            !r.target.contains('\0') && !in_headers && !in_body
+        })
+        .collect();
+    for target in ["/albums/a", "/albums/b", "/albums/a/../b", "/open"] {
+        for auth in [
+            None,
+            Some(format!("Bearer {token}")),
+            Some("Bearer a.b.c".to_owned()),
+        ] {
+            let mut r = Req::new("GET", target);
+            if let Some(auth) = auth {
+                r = r.header("Authorization", &auth);
+            }
+            requests.push(r);
+        }
+    }
+    let mut disagreements = Vec::new();
+    let mut compared = 0;
+    for gateway in &stack.gateways {
+        let g = gateway.name;
+        for request in &requests {
+            // Traefik re-encodes percent-escapes (Go's URL handling) before it reports a
+            // target; explain reports the target as sent, and would refuse what Traefik cleaned.
+            if g == "traefik" && request.target.contains('%') {
+                continue;
+            }
+            let before = stack.up.seen().len();
+            let real = http1_answer(gateway.addr, request);
+            let reached = stack.up.seen().len() > before;
+            let explained = explain_as(g, &stack.conf, request);
+            let answer = &explained["answer"];
+            // What the client gets: nginx's error page answers the status tokengate names.
+            let status = match g {
+                "nginx" => answer["headers"]
+                    .as_array()
+                    .and_then(|h| h.iter().find(|h| h["name"] == "x-tokengate-status"))
+                    .and_then(|h| h["value"].as_str()?.parse().ok())
+                    .or_else(|| answer["status"].as_u64()),
+                _ => answer["status"].as_u64(),
+            };
+            let code = answer["body"]["error"].as_str();
+            let agree = match explained["plan"].as_str() {
+                Some("allow") => reached,
+                _ => {
+                    // The gateway's own parser may refuse first: then tokengate was not asked.
+                    let by_gateway = real.json()["error"].is_null();
+                    !reached
+                        && (by_gateway
+                            || (real.status.map(u64::from) == status
+                                && real.json()["error"].as_str() == code))
+                }
+            };
+            compared += 1;
+            if !agree {
+                disagreements.push(format!(
+                    "{g}: {} {} {:?}: explain {} {status:?} {code:?}, the gateway {:?} {:?}, reached the app: {reached}",
+                    request.method,
+                    request.target,
+                    request.headers,
+                    explained["plan"],
+                    real.status,
+                    real.headers,
+                ));
+            }
+        }
+    }
+    println!(
+        "explain --gateway against the real gateways: {compared} requests, {} disagreements",
+        disagreements.len()
+    );
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
 }

@@ -8,6 +8,7 @@
 pub mod answer;
 pub mod report;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,16 +17,18 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use http::HeaderValue;
 use pingora::apps::http_app::ServeHttp;
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 
 use crate::decision::{
-    decide_reported, grpc_call, read_body, request_id, unix_now, Action, Refused, Request,
-    READ_AHEAD_LIMIT,
+    decide_reported, grpc_call, read_body, request_id, unix_now, Action, Decision, Facts, Refused,
+    Request, Settings, READ_AHEAD_LIMIT,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{self, Caller, Outcome, RouteKind};
 use crate::proxy::Tokengate;
 use crate::request::Framing;
+use crate::shared::Shared;
 use answer::Allowed;
 
 /// A peer that is not a configured gateway.
@@ -52,67 +55,140 @@ impl AuthorizeApp {
         session: &mut ServerSession,
         id: &HeaderValue,
     ) -> (Option<Caller>, Outcome, http::Response<Vec<u8>>) {
-        let caller = report::caller(session.req_header().uri.path());
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        if !peer.is_some_and(|ip| gate.decision.authorize.gateways.contains(ip)) {
-            return refused(caller, NOT_A_GATEWAY.into(), id);
+        let asked = ask(
+            &gate.decision,
+            session,
+            peer,
+            unix_now(),
+            gate.shared.as_deref(),
+        )
+        .await;
+        if let Some(header) = &asked.header {
+            let id = id.to_str().unwrap_or_default();
+            gate.record(header, id, &asked.decision.facts);
         }
-        let report = match report::read(session.req_header()) {
-            Ok(report) => report,
-            Err(error) => return refused(caller, error.into(), id),
-        };
-        let body = match gateway_body(session, report.body_sent).await {
-            Ok(body) => body,
-            Err(error) => return refused(caller, error.into(), id),
-        };
-        let request = Request {
-            header: &report.header,
-            framing: match &body {
-                Some(body) if body.is_empty() => Framing::Empty,
-                Some(body) => Framing::Length(body.len() as u64),
-                None => report.framing,
-            },
-            peer: report.client.or(peer),
-            body: body.as_deref(),
-            now: unix_now(),
-        };
-        let unseen = gate.decision.authorize.unseen_body;
-        let decision = decide_reported(&gate.decision, &request, unseen, gate.shared.as_deref());
-        gate.record(
-            &report.header,
-            id.to_str().unwrap_or_default(),
-            &decision.facts,
-        );
-        let caller = Some(report.caller);
-        let refusal = match decision.action {
+        let Asked {
+            caller,
+            decision,
+            grpc,
+            ..
+        } = asked;
+        let action = match decision.action {
             Action::Forward(forward) => match gate.admit_route(&decision.facts).await {
-                Ok(()) => {
-                    let allowed = Allowed {
-                        subject: decision.facts.subject.as_deref(),
-                        token: decision.facts.token.as_ref(),
-                        forward: &forward,
-                    };
-                    let response = answer::allow(report.caller, &gate.decision, &allowed, id);
-                    return (caller, Outcome::Allow, response);
-                }
-                Err(refused) => refused,
+                Ok(()) => Action::Forward(forward),
+                Err(refused) => Action::Refuse(refused),
             },
-            Action::Refuse(refused) => refused,
-            // `decide_reported` refuses what only the proxy can answer.
-            Action::Mint(_) | Action::Jwks => ApiError::new(
-                ErrorCode::Internal,
-                "An in-process answer reached the authorizer.",
-            )
-            .into(),
+            other => other,
         };
-        let grpc = grpc_call(&report.header);
-        count_refusal(&refusal);
-        let response = answer::refuse(report.caller, &refusal, id, grpc);
-        (caller, Outcome::Refuse, response)
+        let (outcome, response) =
+            respond(caller, &gate.decision, &decision.facts, &action, id, grpc);
+        if let Action::Refuse(refused) = &action {
+            count_refusal(refused);
+        }
+        (caller, outcome, response)
     }
+}
+
+/// A gateway's question, decided.
+pub struct Asked {
+    /// Which convention asked, when the path names one.
+    pub caller: Option<Caller>,
+    /// The original request the gateway reported, when it could be read.
+    pub header: Option<RequestHeader>,
+    /// The decision: the proxy's own on that request, or a refusal of the question.
+    pub decision: Decision,
+    /// Whether the original request is a gRPC call, answered in gRPC's form.
+    pub grpc: bool,
+}
+
+/// Decides on the question `session` holds, asked from `peer`: believed only from a configured
+/// gateway, read in the convention its path names, decided as the proxy decides
+/// ([`decide_reported`]). Limits are not counted here; the caller admits them.
+pub async fn ask(
+    settings: &Settings,
+    session: &mut ServerSession,
+    peer: Option<IpAddr>,
+    now: u64,
+    sign_outs: Option<&Shared>,
+) -> Asked {
+    let caller = report::caller(session.req_header().uri.path());
+    let refused = |refused: Refused| Asked {
+        caller,
+        header: None,
+        decision: Decision::refused(refused),
+        grpc: false,
+    };
+    if !peer.is_some_and(|ip| settings.authorize.gateways.contains(ip)) {
+        return refused(NOT_A_GATEWAY.into());
+    }
+    let report = match report::read(session.req_header()) {
+        Ok(report) => report,
+        Err(error) => return refused(error.into()),
+    };
+    let body = match gateway_body(session, report.body_sent).await {
+        Ok(body) => body,
+        Err(error) => return refused(error.into()),
+    };
+    let request = Request {
+        header: &report.header,
+        framing: match &body {
+            Some(body) if body.is_empty() => Framing::Empty,
+            Some(body) => Framing::Length(body.len() as u64),
+            None => report.framing,
+        },
+        peer: report.client.or(peer),
+        body: body.as_deref(),
+        now,
+    };
+    let unseen = settings.authorize.unseen_body;
+    let decision = decide_reported(settings, &request, unseen, sign_outs);
+    Asked {
+        caller: Some(report.caller),
+        grpc: grpc_call(&report.header),
+        header: Some(report.header),
+        decision,
+    }
+}
+
+/// The answer to a gateway for `action`, decided with `facts`, and what it came to.
+pub fn respond(
+    caller: Option<Caller>,
+    settings: &Settings,
+    facts: &Facts,
+    action: &Action,
+    id: &HeaderValue,
+    grpc: bool,
+) -> (Outcome, http::Response<Vec<u8>>) {
+    // A question that named no convention is answered as Traefik and Caddy read answers.
+    let convention = caller.unwrap_or(Caller::Traefik);
+    let refused = match action {
+        Action::Forward(forward) => {
+            let allowed = Allowed {
+                subject: facts.subject.as_deref(),
+                token: facts.token.as_ref(),
+                forward,
+            };
+            return (
+                Outcome::Allow,
+                answer::allow(convention, settings, &allowed, id),
+            );
+        }
+        Action::Refuse(refused) => refused.clone(),
+        // `decide_reported` refuses what only the proxy can answer.
+        Action::Mint(_) | Action::Jwks => ApiError::new(
+            ErrorCode::Internal,
+            "An in-process answer reached the authorizer.",
+        )
+        .into(),
+    };
+    (
+        Outcome::Refuse,
+        answer::refuse(convention, &refused, id, grpc),
+    )
 }
 
 /// The body of the authorization request when it is the original one, read whole; otherwise
@@ -123,17 +199,6 @@ async fn gateway_body(
 ) -> Result<Option<BytesMut>, ApiError> {
     let body = read_body(session, READ_AHEAD_LIMIT).await?;
     Ok(sent.then_some(body))
-}
-
-/// A refusal before any decision.
-fn refused(
-    caller: Option<Caller>,
-    refused: Refused,
-    id: &HeaderValue,
-) -> (Option<Caller>, Outcome, http::Response<Vec<u8>>) {
-    count_refusal(&refused);
-    let response = answer::refuse(caller.unwrap_or(Caller::Traefik), &refused, id, false);
-    (caller, Outcome::Refuse, response)
 }
 
 /// Counts a refusal by its code, as the proxy does.

@@ -331,7 +331,7 @@ fn unhonoured_body(kind: &BodyKind, body: &[u8]) -> Result<ForwardBody, Refused>
 
 impl Decision {
     /// A refusal decided before anything was learned.
-    fn refused(refused: Refused) -> Decision {
+    pub fn refused(refused: Refused) -> Decision {
         Decision {
             facts: Facts::default(),
             action: Action::Refuse(refused),
