@@ -41,7 +41,7 @@ pub struct Entry<'a> {
     pub path: &'a str,
     /// Status answered; 0 when none could be sent.
     pub status: u16,
-    /// `token` or `proxy`.
+    /// `token`, `proxy` or `authorize`.
     pub route: &'a str,
     /// Seconds from the first filter to the end of the response.
     pub duration: f64,

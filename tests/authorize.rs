@@ -882,3 +882,29 @@ fn explain_says_what_each_real_gateway_answers() {
     );
     assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
 }
+
+#[test]
+fn each_question_gets_an_access_log_line() {
+    let up = Upstream::start();
+    let authorize: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = authorize.to_string();
+    let env = [
+        ("TOKENGATE_AUTHORIZE_LISTEN", listen.as_str()),
+        ("TOKENGATE_ACCESS_LOG", "true"),
+    ];
+    let conf = conf("authorize-log", "tokengate:\n  auth: required\n");
+    let tg = Tokengate::start_with_args(up.addr, &env, &["-c", &conf]);
+    let ask = Req::new("GET", "/caddy")
+        .header("X-Forwarded-Method", "GET")
+        .header("X-Forwarded-Uri", "/albums/./a?secret=1")
+        .header("X-Request-Id", "log-1");
+    assert_eq!(http1_answer(authorize, &ask).status, Some(401));
+    let lines = tg.access_log(1);
+    let line = lines.iter().find(|l| l.contains("log-1")).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(entry["route"], "authorize");
+    assert_eq!(entry["status"], 401);
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["path"], "/albums/a");
+    assert_eq!(entry["reason"], "missing_token");
+}

@@ -20,6 +20,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 
+use crate::access_log::{self, Entry};
 use crate::decision::{
     decide_reported, grpc_call, read_body, request_id, unix_now, Action, Decision, Facts, Refused,
     Request, Settings, READ_AHEAD_LIMIT,
@@ -54,6 +55,7 @@ impl AuthorizeApp {
         gate: &Tokengate,
         session: &mut ServerSession,
         id: &HeaderValue,
+        start: Instant,
     ) -> (Option<Caller>, Outcome, http::Response<Vec<u8>>) {
         let peer = session
             .client_addr()
@@ -75,7 +77,7 @@ impl AuthorizeApp {
             caller,
             decision,
             grpc,
-            ..
+            header: asked_header,
         } = asked;
         let action = match decision.action {
             Action::Forward(forward) => match gate.admit_route(&decision.facts).await {
@@ -86,8 +88,30 @@ impl AuthorizeApp {
         };
         let (outcome, response) =
             respond(caller, &gate.decision, &decision.facts, &action, id, grpc);
-        if let Action::Refuse(refused) = &action {
-            count_refusal(refused);
+        let reason = match &action {
+            Action::Refuse(refused) => {
+                count_refusal(refused);
+                Some(refused.error.code.as_str())
+            }
+            _ => None,
+        };
+        if gate.access_log.enabled() {
+            let asked = asked_header.as_ref().unwrap_or(session.req_header());
+            let facts = &decision.facts;
+            gate.access_log.write(&Entry {
+                time: access_log::now_rfc3339(),
+                request_id: id.to_str().unwrap_or_default(),
+                method: asked.method.as_str(),
+                path: facts.canonical_path.as_deref().unwrap_or(asked.uri.path()),
+                status: response.status().as_u16(),
+                route: RouteKind::Authorize.as_str(),
+                duration: start.elapsed().as_secs_f64(),
+                upstream_duration: None,
+                bytes_in: session.body_bytes_read(),
+                bytes_out: response.body().len(),
+                subject: facts.subject.as_deref(),
+                reason,
+            });
         }
         (caller, outcome, response)
     }
@@ -215,7 +239,7 @@ impl ServeHttp for AuthorizeApp {
         let start = Instant::now();
         let gate = self.current.load_full();
         let id = request_id(session.req_header());
-        let (caller, outcome, response) = self.answer(&gate, session, &id).await;
+        let (caller, outcome, response) = self.answer(&gate, session, &id, start).await;
         if response.status().is_server_error() || response.status() == 413 {
             // The body may be left unread.
             session.set_keepalive(None);
