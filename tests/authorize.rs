@@ -352,6 +352,23 @@ fn spoofed_reports_and_identity_headers_gain_nothing() {
             assert_eq!(seen.method, "GET", "{g}");
         }
 
+        // A client's own length report, with a chunked form body whose `_method` would make the
+        // POST a DELETE: never believed, the request never reaches the app.
+        let length = Req::new("POST", "/open")
+            .header("X-Original-Content-Length", "0")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("X-Request-Id", &format!("{g}-length"))
+            .body(b"_method=DELETE", BodyFraming::Bytes);
+        let answer = http1_answer(gateway.addr, &length);
+        assert!(
+            stack.seen(&format!("{g}-length")).is_none(),
+            "{g}: {answer:?}"
+        );
+        assert!(
+            [400, 415].contains(&answer.status.unwrap_or(0)),
+            "{g}: {answer:?}"
+        );
+
         // A header spelled with `_`, which Rack reads as the identity, never reaches the app:
         // tokengate refuses it when the gateway passes it on (nginx and Caddy drop such names).
         let underscore = Req::new("GET", "/open")
@@ -585,6 +602,11 @@ fn envoy_ext_authz_checks_are_answered_in_its_convention() {
     // the token does not grant, so it is refused as unseen.
     let partial = http1_answer(authorize, &form("true"));
     assert_eq!(partial.status, Some(415), "{partial:?}");
+    // A length report is not Envoy's: a client's copy is no proof the body is empty.
+    let claimed = envoy_check("POST", "/open")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("X-Original-Content-Length", "0");
+    assert_eq!(http1_answer(authorize, &claimed).status, Some(415));
     // Without the body, a form POST is refused by default (`unseen_body: refuse`).
     let open = http1_answer(
         authorize,
@@ -597,7 +619,7 @@ fn envoy_ext_authz_checks_are_answered_in_its_convention() {
             "tokengate_decisions_total{{caller=\"envoy\",outcome=\"{outcome}\"}}"
         ))
     };
-    assert_eq!((series("allow"), series("refuse")), (2.0, 6.0));
+    assert_eq!((series("allow"), series("refuse")), (2.0, 7.0));
     tg.assert_no_panic();
 }
 
@@ -686,8 +708,10 @@ fn a_body_the_gateway_keeps_is_refused_guarded_or_ignored_as_configured() {
         };
         assert_eq!(post("/open"), Some(open), "{mode}");
         assert_eq!(post("/albums/b"), Some(album), "{mode}");
-        // A length of 0, reported, is no body at all.
-        let empty = envoy_check("POST", "/albums/b")
+        // A length of 0, reported by a gateway that reports lengths (Caddy), is no body at all.
+        let empty = Req::new("GET", "/caddy")
+            .header("X-Forwarded-Method", "POST")
+            .header("X-Forwarded-Uri", "/albums/b")
             .header("Authorization", &bearer)
             .header("Content-Type", "multipart/form-data; boundary=b")
             .header("X-Original-Content-Length", "0");

@@ -45,6 +45,21 @@ const UNKNOWN_PATH: ApiError = ApiError::new(
     ErrorCode::InvalidRequest,
     "Ask the authorization listener at /nginx, /traefik, /caddy or /envoy followed by the request's path.",
 );
+/// A report that says two things: the gateway appended to a client's copy.
+const REPORTED_TWICE: ApiError = ApiError::new(
+    ErrorCode::InvalidRequest,
+    "The gateway reported the request twice (a header of its report came more than once); configure it to set, not add, its report headers.",
+);
+/// The headers a report is read from, each allowed once where its convention reads it.
+const REPORTED: [&str; 7] = [
+    "x-original-method",
+    "x-original-uri",
+    "x-original-url",
+    "x-forwarded-method",
+    "x-forwarded-uri",
+    "x-forwarded-host",
+    ORIGINAL_LENGTH,
+];
 /// A reported method or target no HTTP parser would take.
 const UNREADABLE: ApiError = ApiError::new(
     ErrorCode::InvalidRequest,
@@ -94,7 +109,8 @@ pub fn read(asked: &RequestHeader) -> Result<Report, ApiError> {
                 (None, Some(url)) => origin_form(url).ok_or(UNREADABLE)?,
                 (None, None) => return Err(UNREPORTED),
             };
-            let host = text("x-forwarded-host").or_else(|| text("host"));
+            // Never the question's own Host: that names tokengate, as nginx's upstream.
+            let host = text("x-forwarded-host");
             let own: &[&str] = &[
                 "x-original-method",
                 "x-original-uri",
@@ -152,6 +168,11 @@ pub fn read(asked: &RequestHeader) -> Result<Report, ApiError> {
         host,
         own,
     } = told;
+    let twice =
+        |name: &&str| REPORTED.contains(name) && asked.headers.get_all(*name).iter().count() > 1;
+    if own.iter().any(twice) {
+        return Err(REPORTED_TWICE);
+    }
     let mut header =
         RequestHeader::build(method, &target, Some(asked.headers.len())).map_err(|_| UNREADABLE)?;
     if host.is_none() {
@@ -181,9 +202,15 @@ pub fn read(asked: &RequestHeader) -> Result<Report, ApiError> {
         Caller::Traefik | Caller::Caddy => asked.uri.query() == Some(BODY_FORWARDED),
         Caller::Nginx | Caller::Proxy => false,
     };
+    // Only nginx and Caddy are configured to report the length; through the others the
+    // header would be the client's own.
+    let length = match caller {
+        Caller::Nginx | Caller::Caddy => text(ORIGINAL_LENGTH),
+        _ => None,
+    };
     Ok(Report {
         caller,
-        framing: reported_framing(text(ORIGINAL_LENGTH)),
+        framing: reported_framing(length),
         header,
         client: reported_client(asked),
         body_sent,
@@ -314,6 +341,15 @@ mod tests {
             asked("GET", "/envoyx/a", &[]),
             asked(
                 "GET",
+                "/traefik",
+                &[
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-uri", "/a"),
+                    ("x-forwarded-uri", "/b"),
+                ],
+            ),
+            asked(
+                "GET",
                 "/nginx",
                 &[("x-original-method", "G T"), ("x-original-uri", "/")],
             ),
@@ -335,6 +371,11 @@ mod tests {
         assert_eq!(
             with("/caddy", &[(ORIGINAL_LENGTH, "0")]).framing,
             Framing::Empty
+        );
+        // Through Traefik the header would be the client's: never believed.
+        assert_eq!(
+            with("/traefik", &[(ORIGINAL_LENGTH, "0")]).framing,
+            Framing::Unknown
         );
         assert_eq!(
             with("/caddy", &[(ORIGINAL_LENGTH, "12")]).framing,
