@@ -10,6 +10,7 @@ use std::os::unix::io::IntoRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -119,7 +120,12 @@ pub fn build(
     }
     if let Some(authorize) = &config.authorize {
         let mut service = Service::new("tokengate authorize".to_owned(), AuthorizeApp::new(asked));
-        service.add_tcp(&authorize.listen.to_string());
+        // As the proxy's plaintext listener: read straight from the socket, no 64 KiB buffer
+        // in front of every gateway connection.
+        service.add_listener(
+            ListenerConfig::tcp(authorize.listen.to_string())
+                .l4_buffer(L4BufferSettings::default().read(0)),
+        );
         service.threads = Some(config.threads);
         server.add_service(service);
     }
