@@ -649,7 +649,7 @@ fn the_canonicalization_table_through_every_gateway_forwards_only_what_the_proxy
     let mut failures = Vec::new();
     for gateway in &stack.gateways {
         let g = gateway.name;
-        let (mut alike, mut stricter) = (0, Vec::new());
+        let (mut alike, mut stricter, mut own_parser) = (0, Vec::new(), Vec::new());
         for (request, expect, _) in &table {
             let before = stack.up.seen().len();
             let answer = http1_answer(gateway.addr, request);
@@ -673,14 +673,27 @@ fn the_canonicalization_table_through_every_gateway_forwards_only_what_the_proxy
                     answer.status,
                     refused_by(&answer)
                 )),
-                (_, []) => alike += 1,
+                (_, []) => {
+                    alike += 1;
+                    // Refused as the proxy refuses it, by tokengate or first by the gateway.
+                    if answer.json()["error"].is_null() {
+                        own_parser.push(format!(
+                            "{} {} host {:?} {:?} → {:?}",
+                            request.method,
+                            request.target,
+                            request.host,
+                            request.headers,
+                            answer.status
+                        ));
+                    }
+                }
                 (expect, seen) => {
                     failures.push(format!("{what}: want {expect:?}, the app saw {seen:?}"))
                 }
             }
         }
         println!(
-            "{g}: canonicalization table, {} requests: {alike} decided alike, refused only through the gateway: {stricter:?}",
+            "{g}: canonicalization table, {} requests: {alike} decided alike, refused only through the gateway: {stricter:?}; refused first by {g} itself: {own_parser:?}",
             table.len()
         );
     }
