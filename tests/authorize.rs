@@ -945,3 +945,23 @@ fn each_question_gets_an_access_log_line() {
     assert_eq!(entry["path"], "/albums/a");
     assert_eq!(entry["reason"], "missing_token");
 }
+
+#[test]
+fn a_question_whose_head_never_ends_is_closed_and_the_listener_goes_on() {
+    use std::io::{Read, Write};
+    let up = Upstream::start();
+    let (tg, authorize, _) = tokengate(up.addr, "tokengate:\n  header_timeout: 1s\n");
+    let mut slow = std::net::TcpStream::connect(authorize).unwrap();
+    slow.write_all(b"GET /caddy HTTP/1.1\r\nHost: a\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut rest = Vec::new();
+    // Closed by tokengate (with or without a 408), not by this read's own deadline.
+    let read = slow.read_to_end(&mut rest);
+    assert!(read.is_ok(), "still open: {read:?}");
+    let ask = Req::new("GET", "/caddy")
+        .header("X-Forwarded-Method", "GET")
+        .header("X-Forwarded-Uri", "/a");
+    assert_eq!(http1_answer(authorize, &ask).status, Some(200));
+    tg.assert_no_panic();
+}

@@ -10,6 +10,8 @@ use std::os::unix::io::IntoRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use pingora::apps::http_app::HttpServer;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
@@ -119,7 +121,13 @@ pub fn build(
         watched.push(Box::new(CertReloader { store }));
     }
     if let Some(authorize) = &config.authorize {
-        let mut service = Service::new("tokengate authorize".to_owned(), AuthorizeApp::new(asked));
+        let mut app = HttpServer::new_app(AuthorizeApp::new(asked));
+        // A gateway sends its question at once; a connection that dawdles over its head is
+        // closed as the proxy's are, not kept forever.
+        let mut options = HttpServerOptions::default();
+        options.read_header_timeout = Some(config.proxy.header_timeout);
+        app.server_options = Some(options);
+        let mut service = Service::new("tokengate authorize".to_owned(), app);
         // As the proxy's plaintext listener: read straight from the socket, no 64 KiB buffer
         // in front of every gateway connection.
         service.add_listener(
