@@ -10,7 +10,7 @@ use std::os::unix::io::IntoRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pingora::apps::http_app::HttpServer;
+use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
@@ -96,7 +96,8 @@ pub fn build(
     }
     let (proxy, certificates) =
         listeners::proxy_service(&server.configuration, &config, proxy_app)?;
-    let mut admin = Service::new("tokengate admin".to_owned(), AdminApp::new(state.clone()));
+    let admin_app = served_with(AdminApp::new(state.clone()), &config);
+    let mut admin = Service::new("tokengate admin".to_owned(), admin_app);
     admin.add_tcp(&config.admin_listen.to_string());
     admin.threads = Some(1);
     // Probes are answered until the process exits after SIGTERM (`/readyz` 503 while it drains);
@@ -121,12 +122,7 @@ pub fn build(
         watched.push(Box::new(CertReloader { store }));
     }
     if let Some(authorize) = &config.authorize {
-        let mut app = HttpServer::new_app(AuthorizeApp::new(asked));
-        // A gateway sends its question at once; a connection that dawdles over its head is
-        // closed as the proxy's are, not kept forever.
-        let mut options = HttpServerOptions::default();
-        options.read_header_timeout = Some(config.proxy.header_timeout);
-        app.server_options = Some(options);
+        let app = served_with(AuthorizeApp::new(asked), &config);
         let mut service = Service::new("tokengate authorize".to_owned(), app);
         // As the proxy's plaintext listener: read straight from the socket, no 64 KiB buffer
         // in front of every gateway connection.
@@ -145,6 +141,16 @@ pub fn build(
         server.add_service(background_service("redis", SharedSync(shared)));
     }
     Ok(Built { server, state })
+}
+
+/// `app` served as HTTP with the proxy's header deadline: a connection that dawdles over a
+/// request head is closed, not kept forever (Pingora's bare `ServeHttp` sets none).
+fn served_with<A: ServeHttp + Send + Sync>(app: A, config: &Config) -> HttpServer<A> {
+    let mut server = HttpServer::new_app(app);
+    let mut options = HttpServerOptions::default();
+    options.read_header_timeout = Some(config.proxy.header_timeout);
+    server.server_options = Some(options);
+    server
 }
 
 /// Binds every listener. Pingora panics inside its runtime on a bind failure, and the admin
