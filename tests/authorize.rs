@@ -965,3 +965,26 @@ fn a_question_whose_head_never_ends_is_closed_and_the_listener_goes_on() {
     assert_eq!(http1_answer(authorize, &ask).status, Some(200));
     tg.assert_no_panic();
 }
+
+#[test]
+fn a_kept_body_is_judged_after_the_head_as_the_proxy_judges_it() {
+    let up = Upstream::start();
+    let (tg, authorize, _) = tokengate(up.addr, "tokengate:\n  auth: required\n");
+    // Without a token, the head's own refusal comes first, as through the proxy.
+    let form =
+        envoy_check("POST", "/x").header("Content-Type", "application/x-www-form-urlencoded");
+    let answer = http1_answer(authorize, &form);
+    assert_eq!(answer.status, Some(401), "{answer:?}");
+    assert_eq!(answer.json()["error"], "missing_token");
+    let proxied = http1_answer(
+        tg.addr,
+        &Req::new("POST", "/x")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(b"_method=DELETE", BodyFraming::Length),
+    );
+    assert_eq!(proxied.status, Some(401));
+    // With one, the body it cannot see is what refuses it.
+    let bearer = format!("Bearer {}", common::session("gw"));
+    let answer = http1_answer(authorize, &form.header("Authorization", &bearer));
+    assert_eq!(answer.status, Some(415), "{answer:?}");
+}

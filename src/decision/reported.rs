@@ -96,33 +96,45 @@ fn body_unseen(decision: &Decision, request: &Request<'_>) -> bool {
 }
 
 /// A request whose body could carry a `_method` field the gateway does not show: decided
-/// without the body, and then as `unseen` says.
+/// without the body first (its head's own refusal comes first, as in the proxy), then as
+/// `unseen` says.
 fn unseen_body(
     settings: &Settings,
     request: &Request<'_>,
     unseen: UnseenBody,
     sign_outs: Option<&Shared>,
 ) -> Decision {
-    if unseen == UnseenBody::Refuse {
-        return Decision::refused(UNSEEN_BODY.into());
-    }
-    let decision = decided(settings, &bodiless(request, request.header), sign_outs);
-    if unseen == UnseenBody::Ignore || !matches!(decision.action, Action::Forward(_)) {
+    let mut decision = decided(settings, &bodiless(request, request.header), sign_outs);
+    if !matches!(decision.action, Action::Forward(_)) {
         return decision;
     }
-    // Every method the body could switch to must be one the caller may use here anyway.
+    let refuse = match unseen {
+        UnseenBody::Ignore => false,
+        UnseenBody::Refuse => true,
+        // Every method the body could switch to must be one the caller may use here anyway.
+        UnseenBody::Guard => !every_method_forwarded(settings, request, sign_outs),
+    };
+    if refuse {
+        decision.action = Action::Refuse(UNSEEN_BODY.into());
+    }
+    decision
+}
+
+/// Whether every method an override may name would be forwarded on `request`'s path.
+fn every_method_forwarded(
+    settings: &Settings,
+    request: &Request<'_>,
+    sign_outs: Option<&Shared>,
+) -> bool {
     let mut header = request.header.clone();
-    for method in OVERRIDABLE {
+    OVERRIDABLE.iter().all(|method| {
         let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-            continue;
+            return false;
         };
         header.set_method(method);
         let other = decided(settings, &bodiless(request, &header), sign_outs);
-        if !matches!(other.action, Action::Forward(_)) {
-            return Decision::refused(UNSEEN_BODY.into());
-        }
-    }
-    decision
+        matches!(other.action, Action::Forward(_))
+    })
 }
 
 /// `request` with `header`, and no body.
