@@ -83,7 +83,8 @@ impl Gateway {
                 std::fs::write(&conf, shipped("nginx.conf", &fill)).unwrap();
                 let mut cmd = Command::new("nginx");
                 cmd.arg("-p").arg(&dir).arg("-c").arg(&conf);
-                cmd.args(["-e", "stderr", "-g", "daemon off;"]);
+                // One process, so that killing it leaves no worker behind on the port.
+                cmd.args(["-e", "stderr", "-g", "daemon off; master_process off;"]);
                 cmd
             }
             "traefik" => {
