@@ -26,6 +26,9 @@ fn main() -> ExitCode {
     if let Err(e) = tokengate::watch::catch_hangup() {
         return fail(format!("cannot handle SIGHUP: {e}"));
     }
+    if let Err(e) = tokengate::watch::exit_on_interrupt() {
+        return fail(format!("cannot handle SIGINT: {e}"));
+    }
     let mut cli = Cli::parse();
     // Absolute now: with `-d` the daemon runs from `/`, and every reload reads the path again.
     if let Some(conf) = &cli.conf {

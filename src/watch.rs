@@ -73,6 +73,15 @@ pub fn catch_hangup() -> std::io::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, HANGUP.clone()).map(drop)
 }
 
+/// Makes `SIGINT` end the process at once from now on, as Pingora's fast shutdown does once it
+/// runs. Before that, a `SIGINT` that the parent set to be ignored (a background job's, in a
+/// non-interactive shell) would be lost, and the process would run on. Call it first.
+pub fn exit_on_interrupt() -> std::io::Result<()> {
+    let always = Arc::new(AtomicBool::new(true));
+    signal_hook::flag::register_conditional_shutdown(signal_hook::consts::SIGINT, 0, always)
+        .map(drop)
+}
+
 /// The background service running every subscriber.
 pub struct Watcher {
     subscribers: Vec<Box<dyn Subscriber>>,

@@ -378,3 +378,24 @@ fn an_admin_request_whose_head_never_ends_is_closed_and_probes_go_on() {
     );
     assert_eq!(probe.status, 200);
 }
+
+#[test]
+fn sigint_ends_start_up_even_where_the_parent_ignores_it() {
+    let up = Upstream::start();
+    for _ in 0..5 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // A background job of a non-interactive shell starts with SIGINT ignored; `exec`
+        // keeps the pid, so the signal goes to tokengate itself.
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args([
+            "-c",
+            "trap '' INT; exec \"$0\"",
+            env!("CARGO_BIN_EXE_tokengate"),
+        ]);
+        let mut tg = Tokengate::spawn_command(cmd, addr, admin, up.addr, &[]);
+        wait_accepting(admin, &mut tg);
+        tg.signal("-INT");
+        tg.wait_exit(Duration::from_secs(10));
+    }
+}

@@ -79,20 +79,6 @@ fn exit_when_drained(state: Arc<AppState>) {
     });
 }
 
-/// Longest a fast shutdown (`SIGINT`) may take before the process exits anyway.
-const FAST_EXIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Exits the process after [`FAST_EXIT_LIMIT`] if Pingora's fast shutdown has not by then: it
-/// stops each runtime and waits for its thread, which a task that is slow to yield can hold
-/// up, and `SIGINT` must never leave the process hanging.
-fn exit_soon() {
-    std::thread::spawn(|| {
-        std::thread::sleep(FAST_EXIT_LIMIT);
-        log::warn!("SIGINT: the runtimes did not stop within {FAST_EXIT_LIMIT:?}; exiting now");
-        std::process::exit(0);
-    });
-}
-
 /// Wraps a shutdown signal source so `/readyz` turns 503 the moment shutdown begins.
 pub struct MarkDraining<W> {
     inner: W,
@@ -111,13 +97,9 @@ impl<W: ShutdownSignalWatch + Send + Sync> ShutdownSignalWatch for MarkDraining<
     async fn recv(&self) -> ShutdownSignal {
         let signal = self.inner.recv().await;
         self.state.draining.store(true, Ordering::Release);
-        match signal {
-            ShutdownSignal::GracefulTerminate => {
-                self.state.terminating.store(true, Ordering::Release);
-                exit_when_drained(self.state.clone());
-            }
-            ShutdownSignal::FastShutdown => exit_soon(),
-            _ => {}
+        if matches!(signal, ShutdownSignal::GracefulTerminate) {
+            self.state.terminating.store(true, Ordering::Release);
+            exit_when_drained(self.state.clone());
         }
         signal
     }

@@ -185,8 +185,20 @@ impl Tokengate {
         args: &[&str],
     ) -> Tokengate {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokengate"));
-        cmd.args(args)
-            .env_clear()
+        cmd.args(args);
+        Self::spawn_command(cmd, addr, admin, upstream, env)
+    }
+
+    /// Spawns `cmd` (tokengate, or what execs it) with the test environment for the given
+    /// addresses, without waiting for it.
+    pub fn spawn_command(
+        mut cmd: Command,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        upstream: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Tokengate {
+        cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TOKENGATE_LISTEN", addr.to_string())
             .env("TOKENGATE_ADMIN_LISTEN", admin.to_string())
