@@ -370,15 +370,19 @@ fn spoofed_reports_and_identity_headers_gain_nothing() {
             "{g}: {answer:?}"
         );
 
-        // A header spelled with `_`, which Rack reads as the identity, never reaches the app:
-        // tokengate refuses it when the gateway passes it on (nginx and Caddy drop such names).
-        let underscore = Req::new("GET", "/open")
-            .header("X_User_Id", "admin")
-            .header("X-Request-Id", &format!("{g}-underscore"));
-        let answer = http1_answer(gateway.addr, &underscore);
-        match stack.seen(&format!("{g}-underscore")) {
-            Some(seen) => assert!(seen.all("x_user_id").is_empty(), "{g}: {:?}", seen.headers),
-            None => assert_eq!(answer.status, Some(400), "{g}: {answer:?}"),
+        // A header spelled with `_`, which Rack and CGI read as the identity or a path override,
+        // never reaches the app: tokengate refuses it when the gateway passes it on (nginx and
+        // Caddy drop such names).
+        for name in ["X_User_Id", "X_Original_URL"] {
+            let id = format!("{g}-{name}");
+            let underscore = Req::new("GET", "/open")
+                .header(name, "/admin")
+                .header("X-Request-Id", &id);
+            let answer = http1_answer(gateway.addr, &underscore);
+            match stack.seen(&id) {
+                Some(seen) => assert!(seen.all(name).is_empty(), "{g}: {:?}", seen.headers),
+                None => assert_eq!(answer.status, Some(400), "{g}: {answer:?}"),
+            }
         }
     }
 }

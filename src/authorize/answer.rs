@@ -5,7 +5,7 @@
 
 use http::{HeaderName, HeaderValue, StatusCode};
 
-use crate::decision::{Forward, Refused, Settings};
+use crate::decision::{owned_headers, Forward, Refused, Settings};
 use crate::metrics::Caller;
 use crate::request::method::OVERRIDE_HEADERS;
 use crate::respond::{Response, X_REQUEST_ID, X_TOKEN};
@@ -16,27 +16,6 @@ pub const TOKENGATE_STATUS: &str = "x-tokengate-status";
 pub const TOKENGATE_ERROR: &str = "x-tokengate-error";
 /// Where Envoy's HTTP service lists the upstream headers to remove.
 const ENVOY_REMOVE: &str = "x-envoy-auth-headers-to-remove";
-/// Headers that would make an application read another path (IIS, Symfony): never the client's.
-const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
-
-/// Every header an allowed request's upstream copy must take from tokengate's answer, and lose
-/// when the answer has none: the identity, the claims, `X-token`, the method and path
-/// overrides. Gateways are configured with this list (`tokengate authorize-headers` prints it).
-pub fn copied_headers(settings: &Settings) -> Vec<String> {
-    let mut names = vec![
-        settings.identity_header.as_str().to_owned(),
-        X_TOKEN.0.as_str().to_owned(),
-    ];
-    names.extend(
-        settings
-            .forward_claims
-            .iter()
-            .map(|c| c.header.to_ascii_lowercase()),
-    );
-    names.extend(OVERRIDE_HEADERS.iter().map(|h| (*h).to_owned()));
-    names.extend(PATH_OVERRIDES.iter().map(|h| (*h).to_owned()));
-    names
-}
 
 /// What an allowed request carries to the application.
 pub struct Allowed<'a> {
@@ -48,7 +27,9 @@ pub struct Allowed<'a> {
     pub forward: &'a Forward,
 }
 
-/// `200`: the request goes on, with these headers.
+/// `200`: the request goes on, with these headers. Every header tokengate owns
+/// ([`owned_headers`]) is one the gateway is configured to copy, and so to remove when the
+/// answer lacks it; Envoy is told which to remove.
 pub fn allow(
     caller: Caller,
     settings: &Settings,
@@ -81,9 +62,8 @@ pub fn allow(
     let mut response = http::Response::new(Vec::new());
     let headers = response.headers_mut();
     if caller == Caller::Envoy {
-        let absent: Vec<String> = copied_headers(settings)
-            .into_iter()
-            .filter(|name| !set.iter().any(|(n, _)| n.as_str() == name))
+        let absent: Vec<&str> = owned_headers(settings)
+            .filter(|name| !set.iter().any(|(n, _)| n.as_str() == *name))
             .collect();
         if let Ok(value) = HeaderValue::from_str(&absent.join(", ")) {
             headers.insert(ENVOY_REMOVE, value);

@@ -12,7 +12,7 @@ use crate::forward_claims::ClaimHeader;
 use crate::forwarded::{self, is_forwarding_header, Received};
 use crate::request::method::OVERRIDE_HEADERS;
 use crate::request::BodyScan;
-use crate::respond::{name, Name, X_REQUEST_ID};
+use crate::respond::{name, Name, X_REQUEST_ID, X_TOKEN};
 
 /// The request a forwarded one becomes upstream, as decided.
 #[derive(Debug, Default)]
@@ -89,7 +89,17 @@ static X_FORWARDED_HOST: Name = name("x-forwarded-host", "X-Forwarded-Host");
 static X_USER_ID: Name = name("x-user-id", "X-User-Id");
 
 /// Headers that would make an application read a different request than the one checked.
-const PATH_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+pub const PATH_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
+/// The headers (lower case) whose value the application must have from tokengate alone, never
+/// from the client: the identity, `X-token`, the claim headers, the method and path overrides.
+pub fn owned_headers(settings: &Settings) -> impl Iterator<Item = &str> {
+    [settings.identity_header.as_str(), X_TOKEN.0.as_str()]
+        .into_iter()
+        .chain(settings.forward_claims.iter().map(|c| c.header.as_str()))
+        .chain(OVERRIDE_HEADERS)
+        .chain(PATH_OVERRIDE_HEADERS)
+}
 
 /// Whether `name` (lower case, as `http` stores it) is `want` with `_` allowed for `-`: many
 /// servers (Rack, CGI) fold both into one variable.

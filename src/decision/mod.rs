@@ -30,7 +30,7 @@ use crate::respond::{self, Response};
 use crate::routes::{self, LimitKey, ParamValue, PathTemplate, RouteTable};
 use crate::shared::{Shared, Standing};
 use crate::token::{Caller, Prepared, TokenService};
-pub use forward::{same_header, Forward, ForwardBody};
+pub use forward::{owned_headers, same_header, Forward, ForwardBody};
 pub use head::{
     authorization_values, body_framing, expects_continue, grpc_call, request_id, token_request,
     unix_now,

@@ -10,13 +10,12 @@ use http::Method;
 use pingora::http::RequestHeader;
 use serde::Deserialize;
 
-use super::forward::same_header;
+use super::forward::{owned_headers, same_header};
 use super::{decide, Action, Decision, ForwardBody, Refused, Request, Settings, Step};
 use crate::error::{ApiError, ErrorCode};
 use crate::forwarded::TrustedProxies;
-use crate::request::method::{OVERRIDABLE, OVERRIDE_HEADERS};
+use crate::request::method::OVERRIDABLE;
 use crate::request::Framing;
-use crate::respond::X_TOKEN;
 use crate::shared::Shared;
 
 /// What the authorizer does with a `POST` whose body a framework reads fields from (a form,
@@ -178,19 +177,11 @@ fn as_sent(mut decision: Decision) -> Decision {
     decision
 }
 
-/// Whether a header name is a `_` spelling of one tokengate sets (the identity, a claim,
-/// `X-token`, a method override): Rack and CGI read it as that header, and no gateway removes
-/// it by name.
+/// Whether a header name is a `_` spelling of one tokengate owns ([`owned_headers`]): Rack and
+/// CGI read it as that header, and no gateway removes it by name.
 fn underscore_spelling(settings: &Settings, header: &RequestHeader) -> bool {
     header.headers.keys().any(|name| {
         let n = name.as_str();
-        n.contains('_')
-            && (same_header(n, settings.identity_header.as_str())
-                || same_header(n, X_TOKEN.0.as_str())
-                || OVERRIDE_HEADERS.iter().any(|h| same_header(n, h))
-                || settings
-                    .forward_claims
-                    .iter()
-                    .any(|c| same_header(n, &c.header.to_ascii_lowercase())))
+        n.contains('_') && owned_headers(settings).any(|owned| same_header(n, owned))
     })
 }
