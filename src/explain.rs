@@ -204,12 +204,15 @@ fn question(problem: impl std::fmt::Display) -> Problem {
     Problem::Question(problem.to_string())
 }
 
+/// Where `--gateway` questions come from, believed as a configured gateway.
+const GATEWAY_PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 /// Explains `q` against `config`.
 pub fn explain(config: &Config, q: &Question) -> Result<Explanation, Problem> {
     let mut settings = reload::decision_settings(config).map_err(Problem::Config)?;
     if q.gateway.is_some() {
         // The question comes from a gateway this configuration believes.
-        let here = TrustedProxies::parse(&["127.0.0.1".to_owned()]).map_err(question)?;
+        let here = TrustedProxies::parse(&[GATEWAY_PEER.to_string()]).map_err(question)?;
         settings.authorize.gateways = here;
     }
     let authorization = caller_token(config, &settings, q)?;
@@ -435,10 +438,9 @@ async fn asked_by_gateway(
         "asked as {} asks with the configuration of docs/gateways.md, from a configured gateway",
         gateway.as_str()
     ));
-    let gate = settings;
-    let asked = authorize::ask(gate, &mut session, Some([127, 0, 0, 1].into()), q.now, None).await;
+    let asked = authorize::ask(settings, &mut session, Some(GATEWAY_PEER), q.now, None).await;
     if let Some(header) = &asked.header {
-        describe(config, gate, header, &asked.decision.facts, q.now, out);
+        describe(config, settings, header, &asked.decision.facts, q.now, out);
     }
     let id = match &asked.header {
         Some(header) => request_id(header),
@@ -447,7 +449,7 @@ async fn asked_by_gateway(
     let facts = &asked.decision.facts;
     let (outcome, response) = authorize::respond(
         asked.caller,
-        gate,
+        settings,
         facts,
         &asked.decision.action,
         &id,

@@ -193,6 +193,11 @@ impl Metrics {
         self.duration_series[kind].observe(seconds);
     }
 
+    /// Counts one request tokengate refused, by its error code.
+    pub fn record_rejection(&self, code: ErrorCode) {
+        self.rejections.with_label_values(&[code.as_str()]).inc();
+    }
+
     /// Counts one decision asked for by `caller`.
     pub fn record_decision(&self, caller: Caller, outcome: Outcome) {
         self.decision_series[caller as usize][outcome as usize].inc();

@@ -90,7 +90,7 @@ impl AuthorizeApp {
             respond(caller, &gate.decision, &decision.facts, &action, id, grpc);
         let reason = match &action {
             Action::Refuse(refused) => {
-                count_refusal(refused);
+                metrics::get().record_rejection(refused.error.code);
                 Some(refused.error.code.as_str())
             }
             _ => None,
@@ -223,14 +223,6 @@ async fn gateway_body(
 ) -> Result<Option<BytesMut>, ApiError> {
     let body = read_body(session, READ_AHEAD_LIMIT).await?;
     Ok(sent.then_some(body))
-}
-
-/// Counts a refusal by its code, as the proxy does.
-fn count_refusal(refused: &Refused) {
-    metrics::get()
-        .rejections
-        .with_label_values(&[refused.error.code.as_str()])
-        .inc();
 }
 
 #[async_trait]

@@ -75,10 +75,7 @@ impl Tokengate {
 impl RequestState {
     /// Notes the refusal for the access log, and counts it.
     pub(super) fn refused(&mut self, error: ApiError) {
-        metrics::get()
-            .rejections
-            .with_label_values(&[error.code.as_str()])
-            .inc();
+        metrics::get().record_rejection(error.code);
         self.reason = Some(error.code);
     }
 }
