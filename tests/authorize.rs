@@ -152,12 +152,29 @@ fn http1_answer_or_none(addr: SocketAddr, request: &Req) -> Option<Answer> {
 
 /// tokengate with the differential routes, its authorization listener on too; and its address.
 fn tokengate(upstream: SocketAddr, yaml: &str) -> (Tokengate, SocketAddr, String) {
+    tokengate_with(upstream, yaml, &[])
+}
+
+/// [`tokengate`] with more environment.
+fn tokengate_with(
+    upstream: SocketAddr,
+    yaml: &str,
+    more: &[(&str, &str)],
+) -> (Tokengate, SocketAddr, String) {
     let authorize: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let conf = conf("authorize", yaml);
     let listen = authorize.to_string();
-    let env = [("TOKENGATE_AUTHORIZE_LISTEN", listen.as_str())];
+    let mut env = vec![("TOKENGATE_AUTHORIZE_LISTEN", listen.as_str())];
+    env.extend_from_slice(more);
     let tg = Tokengate::start_with_args(upstream, &env, &["-c", &conf]);
     (tg, authorize, conf)
+}
+
+/// What Caddy asks about `method target` (conf/gateways/Caddyfile).
+fn caddy_asks(method: &str, target: &str) -> Req {
+    Req::new("GET", "/caddy")
+        .header("X-Forwarded-Method", method)
+        .header("X-Forwarded-Uri", target)
 }
 
 /// A token for album `a`: `see` and `image_upload`.
@@ -727,9 +744,7 @@ fn a_body_the_gateway_keeps_is_refused_guarded_or_ignored_as_configured() {
         assert_eq!(post("/open"), Some(open), "{mode}");
         assert_eq!(post("/albums/b"), Some(album), "{mode}");
         // A length of 0, reported by a gateway that reports lengths (Caddy), is no body at all.
-        let empty = Req::new("GET", "/caddy")
-            .header("X-Forwarded-Method", "POST")
-            .header("X-Forwarded-Uri", "/albums/b")
+        let empty = caddy_asks("POST", "/albums/b")
             .header("Authorization", &bearer)
             .header("Content-Type", "multipart/form-data; boundary=b")
             .header("X-Original-Content-Length", "0");
@@ -777,17 +792,9 @@ fn a_question_no_convention_reads_gets_a_clear_refusal_and_the_next_is_answered(
 #[test]
 fn a_reload_changes_who_is_believed_without_a_restart() {
     let up = Upstream::start();
-    let path = conf(
-        "authorize-reload",
-        "tokengate:\n  authorize: {gateways: [10.9.9.9/32]}\n",
-    );
-    let authorize: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let listen = authorize.to_string();
-    let env = [("TOKENGATE_AUTHORIZE_LISTEN", listen.as_str())];
-    let tg = Tokengate::start_with_args(up.addr, &env, &["-c", &path]);
-    let ask = Req::new("GET", "/caddy")
-        .header("X-Forwarded-Method", "GET")
-        .header("X-Forwarded-Uri", "/a");
+    let yaml = "tokengate:\n  authorize: {gateways: [10.9.9.9/32]}\n";
+    let (tg, authorize, path) = tokengate(up.addr, yaml);
+    let ask = caddy_asks("GET", "/a");
     assert_eq!(http1_answer(authorize, &ask).status, Some(403));
     std::fs::write(
         &path,
@@ -928,18 +935,9 @@ fn explain_says_what_each_real_gateway_answers() {
 #[test]
 fn each_question_gets_an_access_log_line() {
     let up = Upstream::start();
-    let authorize: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let listen = authorize.to_string();
-    let env = [
-        ("TOKENGATE_AUTHORIZE_LISTEN", listen.as_str()),
-        ("TOKENGATE_ACCESS_LOG", "true"),
-    ];
-    let conf = conf("authorize-log", "tokengate:\n  auth: required\n");
-    let tg = Tokengate::start_with_args(up.addr, &env, &["-c", &conf]);
-    let ask = Req::new("GET", "/caddy")
-        .header("X-Forwarded-Method", "GET")
-        .header("X-Forwarded-Uri", "/albums/./a?secret=1")
-        .header("X-Request-Id", "log-1");
+    let yaml = "tokengate:\n  auth: required\n";
+    let (tg, authorize, _) = tokengate_with(up.addr, yaml, &[("TOKENGATE_ACCESS_LOG", "true")]);
+    let ask = caddy_asks("GET", "/albums/./a?secret=1").header("X-Request-Id", "log-1");
     assert_eq!(http1_answer(authorize, &ask).status, Some(401));
     let lines = tg.access_log(1);
     let line = lines.iter().find(|l| l.contains("log-1")).unwrap();
@@ -953,21 +951,13 @@ fn each_question_gets_an_access_log_line() {
 
 #[test]
 fn a_question_whose_head_never_ends_is_closed_and_the_listener_goes_on() {
-    use std::io::{Read, Write};
     let up = Upstream::start();
     let (tg, authorize, _) = tokengate(up.addr, "tokengate:\n  header_timeout: 1s\n");
-    let mut slow = std::net::TcpStream::connect(authorize).unwrap();
-    slow.write_all(b"GET /caddy HTTP/1.1\r\nHost: a\r\n")
-        .unwrap();
-    slow.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut rest = Vec::new();
-    // Closed by tokengate (with or without a 408), not by this read's own deadline.
-    let read = slow.read_to_end(&mut rest);
-    assert!(read.is_ok(), "still open: {read:?}");
-    let ask = Req::new("GET", "/caddy")
-        .header("X-Forwarded-Method", "GET")
-        .header("X-Forwarded-Uri", "/a");
-    assert_eq!(http1_answer(authorize, &ask).status, Some(200));
+    assert_closes_unfinished_head(authorize, b"GET /caddy HTTP/1.1\r\nHost: a\r\n");
+    assert_eq!(
+        http1_answer(authorize, &caddy_asks("GET", "/a")).status,
+        Some(200)
+    );
     tg.assert_no_panic();
 }
 

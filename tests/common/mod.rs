@@ -52,6 +52,18 @@ pub fn on_a_free_port<T>(what: &str, mut try_start: impl FnMut(u16) -> Option<T>
     panic!("{what} never answered as itself on three ports");
 }
 
+/// Sends `head`, a request head that never ends, to `addr`: the server must close the connection
+/// (with or without a `408`) within [`DEADLINE`], not keep it forever.
+pub fn assert_closes_unfinished_head(addr: SocketAddr, head: &[u8]) {
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(head).unwrap();
+    slow.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut rest = Vec::new();
+    // Closed by the server, not by this read's own deadline.
+    let read = slow.read_to_end(&mut rest);
+    assert!(read.is_ok(), "still open: {read:?}");
+}
+
 /// Writes `yaml` to a new configuration file in the temporary folder; its path.
 pub fn conf(name: &str, yaml: &str) -> String {
     let path = std::env::temp_dir().join(format!("tokengate-{name}-{}.yaml", free_port()));
