@@ -44,12 +44,14 @@ fn bench(c: &mut Criterion) {
         minting: Default::default(),
         signer: None,
         minted_keys: None,
+        issuers: Vec::new(),
     };
     let authorization = [auth.as_bytes()];
     let request = TokenRequest {
         authorization: &authorization,
         content_type: Some(FORM),
         body: SEED_BODY,
+        cookie: None,
     };
     assert_eq!(service.handle(&request, IAT + 1).unwrap().body.len(), 485);
 

@@ -21,6 +21,15 @@ impl AdminApp {
         AdminApp { state }
     }
 
+    /// Why `/readyz` says no; an identity provider without usable keys is named.
+    fn not_ready(&self) -> Vec<u8> {
+        let mut body = String::from("not ready\n");
+        for issuer in self.state.keys_missing() {
+            body.push_str(&format!("no usable keys yet from issuer {issuer}\n"));
+        }
+        body.into_bytes()
+    }
+
     fn route(&self, path: &str) -> (u16, &'static str, Vec<u8>) {
         const TEXT: &str = "text/plain; charset=utf-8";
         match path {
@@ -38,7 +47,7 @@ impl AdminApp {
             }
             "/healthz" => (200, TEXT, b"ok\n".to_vec()),
             "/readyz" if self.state.is_ready() => (200, TEXT, b"ready\n".to_vec()),
-            "/readyz" => (503, TEXT, b"not ready\n".to_vec()),
+            "/readyz" => (503, TEXT, self.not_ready()),
             _ => (
                 404,
                 TEXT,

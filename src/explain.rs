@@ -209,7 +209,8 @@ const GATEWAY_PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// Explains `q` against `config`.
 pub fn explain(config: &Config, q: &Question) -> Result<Explanation, Problem> {
-    let mut settings = reload::decision_settings(config).map_err(Problem::Config)?;
+    let registry = crate::issuers::Registry::default();
+    let mut settings = reload::decision_settings(config, &registry).map_err(Problem::Config)?;
     if q.gateway.is_some() {
         // The question comes from a gateway this configuration believes.
         let here = TrustedProxies::parse(&[GATEWAY_PEER.to_string()]).map_err(question)?;
@@ -632,6 +633,7 @@ fn caller_token(
                 authorization: &[bearer.as_bytes()],
                 content_type: Some(b"application/json"),
                 body: body.as_bytes(),
+                cookie: None,
             },
             q.now,
         )

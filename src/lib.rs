@@ -24,6 +24,8 @@ pub mod error;
 pub mod explain;
 pub mod forward_claims;
 pub mod forwarded;
+#[cfg(feature = "server")]
+pub mod issuers;
 pub mod limits;
 #[cfg(feature = "server")]
 pub mod log_limit;

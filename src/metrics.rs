@@ -4,8 +4,8 @@ use std::sync::{LazyLock, OnceLock};
 
 use pingora_prometheus::prometheus::{
     self, register_gauge_vec, register_histogram, register_histogram_vec, register_int_counter,
-    register_int_counter_vec, register_int_gauge, GaugeVec, Histogram, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, GaugeVec, Histogram,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 use crate::error::ErrorCode;
@@ -164,6 +164,14 @@ pub struct Metrics {
     pub span_exports: IntCounterVec,
     /// `tokengate_decisions_total{caller,outcome}`: decisions, by who asked and what they came to.
     pub decisions: IntCounterVec,
+    /// `tokengate_issuer_key_fetches_total{issuer,result}`: an identity provider's key set
+    /// fetched (`ok`) or not (`error`).
+    pub issuer_fetches: IntCounterVec,
+    /// `tokengate_issuer_keys{issuer}`: signing keys in use per identity provider (0: none
+    /// usable, its tokens are refused).
+    pub issuer_keys: IntGaugeVec,
+    /// `tokengate_issuer_keys_age_seconds{issuer}`: time since its keys were last fetched.
+    pub issuer_keys_age: IntGaugeVec,
     /// Resolved `decisions` series, by caller and outcome.
     decision_series: [[IntCounter; 3]; 5],
     /// Resolved `requests{route,code}` series, so a request skips the label lookup: one slot
@@ -291,6 +299,21 @@ fn register() -> Result<Metrics, prometheus::Error> {
             "tokengate_span_exports_total",
             "Span batches sent to the OTLP collector, by result (ok, error).",
             &["result"]
+        )?,
+        issuer_fetches: register_int_counter_vec!(
+            "tokengate_issuer_key_fetches_total",
+            "Fetches of an identity provider's key set (discovery included), by issuer and result (ok, error).",
+            &["issuer", "result"]
+        )?,
+        issuer_keys: register_int_gauge_vec!(
+            "tokengate_issuer_keys",
+            "Signing keys in use for an identity provider; 0 when none is usable and its tokens are refused.",
+            &["issuer"]
+        )?,
+        issuer_keys_age: register_int_gauge_vec!(
+            "tokengate_issuer_keys_age_seconds",
+            "Seconds since an identity provider's keys were last fetched.",
+            &["issuer"]
         )?,
         redis_up: register_int_gauge!(
             "tokengate_redis_up",

@@ -168,6 +168,7 @@ mod tests {
             minting: Default::default(),
             signer: None,
             minted_keys: None,
+            issuers: Vec::new(),
         }
     }
 

@@ -15,6 +15,7 @@ use tokio::sync::{watch, Mutex};
 use crate::access_log::AccessLog;
 use crate::config::{Config, ConfigError, ProcessEnv};
 use crate::decision::{self, Jwks};
+use crate::issuers::Registry;
 use crate::limits::Limiter;
 use crate::metrics;
 use crate::proxy::{AppState, Tokengate};
@@ -34,6 +35,8 @@ pub struct Lasting {
     pub shared: Option<Arc<Shared>>,
     /// Span export.
     pub tracer: Option<Arc<Exporter>>,
+    /// Identity providers' keys, kept while their issuer stays configured the same way.
+    pub issuers: Registry,
 }
 
 /// A new upstream group for each of `config`'s (not resolving or health-checking yet).
@@ -44,16 +47,23 @@ pub fn groups(config: &Config) -> Vec<Arc<UpstreamGroup>> {
         .collect()
 }
 
-/// What the decision reads, for `config`: the proxy's and `tokengate explain`'s alike.
-pub fn decision_settings(config: &Config) -> Result<decision::Settings, ConfigError> {
+/// What the decision reads, for `config`: the proxy's and `tokengate explain`'s alike; its
+/// identity providers' keys are those `registry` keeps.
+pub fn decision_settings(
+    config: &Config,
+    registry: &Registry,
+) -> Result<decision::Settings, ConfigError> {
     let token_path =
         PathTemplate::parse(&config.token.token_path).map_err(|e| ConfigError::Invalid {
             key: "tokengate.token_path".into(),
             problem: e.to_string(),
         })?;
     let proxy = &config.proxy;
+    let mut tokens = config.token_service()?;
+    let issuers = registry.attach(&mut tokens);
     Ok(decision::Settings {
-        tokens: config.token_service()?,
+        tokens,
+        issuers,
         token_path,
         jwks: config.signing.as_ref().map(|s| Jwks {
             body: bytes::Bytes::from(s.jwks.clone()),
@@ -90,7 +100,7 @@ pub fn gate(
         })
         .collect();
     Ok(Tokengate {
-        decision: decision_settings(config)?,
+        decision: decision_settings(config, &lasting.issuers)?,
         groups: groups.into(),
         access_log: AccessLog::new(config.access_log.then_some(config.log_format)),
         limiter: config.token.rate_limit.rate().map(Limiter::new),

@@ -33,6 +33,7 @@ fn fixture() -> &'static Fixture {
             minting: tokengate::token::mint::Minting { max_ttl_secs: Some(600), ..Default::default() },
                 signer: None,
             minted_keys: None,
+            issuers: Vec::new(),
         };
         let auth = format!("Bearer {session}");
         let body = br#"{"permission":{"abilities":{"a1":{"Access":{"see":true,"image_list":true}}},"Id":"a1"}}"#;
@@ -40,6 +41,7 @@ fn fixture() -> &'static Fixture {
             authorization: &[auth.as_bytes()],
             content_type: Some(b"application/json"),
             body,
+            cookie: None,
         };
         let minted = service.handle(&request, NOW).expect("fixture mints");
         let minted: serde_json::Value = serde_json::from_slice(&minted.body).expect("JSON");
@@ -85,6 +87,7 @@ fuzz_target!(|data: &[u8]| {
         authorization: &authorization,
         content_type,
         body,
+        cookie: None,
     };
     match f.service.handle(&request, NOW) {
         Ok(minted) => {

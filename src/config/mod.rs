@@ -31,6 +31,7 @@ use crate::forwarded::TrustedProxies;
 use crate::request;
 use crate::routes::{AuthMode, RouteTable};
 use crate::shared::RedisSettings;
+use crate::token::issuer::{Issuer, IssuerSettings};
 use crate::token::mint::Minting;
 use crate::token::permission::RESERVED_CLAIMS;
 use crate::token::{
@@ -115,6 +116,8 @@ pub struct Config {
     pub development_secret: bool,
     /// The `token` section: minting and verifying tokens, besides the keys.
     pub token: token::Settings,
+    /// Identity providers whose tokens are sessions too.
+    pub issuers: Vec<IssuerSettings>,
     /// How large a token request, its permission and the tokens may be.
     pub limits: Limits,
     /// ES256 / EdDSA minting, when configured; HS256 otherwise.
@@ -137,6 +140,31 @@ pub struct Config {
     pub access_log: bool,
     /// Pingora's own server settings (from the same file's other top-level keys).
     pub server: ServerConf,
+}
+
+/// `issuers:`, the identity providers whose tokens are sessions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct IdentityProviders {
+    issuers: Vec<IssuerSettings>,
+}
+
+impl IdentityProviders {
+    /// Each issuer usable, and named once.
+    fn check(&self, session_subject: &str) -> Result<(), ConfigError> {
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            if let Err((key, problem)) = issuer.check(session_subject) {
+                return Err(invalid(&format!("tokengate.issuers[{i}].{key}"), problem));
+            }
+            if self.issuers[..i].iter().any(|o| o.issuer == issuer.issuer) {
+                return Err(invalid(
+                    &format!("tokengate.issuers[{i}].issuer"),
+                    format!("{:?} is configured twice", issuer.issuer),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The settings resolved here; every field optional.
@@ -381,6 +409,7 @@ impl Config {
             },
             signer: self.signing.as_ref().map(|s| s.key.clone()),
             minted_keys: self.signing.as_ref().map(|s| s.public.clone()),
+            issuers: self.issuers.iter().cloned().map(Issuer::new).collect(),
         })
     }
 
@@ -802,11 +831,13 @@ fn resolve(
     let token: token::Settings = take(&mut section, &from_env)?;
     let limits: Limits = take(&mut section, &from_env)?;
     let request: request::Options = take(&mut section, &from_env)?;
+    let identity: IdentityProviders = take(&mut section, &from_env)?;
     let mut raw: RawConfig = take(&mut section, &from_env)?;
     refuse_unknown(&section)?;
     if let Err((key, problem)) = token.check() {
         return Err(invalid(&format!("tokengate.{key}"), problem));
     }
+    identity.check(&token.subject_claim)?;
     crate::routes::PathTemplate::parse(&token.token_path)
         .map_err(|e| invalid("tokengate.token_path", e))?;
     if token.token_path.contains(['{', '}']) {
@@ -865,6 +896,7 @@ fn resolve(
         secret_source,
         development_secret,
         token,
+        issuers: identity.issuers,
         limits,
         signing,
         proxy,

@@ -97,14 +97,17 @@ pub fn authorization_values<'a, B: FromIterator<&'a [u8]>>(header: &'a RequestHe
         .collect()
 }
 
-/// What the token route reads of a request: its `authorization` values, content type, `body`.
+/// What the token route reads of a request: its `authorization` values or session `cookie`,
+/// content type, `body`.
 pub fn token_request<'a>(
     header: &'a RequestHeader,
     authorization: &'a [&'a [u8]],
+    cookie: Option<&'a str>,
     body: &'a [u8],
 ) -> TokenRequest<'a> {
     TokenRequest {
         authorization,
+        cookie,
         content_type: header
             .headers
             .get(http::header::CONTENT_TYPE)

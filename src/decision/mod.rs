@@ -5,6 +5,7 @@
 //! and `tokengate explain` call [`decide_request`] and act on, or print, the value it returns;
 //! nothing decides while acting.
 
+mod credential;
 mod forward;
 mod head;
 mod reported;
@@ -30,6 +31,7 @@ use crate::respond::{self, Response};
 use crate::routes::{self, LimitKey, ParamValue, PathTemplate, RouteTable};
 use crate::shared::{Shared, Standing};
 use crate::token::{Caller, Prepared, TokenService};
+use credential::{credential, Credential};
 pub use forward::{owned_headers, same_header, Forward, ForwardBody};
 pub use head::{
     authorization_values, body_framing, expects_continue, grpc_call, request_id, token_request,
@@ -64,6 +66,8 @@ pub struct Jwks {
 pub struct Settings {
     /// Verifies session tokens and mints ability tokens.
     pub tokens: TokenService,
+    /// What fetches the keys of `tokens`' identity providers, in the same order.
+    pub issuers: Vec<std::sync::Arc<crate::issuers::Fetcher>>,
     /// Path of the token route (matched in any case, with a trailing `/` or `.format`).
     pub token_path: PathTemplate,
     /// The published key set, answered at [`JWKS_PATH`].
@@ -261,6 +265,7 @@ pub async fn decide_request(
     now: u64,
     sign_outs: Option<&Shared>,
 ) -> Decision {
+    crate::issuers::keys_for(settings, session.req_header(), now).await;
     let framing = body_framing(session);
     let head = Request {
         header: session.req_header(),
@@ -553,8 +558,15 @@ fn token_route(
             }))
         }
     };
-    let authorization: Vec<&[u8]> = authorization_values(request.header);
-    let asked = token_request(request.header, &authorization, body);
+    let cookie = settings.tokens.settings.cookie.as_ref();
+    let presented = credential(request.header, cookie, Method::POST.as_str());
+    let (authorization, cookie) = match &presented {
+        Credential::Refused(error) => return Err((*error).into()),
+        Credential::Authorization(values) => (&values[..], None),
+        Credential::Cookie(token) => (&[][..], Some(*token)),
+        Credential::Missing => (&[][..], None),
+    };
+    let asked = token_request(request.header, authorization, cookie, body);
     let prepared = settings.tokens.prepare(&asked, request.now)?;
     signed_in(sign_outs, prepared.subject(), prepared.issued_at())?;
     facts.subject = Some(prepared.subject().to_owned());
@@ -596,7 +608,8 @@ fn forward_decision(
     sign_outs: Option<&Shared>,
     facts: &mut Facts,
 ) -> Result<Forward, Refused> {
-    let auth = authenticate(settings, request.header, request.now, sign_outs)?;
+    let method = canonical.effective_method;
+    let auth = authenticate(settings, request.header, method, request.now, sign_outs)?;
     let Some(verdict) = policy::decide(canonical, &settings.routes, &auth) else {
         return Err(ApiError::new(ErrorCode::Internal, "No route matched.").into());
     };
@@ -636,20 +649,37 @@ fn forward_decision(
     })
 }
 
-/// What the request's `Authorization` proves, a signed-out subject's token included; `Err`
+/// The session token `header` presents, wherever it is, unverified: to know which keys its
+/// decision will need.
+pub fn presented_token<'h>(settings: &Settings, header: &'h RequestHeader) -> Option<&'h str> {
+    let cookie = settings.tokens.settings.cookie.as_ref();
+    match credential(header, cookie, Method::GET.as_str()) {
+        Credential::Authorization(values) => {
+            crate::token::extract::bearer_token(values.iter().copied()).ok()
+        }
+        Credential::Cookie(token) => Some(token),
+        Credential::Missing | Credential::Refused(_) => None,
+    }
+}
+
+/// What the request's token proves (its `Authorization`, else its session cookie, for a
+/// request whose effective method is `method`), a signed-out subject's token included; `Err`
 /// when sign-outs cannot be checked (fails closed).
 fn authenticate<'h>(
     settings: &Settings,
     header: &'h RequestHeader,
+    method: &str,
     now: u64,
     sign_outs: Option<&Shared>,
 ) -> Result<Authentication<'h>, Refused> {
-    // Inline: nearly every request carries none or one, and a `Vec` allocates for one.
-    let authorization: SmallVec<[&[u8]; 2]> = authorization_values(header);
-    if authorization.is_empty() {
-        return Ok(Authentication::Missing);
-    }
-    let caller = match settings.tokens.authenticate(&authorization, now) {
+    let tokens = &settings.tokens;
+    let verified = match credential(header, tokens.settings.cookie.as_ref(), method) {
+        Credential::Missing => return Ok(Authentication::Missing),
+        Credential::Refused(error) => return Ok(Authentication::Invalid(error)),
+        Credential::Authorization(values) => tokens.authenticate(&values, now),
+        Credential::Cookie(token) => tokens.authenticate_token(token, now),
+    };
+    let caller = match verified {
         Ok(caller) => caller,
         Err(error) => return Ok(Authentication::Invalid(error)),
     };

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::metrics;
@@ -20,6 +20,8 @@ pub struct AppState {
     pub terminating: AtomicBool,
     /// Requests between their first filter and their log line.
     pub in_flight: AtomicUsize,
+    /// Identity providers whose keys are not usable: their tokens are refused until they are.
+    keys_missing: Mutex<Vec<String>>,
 }
 
 impl AppState {
@@ -28,6 +30,23 @@ impl AppState {
         self.listening.load(Ordering::Acquire)
             && self.upstreams_known.load(Ordering::Acquire)
             && !self.draining.load(Ordering::Acquire)
+            && self.keys_missing().is_empty()
+    }
+
+    /// The identity providers whose keys are not usable now.
+    pub fn keys_missing(&self) -> Vec<String> {
+        self.keys_missing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records which identity providers' keys are not usable now.
+    pub fn set_keys_missing(&self, issuers: Vec<String>) {
+        *self
+            .keys_missing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = issuers;
     }
 }
 

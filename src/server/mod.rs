@@ -21,6 +21,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::authorize::AuthorizeApp;
 use crate::config::{Config, ConfigError};
+use crate::issuers::{KeyRefresher, Registry};
 use crate::metrics;
 use crate::proxy::{AppState, Proxy};
 use crate::reload::{self, Lasting, Reloader, Secrets};
@@ -83,6 +84,8 @@ pub fn build(
     // Register every metric now, so the first scrape already shows them all at zero.
     metrics::get();
     let state = Arc::new(AppState::default());
+    // Not ready before each identity provider's keys are first fetched.
+    state.set_keys_missing(config.issuers.iter().map(|i| i.issuer.clone()).collect());
     let lasting = lasting(&config, &state)?;
     let shared = lasting.shared.clone();
     let groups = reload::groups(&config);
@@ -116,6 +119,7 @@ pub fn build(
     let mut probe = background_service("readiness probe", probe);
     probe.threads = Some(1);
     let asked = current.clone();
+    let keys_current = current.clone();
     let mut watched: Vec<Box<dyn Subscriber>> =
         vec![Box::new(reloader), Box::new(Secrets { current })];
     if let Some(store) = certificates {
@@ -140,6 +144,11 @@ pub fn build(
     if let Some(shared) = shared {
         server.add_service(background_service("redis", SharedSync(shared)));
     }
+    let refresher = KeyRefresher {
+        current: keys_current,
+        state: state.clone(),
+    };
+    server.add_service(background_service("issuer keys", refresher));
     Ok(Built { server, state })
 }
 
@@ -195,6 +204,7 @@ fn lasting(config: &Config, state: &Arc<AppState>) -> Result<Lasting, StartError
         state: state.clone(),
         shared,
         tracer: config.tracing.clone().map(|t| Arc::new(Exporter::new(t))),
+        issuers: Registry::default(),
     })
 }
 

@@ -209,7 +209,7 @@ impl AsymmetricKey {
         self.sign_with_header(&header, payload)
     }
 
-    fn sign_with_header(
+    pub(crate) fn sign_with_header(
         &self,
         header: &str,
         payload: &[u8],

@@ -5,6 +5,7 @@
 
 pub mod asymmetric;
 pub mod extract;
+pub mod issuer;
 pub mod keys;
 pub mod mint;
 pub(crate) mod object;
@@ -28,6 +29,9 @@ pub struct TokenRequest<'a> {
     pub content_type: Option<&'a [u8]>,
     /// The whole request body.
     pub body: &'a [u8],
+    /// The session cookie's token, read only when there is no `Authorization` (the caller
+    /// checked the request came from the same site).
+    pub cookie: Option<&'a str>,
 }
 
 /// A successful answer: the JSON body and who it was minted for.
@@ -65,6 +69,8 @@ pub struct TokenService {
     /// The public keys of the signer and of every published key: forwarded requests may carry
     /// a token tokengate minted with any of them.
     pub minted_keys: Option<std::sync::Arc<PublicKeys>>,
+    /// Identity providers whose tokens are sessions too, each verified by its own keys.
+    pub issuers: Vec<issuer::Issuer>,
 }
 
 /// The claim holding the subject in the legacy session tokens, unless configured.
@@ -122,33 +128,50 @@ impl TokenService {
         authorization: &[&'a [u8]],
         now: u64,
     ) -> Result<Caller<'a>, ApiError> {
+        let token = extract::bearer_token(authorization.iter().copied())?;
+        self.authenticate_token(token, now)
+    }
+
+    /// Verifies `token`, from wherever it came, as [`authenticate`](Self::authenticate) does.
+    pub fn authenticate_token<'a>(&self, token: &'a str, now: u64) -> Result<Caller<'a>, ApiError> {
         let session = self.keys.current();
         let keys = AnyGateToken {
             session: &session,
             minted: self.minted_keys.as_deref(),
         };
-        let caller = self.authenticate_with(&keys, authorization, now, false)?;
+        let caller = self.verify_token(&keys, token, now, false)?;
         if !is_identity(caller.claims.subject()) {
             return Err(NO_IDENTITY);
         }
         Ok(caller)
     }
 
-    /// The caller of `authorization`; a `session` token (the token route's) may not be one this
-    /// gate minted.
-    fn authenticate_with<'a>(
+    /// The caller `token` proves: an identity provider's token by its issuer's keys, any other
+    /// by `keys`; a `session` token (the token route's) may not be one this gate minted.
+    fn verify_token<'a>(
         &self,
         keys: &dyn SignatureKeys,
-        authorization: &[&'a [u8]],
+        token: &'a str,
         now: u64,
         session: bool,
     ) -> Result<Caller<'a>, ApiError> {
-        let token = extract::bearer_token(authorization.iter().copied())?;
         if token.len() > self.permission.limits.max_token_bytes {
             return Err(TOKEN_TOO_LONG);
         }
-        let claims = verify::verify_as(token, keys, &self.settings, now, session)?;
+        let claims = match self.issuer_of(token) {
+            Some(issuer) => issuer.verify(token, now, &self.settings.subject_claim)?,
+            None => verify::verify_as(token, keys, &self.settings, now, session)?,
+        };
         Ok(Caller { token, claims })
+    }
+
+    /// The identity provider whose token `token` says it is, if any is configured.
+    pub fn issuer_of(&self, token: &str) -> Option<&issuer::Issuer> {
+        if self.issuers.is_empty() {
+            return None;
+        }
+        let peeked = issuer::peek(token)?;
+        issuer::issuer_of(&self.issuers, &peeked).map(|(_, found)| found)
     }
 
     /// Answers `POST /api/v1/token` at `now` (seconds since the Unix epoch).
@@ -175,7 +198,11 @@ impl TokenService {
     pub fn prepare(&self, request: &TokenRequest<'_>, now: u64) -> Result<Prepared, ApiError> {
         // One snapshot for the whole request: a rotation mid-way cannot mix two keyrings.
         let keys = self.keys.current();
-        let caller = self.authenticate_with(&*keys, request.authorization, now, true)?;
+        let token = match (request.authorization.is_empty(), request.cookie) {
+            (true, Some(token)) => token,
+            _ => extract::bearer_token(request.authorization.iter().copied())?,
+        };
+        let caller = self.verify_token(&*keys, token, now, true)?;
         let permission =
             permission::parse_body(request.content_type, request.body, &self.permission)?;
         if let Some(permission) = &permission {
@@ -302,6 +329,7 @@ mod tests {
             minting: Default::default(),
             signer: None,
             minted_keys: None,
+            issuers: Vec::new(),
         }
     }
 
@@ -315,6 +343,7 @@ mod tests {
             authorization: &authorization,
             content_type: Some(b"application/x-www-form-urlencoded"),
             body: SEED_BODY.as_bytes(),
+            cookie: None,
         })
     }
 
@@ -326,6 +355,7 @@ mod tests {
                 authorization: &[auth.as_bytes()],
                 content_type: None,
                 body: b"",
+                cookie: None,
             },
             SEED_IAT,
         )
@@ -491,6 +521,7 @@ mod tests {
                     authorization: &[ability.as_bytes()],
                     content_type: Some(b"application/json"),
                     body: body.as_bytes(),
+                    cookie: None,
                 },
                 SEED_IAT,
             )

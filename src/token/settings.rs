@@ -41,6 +41,20 @@ pub struct Settings {
     pub abilities: Option<Vec<String>>,
     /// How many tokens one subject may mint.
     pub rate_limit: MintLimit,
+    /// When set, a session token may come in this cookie instead of `Authorization`.
+    pub cookie: Option<CookieSettings>,
+}
+
+/// The session cookie browser clients send instead of an `Authorization` header.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieSettings {
+    /// The cookie's name.
+    pub name: String,
+    /// Origins (`https://app.example`) besides this gate's own from which a cookie's token
+    /// authorizes an unsafe method.
+    #[serde(default)]
+    pub origins: Vec<String>,
 }
 
 impl Default for Settings {
@@ -58,6 +72,7 @@ impl Default for Settings {
             reserved_claims: Vec::new(),
             abilities: None,
             rate_limit: MintLimit::default(),
+            cookie: None,
         }
     }
 }
@@ -107,6 +122,26 @@ impl Settings {
                 return Err((
                     "minted_typ",
                     "must differ from JWT, the session tokens' typ (e.g. tokengate+jwt)".into(),
+                ));
+            }
+        }
+        if let Some(cookie) = &self.cookie {
+            let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+            if cookie.name.is_empty() || !cookie.name.chars().all(token) {
+                return Err((
+                    "cookie.name",
+                    format!("{:?} is not a cookie name", cookie.name),
+                ));
+            }
+            // Scheme and authority only, as a browser's `Origin` carries them: no path, no `/`.
+            let origin = |o: &String| {
+                (o.starts_with("https://") || o.starts_with("http://"))
+                    && o.matches('/').count() == 2
+            };
+            if let Some(bad) = cookie.origins.iter().find(|o| !origin(o)) {
+                return Err((
+                    "cookie.origins",
+                    format!("{bad:?} is not an origin like https://app.example"),
                 ));
             }
         }

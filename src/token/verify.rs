@@ -112,6 +112,20 @@ impl Claims {
         self.exp
     }
 
+    /// A session made of `object`, whose subject is under `subject_claim`: `None` without a
+    /// numeric `exp` or a string subject.
+    pub(crate) fn of_session(object: Object, subject_claim: &str) -> Option<Claims> {
+        let exp = object
+            .get("exp")
+            .and_then(|raw| serde_json::from_str(raw).ok())?;
+        let subject = subject(&object, subject_claim)?;
+        Some(Claims {
+            object,
+            subject,
+            exp,
+        })
+    }
+
     /// The `iat` claim, when the token has a numeric one.
     pub fn issued_at(&self) -> Option<f64> {
         self.get("iat")
