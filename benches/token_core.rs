@@ -113,5 +113,105 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// The per-request cost of a session from an identity provider, RS256 and ES256, against the
+/// legacy HS256 session: `TokenService::authenticate` whole (extract, choose the issuer,
+/// verify, make the session), as a forwarded request pays it.
+fn identity_providers(c: &mut Criterion) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::traits::PublicKeyParts;
+    use tokengate::token::asymmetric::{generate, public_jwk, AsymmetricKey, KeyAlgorithm};
+    use tokengate::token::issuer::{Issuer, KeySet, Loaded};
+
+    const ISS: &str = "https://idp.example";
+    let rsa = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).expect("an RSA key");
+    let rsa_der = rsa.to_pkcs1_der().expect("PKCS#1");
+    let rsa_jwk = serde_json::json!({
+        "kty": "RSA", "kid": "rsa-1", "alg": "RS256", "use": "sig",
+        "n": URL_SAFE_NO_PAD.encode(rsa.n().to_bytes_be()),
+        "e": URL_SAFE_NO_PAD.encode(rsa.e().to_bytes_be()),
+    });
+    let (ec_pem, _) = generate(KeyAlgorithm::Es256).expect("an EC key");
+    let ec_jwk = public_jwk(KeyAlgorithm::Es256, &ec_pem).expect("its JWK");
+    let document = serde_json::json!({ "keys": [rsa_jwk, ec_jwk] });
+    let settings: tokengate::token::issuer::IssuerSettings =
+        serde_json::from_value(serde_json::json!({ "issuer": ISS, "audience": "tokengate" }))
+            .expect("settings");
+    let issuer = Issuer::new(settings);
+    let set = KeySet::parse(
+        &serde_json::to_vec(&document).unwrap(),
+        &issuer.settings.algorithms,
+    )
+    .expect("keys");
+    issuer.keys.set(Loaded {
+        set,
+        fetched_at: IAT,
+        refresh_at: IAT + 3600,
+        usable_until: IAT + 7200,
+    });
+    let service = TokenService {
+        keys: SharedKeyring::new(keyring()),
+        settings: Settings::default(),
+        permission: PermissionPolicy::default(),
+        minting: Default::default(),
+        signer: None,
+        minted_keys: None,
+        issuers: vec![issuer],
+    };
+    // An access token as oidc-provider issues one.
+    let claims = format!(
+        r#"{{"email":"alice@example.test","jti":"3y7FaJI_Mi3ukXI3hrM_vOKLfa4LBESRHNE8U86F9Dl","sub":"alice","iat":{IAT},"exp":{},"scope":"images","client_id":"alice","iss":"{ISS}","aud":"tokengate"}}"#,
+        IAT + 600
+    );
+    let rs256 = {
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"at+jwt","kid":"rsa-1"}"#);
+        let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode(&claims));
+        let key = jsonwebtoken::EncodingKey::from_rsa_der(rsa_der.as_bytes());
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::RS256)
+                .expect("signed");
+        format!("{message}.{signature}")
+    };
+    let es256 = {
+        let key = AsymmetricKey::from_pem(KeyAlgorithm::Es256, &ec_pem).expect("key");
+        key.sign_typed("at+jwt", claims.as_bytes()).expect("signed")
+    };
+    let legacy = session_token(keyring().signing(), "user_id", "alice", IAT, 600).unwrap();
+    let plain = service_like(&service);
+    for (name, service, token) in [
+        ("authenticate HS256 session", &plain, &legacy),
+        (
+            "authenticate HS256 session, an issuer configured",
+            &service,
+            &legacy,
+        ),
+        ("authenticate RS256 IdP token", &service, &rs256),
+        ("authenticate ES256 IdP token", &service, &es256),
+    ] {
+        let header = format!("Bearer {token}");
+        let authorization = [header.as_bytes()];
+        service
+            .authenticate(&authorization, IAT + 1)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        c.bench_function(name, |b| {
+            b.iter(|| service.authenticate(black_box(&authorization), IAT + 1))
+        });
+    }
+}
+
+/// A service configured as `service` is, without its issuers.
+fn service_like(service: &TokenService) -> TokenService {
+    TokenService {
+        keys: SharedKeyring::new(keyring()),
+        settings: service.settings.clone(),
+        permission: PermissionPolicy::default(),
+        minting: Default::default(),
+        signer: None,
+        minted_keys: None,
+        issuers: Vec::new(),
+    }
+}
+
+criterion_group!(benches, bench, identity_providers);
 criterion_main!(benches);

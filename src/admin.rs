@@ -25,7 +25,7 @@ impl AdminApp {
     fn not_ready(&self) -> Vec<u8> {
         let mut body = String::from("not ready\n");
         for issuer in self.state.keys_missing() {
-            body.push_str(&format!("no usable keys yet from issuer {issuer}\n"));
+            body.push_str(&format!("no usable keys from issuer {issuer}\n"));
         }
         body.into_bytes()
     }

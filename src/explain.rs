@@ -30,7 +30,7 @@ use crate::reload;
 use crate::request::BodyScan;
 use crate::respond::Response;
 use crate::token::mint::session_token;
-use crate::token::TokenRequest;
+use crate::token::{issuer, TokenRequest};
 
 /// One request to explain, as given on the command line.
 #[derive(Debug, Clone)]
@@ -689,20 +689,41 @@ fn describe(
     });
 }
 
-/// What the request's token proves: its subject and abilities, or why it is not valid.
+/// What the request's token proves: where it came from, which issuer and key it names, its
+/// subject and abilities, or why it is not valid.
 fn token_facts(settings: &Settings, header: &RequestHeader, now: u64) -> Option<Value> {
     let authorization: Vec<&[u8]> = authorization_values(header);
-    if authorization.is_empty() {
-        return None;
-    }
-    Some(match settings.tokens.authenticate(&authorization, now) {
+    let presented = decision::presented_token(settings, header);
+    let (from, verified) = match (authorization.is_empty(), presented) {
+        (false, _) => (
+            "authorization",
+            settings.tokens.authenticate(&authorization, now),
+        ),
+        (true, Some(token)) => ("cookie", settings.tokens.authenticate_token(token, now)),
+        (true, None) => return None,
+    };
+    let peeked = presented.and_then(issuer::peek);
+    let issuer = match presented.and_then(|t| settings.tokens.issuer_of(t)) {
+        Some(found) => found.settings.issuer.clone(),
+        None => "this gate's own keys (token.secret, signing)".to_owned(),
+    };
+    let mut facts = serde_json::json!({
+        "from": from,
+        "issuer": issuer,
+        "kid": peeked.and_then(|p| p.kid).map(|k| k.into_owned()),
+    });
+    let more = match verified {
         Ok(caller) => serde_json::json!({
             "subject": caller.claims.subject(),
             "abilities": caller.claims.get("abilities")
                 .and_then(|raw| serde_json::from_str::<Value>(raw).ok()),
         }),
         Err(error) => serde_json::json!({ "invalid": error.message }),
-    })
+    };
+    if let (Some(facts), Value::Object(more)) = (facts.as_object_mut(), more) {
+        facts.extend(more);
+    }
+    Some(facts)
 }
 
 /// tokengate's answer as the client receives it.

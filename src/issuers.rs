@@ -8,17 +8,8 @@
 //! never wait for one except for a key they name and nobody has.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use pingora::http::RequestHeader;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-
-use crate::decision;
 use crate::metrics;
-use crate::proxy::{AppState, Tokengate};
 use crate::token::issuer::{self, IssuerKeys, IssuerSettings, KeySet, Loaded};
 use crate::token::TokenService;
 
@@ -136,7 +127,7 @@ impl Fetcher {
     }
 
     /// Its gauges at `now`.
-    fn report(&self, now: u64) {
+    pub fn report(&self, now: u64) {
         let metrics = metrics::get();
         let (count, age) = match self.keys.usable(now) {
             Some(loaded) => (loaded.set.len(), now.saturating_sub(loaded.fetched_at)),
@@ -247,30 +238,6 @@ impl Registry {
     }
 }
 
-/// Before a request is decided: when its token names an identity provider whose keys are not
-/// at hand (an unknown `kid`, or none usable), fetch them, within that issuer's limits.
-pub async fn keys_for(settings: &decision::Settings, header: &RequestHeader, now: u64) {
-    if settings.issuers.is_empty() {
-        return;
-    }
-    let Some(token) = decision::presented_token(settings, header) else {
-        return;
-    };
-    let Some(peeked) = issuer::peek(token) else {
-        return;
-    };
-    let Some((index, found)) = issuer::issuer_of(&settings.tokens.issuers, &peeked) else {
-        return;
-    };
-    let kid = peeked.kid.as_deref();
-    if found.keys.usable(now).is_some_and(|l| l.set.knows(kid)) {
-        return;
-    }
-    if let Some(fetcher) = settings.issuers.get(index) {
-        fetcher.fetch_for_token(kid, now).await;
-    }
-}
-
 /// The issuers whose keys are not usable at `now`, for readiness.
 pub fn unready(fetchers: &[Arc<Fetcher>], now: u64) -> Vec<String> {
     fetchers
@@ -278,37 +245,4 @@ pub fn unready(fetchers: &[Arc<Fetcher>], now: u64) -> Vec<String> {
         .filter(|f| !f.ready(now))
         .map(|f| f.issuer().to_owned())
         .collect()
-}
-
-/// Refreshes the keys of the configuration in force as they fall due, and keeps readiness
-/// and the gauges current.
-pub struct KeyRefresher {
-    /// The configuration in force (its issuers change with a reload).
-    pub current: Arc<ArcSwap<Tokengate>>,
-    /// Where readiness is kept.
-    pub state: Arc<AppState>,
-}
-
-/// How often due refreshes are looked for.
-const TICK: Duration = Duration::from_millis(500);
-
-#[async_trait]
-impl BackgroundService for KeyRefresher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            let gate = self.current.load_full();
-            let fetchers = &gate.decision.issuers;
-            let now = decision::unix_now();
-            for fetcher in fetchers {
-                fetcher.refresh_if_due(now).await;
-                fetcher.report(now);
-            }
-            self.state
-                .set_keys_missing(unready(fetchers, decision::unix_now()));
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(TICK) => {}
-            }
-        }
-    }
 }

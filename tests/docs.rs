@@ -177,6 +177,7 @@ fn each_documented_default_is_the_one_the_code_uses() {
         Some("redis") => Some(json!({"redis": {"url": "redis://127.0.0.1:1"}})),
         Some("tracing") => Some(json!({"tracing": {"endpoint": "http://127.0.0.1:1/v1/traces"}})),
         Some("authorize") => Some(json!({"authorize": {"listen": "127.0.0.1:9191"}})),
+        Some("cookie") => Some(json!({"cookie": {"name": "session"}})),
         _ => Some(json!({})),
     };
     let mut checked = 0;

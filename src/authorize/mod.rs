@@ -168,7 +168,7 @@ pub async fn ask(
         body: body.as_deref(),
         now,
     };
-    crate::issuers::keys_for(settings, &report.header, now).await;
+    crate::decision::keys_for(settings, &report.header, now).await;
     let unseen = settings.authorize.unseen_body;
     let decision = decide_reported(settings, &request, unseen, sign_outs);
     Asked {

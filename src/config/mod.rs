@@ -539,6 +539,7 @@ fn duplicated(text: &str, error: &serde_yaml::Error) -> Option<ConfigError> {
 fn flat_keys() -> Vec<&'static str> {
     [
         serde_introspect::<RawConfig>(),
+        serde_introspect::<IdentityProviders>(),
         serde_introspect::<token::Settings>(),
         serde_introspect::<Limits>(),
         serde_introspect::<request::Options>(),

@@ -30,7 +30,7 @@ use crate::request::{self, canonicalize, BodyKind, BodyScan, Canonical, Framing,
 use crate::respond::{self, Response};
 use crate::routes::{self, LimitKey, ParamValue, PathTemplate, RouteTable};
 use crate::shared::{Shared, Standing};
-use crate::token::{Caller, Prepared, TokenService};
+use crate::token::{issuer, Caller, Prepared, TokenService};
 use credential::{credential, Credential};
 pub use forward::{owned_headers, same_header, Forward, ForwardBody};
 pub use head::{
@@ -265,7 +265,7 @@ pub async fn decide_request(
     now: u64,
     sign_outs: Option<&Shared>,
 ) -> Decision {
-    crate::issuers::keys_for(settings, session.req_header(), now).await;
+    keys_for(settings, session.req_header(), now).await;
     let framing = body_framing(session);
     let head = Request {
         header: session.req_header(),
@@ -659,6 +659,27 @@ pub fn presented_token<'h>(settings: &Settings, header: &'h RequestHeader) -> Op
         }
         Credential::Cookie(token) => Some(token),
         Credential::Missing | Credential::Refused(_) => None,
+    }
+}
+
+/// Before a request is decided: when its token names an identity provider whose keys are not
+/// at hand (an unknown `kid`, or none usable), fetch them, within that issuer's limits.
+pub async fn keys_for(settings: &Settings, header: &RequestHeader, now: u64) {
+    if settings.issuers.is_empty() {
+        return;
+    }
+    let Some(peeked) = presented_token(settings, header).and_then(issuer::peek) else {
+        return;
+    };
+    let Some((index, found)) = issuer::issuer_of(&settings.tokens.issuers, &peeked) else {
+        return;
+    };
+    let kid = peeked.kid.as_deref();
+    if found.keys.usable(now).is_some_and(|l| l.set.knows(kid)) {
+        return;
+    }
+    if let Some(fetcher) = settings.issuers.get(index) {
+        fetcher.fetch_for_token(kid, now).await;
     }
 }
 

@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 
+use crate::decision::unix_now;
+use crate::issuers;
 use crate::proxy::{watch_listener, AppState, Tokengate};
 
 /// Marks the proxy ready once its listener accepts connections and every upstream group knows
@@ -102,5 +104,38 @@ impl<W: ShutdownSignalWatch + Send + Sync> ShutdownSignalWatch for MarkDraining<
             exit_when_drained(self.state.clone());
         }
         signal
+    }
+}
+
+/// Refreshes identity providers' keys of the configuration in force as they fall due, and
+/// keeps readiness and the issuer gauges current.
+pub(super) struct KeyRefresher {
+    /// The configuration in force (its issuers change with a reload).
+    pub(super) current: Arc<ArcSwap<Tokengate>>,
+    /// Where readiness is kept.
+    pub(super) state: Arc<AppState>,
+}
+
+/// How often due refreshes are looked for.
+const KEYS_TICK: Duration = Duration::from_millis(500);
+
+#[async_trait]
+impl BackgroundService for KeyRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let gate = self.current.load_full();
+            let fetchers = &gate.decision.issuers;
+            for fetcher in fetchers {
+                let now = unix_now();
+                fetcher.refresh_if_due(now).await;
+                fetcher.report(now);
+            }
+            self.state
+                .set_keys_missing(issuers::unready(fetchers, unix_now()));
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(KEYS_TICK) => {}
+            }
+        }
     }
 }

@@ -21,7 +21,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::authorize::AuthorizeApp;
 use crate::config::{Config, ConfigError};
-use crate::issuers::{KeyRefresher, Registry};
+use crate::issuers::Registry;
 use crate::metrics;
 use crate::proxy::{AppState, Proxy};
 use crate::reload::{self, Lasting, Reloader, Secrets};
@@ -30,7 +30,7 @@ use crate::tls::CertReloader;
 use crate::trace::Exporter;
 use crate::watch::{Subscriber, Watcher};
 pub use lifecycle::MarkDraining;
-use lifecycle::ReadinessProbe;
+use lifecycle::{KeyRefresher, ReadinessProbe};
 
 /// Why the server could not be built.
 #[derive(Debug)]
