@@ -712,6 +712,15 @@ fn a_session_cookie_authorizes_unsafe_methods_only_from_the_same_site() {
             );
         }
     }
+    // A cookie's token is not echoed in X-token: scripts must not read an HttpOnly cookie.
+    let by_cookie = send("GET", &[("Cookie", &format!("session={idp}"))]);
+    assert_eq!((by_cookie.status, by_cookie.header("X-token")), (200, None));
+    let by_header = send("GET", &[("Authorization", &bearer(&idp))]);
+    assert_eq!(by_header.header("X-token"), Some(idp.as_str()));
+    assert_eq!(
+        upstream.seen().pop().unwrap().one("X-User-Id"),
+        Some("alice")
+    );
     // Minting from a cookie: only from the same site.
     let mint = |headers: &str| {
         let body = r#"permission={}"#;

@@ -150,21 +150,50 @@ struct IdentityProviders {
 }
 
 impl IdentityProviders {
-    /// Each issuer usable, and named once.
-    fn check(&self, session_subject: &str) -> Result<(), ConfigError> {
+    /// Each issuer usable, named once, and not this gate's own `token.issuer` (whose tokens
+    /// it verifies with its own keys).
+    fn check(&self, token: &token::Settings) -> Result<(), ConfigError> {
         for (i, issuer) in self.issuers.iter().enumerate() {
-            if let Err((key, problem)) = issuer.check(session_subject) {
+            if let Err((key, problem)) = issuer.check(&token.subject_claim) {
                 return Err(invalid(&format!("tokengate.issuers[{i}].{key}"), problem));
             }
+            let key = format!("tokengate.issuers[{i}].issuer");
             if self.issuers[..i].iter().any(|o| o.issuer == issuer.issuer) {
                 return Err(invalid(
-                    &format!("tokengate.issuers[{i}].issuer"),
+                    &key,
                     format!("{:?} is configured twice", issuer.issuer),
+                ));
+            }
+            if token.issuer.as_deref() == Some(issuer.issuer.as_str()) {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "{:?} is token.issuer, the iss of the tokens this gate mints itself",
+                        issuer.issuer
+                    ),
                 ));
             }
         }
         Ok(())
     }
+}
+
+/// Whether an issuer's keys come over plain `http` from anywhere but this machine.
+fn fetched_in_the_clear(issuer: &IssuerSettings) -> bool {
+    let elsewhere = |uri: &String| {
+        let Ok(uri) = uri.parse::<http::Uri>() else {
+            return false;
+        };
+        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+        let loopback = host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+        uri.scheme_str() == Some("http") && !loopback && host != "localhost"
+    };
+    [Some(&issuer.issuer), issuer.jwks_uri.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(elsewhere)
 }
 
 /// The settings resolved here; every field optional.
@@ -424,6 +453,13 @@ impl Config {
                  accepted because every listener is on loopback"
                     .to_owned(),
             );
+        }
+        for issuer in self.issuers.iter().filter(|i| fetched_in_the_clear(i)) {
+            warnings.push(format!(
+                "tokengate.issuers: the keys of {} are fetched over plain http: anyone on the \
+                 path can replace them",
+                issuer.issuer
+            ));
         }
         for group in &self.proxy.upstream_groups {
             if group.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
@@ -838,7 +874,7 @@ fn resolve(
     if let Err((key, problem)) = token.check() {
         return Err(invalid(&format!("tokengate.{key}"), problem));
     }
-    identity.check(&token.subject_claim)?;
+    identity.check(&token)?;
     crate::routes::PathTemplate::parse(&token.token_path)
         .map_err(|e| invalid("tokengate.token_path", e))?;
     if token.token_path.contains(['{', '}']) {
@@ -1377,6 +1413,69 @@ mod tests {
             };
             assert!(e.starts_with(want), "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn identity_providers_are_checked_and_named_by_their_place() {
+        let issuer = |more: &str| {
+            format!("tokengate:\n  issuers:\n    - {{issuer: 'https://idp.example', {more}}}\n")
+        };
+        let config = Config::from_yaml(&issuer("audience: gate"), &[SECRET]).unwrap();
+        assert_eq!(config.issuers.len(), 1);
+        assert_eq!(config.issuers[0].subject_claim, "sub");
+        assert!(config.warnings().is_empty());
+        for (yaml, want) in [
+            (
+                issuer("audience: ''"),
+                "invalid tokengate.issuers[0].audience: must name this gate's audience",
+            ),
+            (
+                "tokengate:\n  issuers: [{issuer: 'https://idp.example'}]\n".to_owned(),
+                "invalid tokengate.issuers[0]: {\"issuer\":\"https://idp.example\"}: missing field \
+                 `audience`",
+            ),
+            (
+                issuer("audience: g, algorithms: [HS256]"),
+                "invalid tokengate.issuers[0].algorithms: HS256 is symmetric",
+            ),
+            (
+                issuer("audience: g, leeway: soon"),
+                "invalid tokengate.issuers[0].leeway: \"soon\" is not a duration",
+            ),
+            (
+                issuer("audience: g, clams: [email]"),
+                "invalid tokengate.issuers[0].clams: unknown field `clams`",
+            ),
+            (
+                format!(
+                    "{}    - {{issuer: 'https://idp.example', audience: b}}\n",
+                    issuer("audience: g")
+                ),
+                "invalid tokengate.issuers[1].issuer: \"https://idp.example\" is configured twice",
+            ),
+            (
+                format!(
+                    "{}  token: {{issuer: 'https://idp.example'}}\n",
+                    issuer("audience: g")
+                ),
+                "invalid tokengate.issuers[0].issuer: \"https://idp.example\" is token.issuer",
+            ),
+        ] {
+            let e = err(&yaml, &[SECRET]);
+            assert!(e.starts_with(want), "{yaml}: {e}");
+        }
+        let clear = Config::from_yaml(
+            "tokengate:\n  issuers:\n    - {issuer: 'http://keycloak:8080/realms/a', audience: g}\n    - {issuer: 'http://127.0.0.1:9/', audience: g}\n    - {issuer: 'https://idp.example', jwks_uri: 'http://[::1]:9/k', audience: g}\n",
+            &[SECRET],
+        )
+        .unwrap();
+        assert_eq!(
+            clear.warnings(),
+            [
+                "tokengate.issuers: the keys of http://keycloak:8080/realms/a are fetched over \
+              plain http: anyone on the path can replace them"
+            ]
+        );
     }
 
     #[test]

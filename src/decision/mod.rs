@@ -609,7 +609,8 @@ fn forward_decision(
     facts: &mut Facts,
 ) -> Result<Forward, Refused> {
     let method = canonical.effective_method;
-    let auth = authenticate(settings, request.header, method, request.now, sign_outs)?;
+    let (auth, from_cookie) =
+        authenticate(settings, request.header, method, request.now, sign_outs)?;
     let Some(verdict) = policy::decide(canonical, &settings.routes, &auth) else {
         return Err(ApiError::new(ErrorCode::Internal, "No route matched.").into());
     };
@@ -620,8 +621,12 @@ fn forward_decision(
     facts.limit_key = limit_key(&verdict, &auth, request.peer);
     if let Authentication::Valid(caller) = &auth {
         facts.subject = Some(caller.claims.subject().to_owned());
-        // The extractor admits only visible ASCII, which a header value always takes.
-        facts.token = HeaderValue::from_str(caller.token).ok();
+        // The extractor admits only visible ASCII, which a header value always takes. A
+        // cookie's token is not echoed: a response header would hand an HttpOnly cookie to
+        // the page's scripts.
+        if !from_cookie {
+            facts.token = HeaderValue::from_str(caller.token).ok();
+        }
     }
     if let policy::Action::Refuse(error) = verdict.action {
         return Err(error.into());
@@ -668,7 +673,9 @@ pub async fn keys_for(settings: &Settings, header: &RequestHeader, now: u64) {
     if settings.issuers.is_empty() {
         return;
     }
-    let Some(peeked) = presented_token(settings, header).and_then(issuer::peek) else {
+    let limit = settings.tokens.permission.limits.max_token_bytes;
+    let token = presented_token(settings, header).filter(|t| t.len() <= limit);
+    let Some(peeked) = token.and_then(issuer::peek) else {
         return;
     };
     let Some((index, found)) = issuer::issuer_of(&settings.tokens.issuers, &peeked) else {
@@ -684,34 +691,36 @@ pub async fn keys_for(settings: &Settings, header: &RequestHeader, now: u64) {
 }
 
 /// What the request's token proves (its `Authorization`, else its session cookie, for a
-/// request whose effective method is `method`), a signed-out subject's token included; `Err`
-/// when sign-outs cannot be checked (fails closed).
+/// request whose effective method is `method`), a signed-out subject's token included, and
+/// whether it came from the cookie; `Err` when sign-outs cannot be checked (fails closed).
 fn authenticate<'h>(
     settings: &Settings,
     header: &'h RequestHeader,
     method: &str,
     now: u64,
     sign_outs: Option<&Shared>,
-) -> Result<Authentication<'h>, Refused> {
+) -> Result<(Authentication<'h>, bool), Refused> {
     let tokens = &settings.tokens;
-    let verified = match credential(header, tokens.settings.cookie.as_ref(), method) {
-        Credential::Missing => return Ok(Authentication::Missing),
-        Credential::Refused(error) => return Ok(Authentication::Invalid(error)),
-        Credential::Authorization(values) => tokens.authenticate(&values, now),
-        Credential::Cookie(token) => tokens.authenticate_token(token, now),
+    let (verified, from_cookie) = match credential(header, tokens.settings.cookie.as_ref(), method)
+    {
+        Credential::Missing => return Ok((Authentication::Missing, false)),
+        Credential::Refused(error) => return Ok((Authentication::Invalid(error), true)),
+        Credential::Authorization(values) => (tokens.authenticate(&values, now), false),
+        Credential::Cookie(token) => (tokens.authenticate_token(token, now), true),
     };
     let caller = match verified {
         Ok(caller) => caller,
-        Err(error) => return Ok(Authentication::Invalid(error)),
+        Err(error) => return Ok((Authentication::Invalid(error), from_cookie)),
     };
-    match signed_in(
+    let standing = signed_in(
         sign_outs,
         caller.claims.subject(),
         caller.claims.issued_at(),
-    ) {
-        Ok(()) => Ok(Authentication::Valid(caller)),
+    );
+    match standing {
+        Ok(()) => Ok((Authentication::Valid(caller), from_cookie)),
         Err(error) if error == SIGN_OUTS_UNAVAILABLE => Err(error.into()),
-        Err(_) => Ok(Authentication::Invalid(REVOKED)),
+        Err(_) => Ok((Authentication::Invalid(REVOKED), from_cookie)),
     }
 }
 
