@@ -584,7 +584,9 @@ fn the_classic_jwt_attacks_fail_against_every_issuer() {
 fn a_forged_kid_flood_fetches_the_keys_once_per_refetch_interval() {
     let provider = Provider::start(None);
     let upstream = Upstream::start();
-    let tg = gate(&upstream, &[&provider], &["refetch_interval: 1h"]);
+    // Its key set named directly, no discovery.
+    let jwks_uri = format!("jwks_uri: {}/jwks", provider.issuer());
+    let tg = gate(&upstream, &[&provider], &["refetch_interval: 1h", &jwks_uri]);
     let genuine = provider.token("alice");
     let before = provider.fetches();
     let (header, rest) = genuine.split_once('.').unwrap();
