@@ -139,17 +139,17 @@ fn identity_providers(c: &mut Criterion) {
         serde_json::from_value(serde_json::json!({ "issuer": ISS, "audience": "tokengate" }))
             .expect("settings");
     let issuer = Issuer::new(settings);
-    let set = KeySet::parse(
-        &serde_json::to_vec(&document).unwrap(),
-        &issuer.settings.algorithms,
-    )
-    .expect("keys");
-    issuer.keys.set(Loaded {
-        set,
+    let document = serde_json::to_vec(&document).unwrap();
+    let algorithms = issuer.settings.algorithms.clone();
+    // Keys as a fetch puts them in force: nothing verified with them yet.
+    let fresh = move || Loaded {
+        set: KeySet::parse(&document, &algorithms).expect("keys"),
         fetched_at: IAT,
         refresh_at: IAT + 3600,
         usable_until: IAT + 7200,
-    });
+    };
+    let keys = issuer.keys.clone();
+    keys.set(fresh());
     let service = TokenService {
         keys: SharedKeyring::new(keyring()),
         settings: Settings::default(),
@@ -196,6 +196,17 @@ fn identity_providers(c: &mut Criterion) {
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         c.bench_function(name, |b| {
             b.iter(|| service.authenticate(black_box(&authorization), IAT + 1))
+        });
+        if !name.contains("IdP") {
+            continue;
+        }
+        // Its first request: the signature checked, not yet remembered.
+        c.bench_function(&format!("{name}, first use"), |b| {
+            b.iter_batched(
+                || keys.set(fresh()),
+                |()| service.authenticate(black_box(&authorization), IAT + 1),
+                criterion::BatchSize::PerIteration,
+            )
         });
     }
 }

@@ -586,7 +586,11 @@ fn a_forged_kid_flood_fetches_the_keys_once_per_refetch_interval() {
     let upstream = Upstream::start();
     // Its key set named directly, no discovery.
     let jwks_uri = format!("jwks_uri: {}/jwks", provider.issuer());
-    let tg = gate(&upstream, &[&provider], &["refetch_interval: 1h", &jwks_uri]);
+    let tg = gate(
+        &upstream,
+        &[&provider],
+        &["refetch_interval: 1h", &jwks_uri],
+    );
     let genuine = provider.token("alice");
     let before = provider.fetches();
     let (header, rest) = genuine.split_once('.').unwrap();
