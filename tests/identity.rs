@@ -593,8 +593,7 @@ fn a_forged_kid_flood_fetches_the_keys_once_per_refetch_interval() {
     );
     let genuine = provider.token("alice");
     let before = provider.fetches();
-    let (header, rest) = genuine.split_once('.').unwrap();
-    let _ = header;
+    let (_, rest) = genuine.split_once('.').unwrap();
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let (addr, rest) = (tg.addr, rest.to_owned());

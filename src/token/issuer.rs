@@ -839,7 +839,11 @@ mod tests {
         assert_eq!(expired.map(|e| e.code), Some(ErrorCode::TokenExpired));
         // A new key set without the key: the token it verified is refused, not remembered.
         let other = pair(KeyAlgorithm::Es256);
-        let set = KeySet::parse(&jwks(&[other.jwk.clone()]), &defaults::algorithms()).unwrap();
+        let set = KeySet::parse(
+            &jwks(std::slice::from_ref(&other.jwk)),
+            &defaults::algorithms(),
+        )
+        .unwrap();
         issuer.keys.set(Loaded {
             set,
             fetched_at: NOW,
