@@ -68,11 +68,18 @@ impl Fetcher {
 
     /// Fetches when the keys are due for a refresh.
     pub async fn refresh_if_due(&self, now: u64) {
-        if now < *self.due.lock().unwrap_or_else(PoisonError::into_inner) {
+        if !self.due(now) {
             return;
         }
         let _one = self.fetching.lock().await;
-        self.fetch(now).await;
+        // A token's fetch may have run while this one waited.
+        if self.due(now) {
+            self.fetch(now).await;
+        }
+    }
+
+    fn due(&self, now: u64) -> bool {
+        now >= *self.due.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// One fetch on the blocking pool, its keys put in force; a failure keeps the keys there

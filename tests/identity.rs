@@ -777,3 +777,28 @@ fn explain_names_the_issuer_and_key_that_verified_a_token() {
         "The token's signature is not valid."
     );
 }
+
+#[test]
+fn a_reload_keeps_an_unchanged_issuers_keys_and_fetches_a_changed_ones() {
+    let provider = Provider::start(None);
+    let upstream = Upstream::start();
+    let yaml = configuration(&[&provider], &[]);
+    let path = conf("identity-reload", &yaml);
+    let tg = Tokengate::start_with_args(upstream.addr, &[], &["-c", &path]);
+    let auth = bearer(&provider.token("alice"));
+    let fetched = provider.fetches();
+    let reloads = "tokengate_config_reloads_total{result=\"ok\"}";
+    // Something else changes: the issuer keeps its keys, nothing is fetched.
+    let other_route = yaml.replace("auth: required", "auth: passthrough");
+    std::fs::write(&path, &other_route).unwrap();
+    assert_eq!(tg.metric_eventually(reloads, 1.0), 1.0);
+    assert_eq!(get(&tg, "/albums/1", &[("Authorization", &auth)]).status, 200);
+    assert_eq!(provider.fetches(), fetched);
+    // The issuer's settings change: its keys are fetched anew, and its tokens still served.
+    let leeway = configuration(&[&provider], &["leeway: 10s"]);
+    std::fs::write(&path, leeway.replace("auth: required", "auth: passthrough")).unwrap();
+    assert_eq!(tg.metric_eventually(reloads, 2.0), 2.0);
+    assert_eq!(get(&tg, "/albums/1", &[("Authorization", &auth)]).status, 200);
+    assert_eq!(provider.fetches(), fetched + 1);
+    tg.assert_no_panic();
+}
