@@ -694,24 +694,22 @@ fn describe(
 fn token_facts(settings: &Settings, header: &RequestHeader, now: u64) -> Option<Value> {
     let authorization: Vec<&[u8]> = authorization_values(header);
     let presented = decision::presented_token(settings, header);
-    let (from, verified) = match (authorization.is_empty(), presented) {
-        (false, _) => (
-            "authorization",
-            settings.tokens.authenticate(&authorization, now),
-        ),
-        (true, Some(token)) => ("cookie", settings.tokens.authenticate_token(token, now)),
+    let (from_cookie, verified) = match (authorization.is_empty(), presented) {
+        (false, _) => (false, settings.tokens.authenticate(&authorization, now)),
+        (true, Some(token)) => (true, settings.tokens.authenticate_token(token, now)),
         (true, None) => return None,
     };
-    let peeked = presented.and_then(issuer::peek);
-    let issuer = match presented.and_then(|t| settings.tokens.issuer_of(t)) {
-        Some(found) => found.settings.issuer.clone(),
-        None => "this gate's own keys (token.secret, signing)".to_owned(),
-    };
-    let mut facts = serde_json::json!({
-        "from": from,
-        "issuer": issuer,
-        "kid": peeked.and_then(|p| p.kid).map(|k| k.into_owned()),
-    });
+    // A cookie's token, and an identity provider's issuer and key, are named; a legacy
+    // session from the header reads as it always did.
+    let mut facts = serde_json::Map::new();
+    if from_cookie {
+        facts.insert("from".into(), "cookie".into());
+    }
+    if let Some(found) = presented.and_then(|t| settings.tokens.issuer_of(t)) {
+        let kid = presented.and_then(issuer::peek).and_then(|p| p.kid);
+        facts.insert("issuer".into(), found.settings.issuer.clone().into());
+        facts.insert("kid".into(), kid.map(|k| k.into_owned()).into());
+    }
     let more = match verified {
         Ok(caller) => serde_json::json!({
             "subject": caller.claims.subject(),
@@ -720,10 +718,10 @@ fn token_facts(settings: &Settings, header: &RequestHeader, now: u64) -> Option<
         }),
         Err(error) => serde_json::json!({ "invalid": error.message }),
     };
-    if let (Some(facts), Value::Object(more)) = (facts.as_object_mut(), more) {
+    if let Value::Object(more) = more {
         facts.extend(more);
     }
-    Some(facts)
+    Some(Value::Object(facts))
 }
 
 /// tokengate's answer as the client receives it.
