@@ -22,3 +22,31 @@ wait_port() {
   echo "nothing listens on $1" >&2
   return 1
 }
+
+# A process and all its descendants (nginx's workers).
+tree() {
+  local all=("$1") i=0 kids
+  while [ "$i" -lt "${#all[@]}" ]; do
+    kids=$(cat "/proc/${all[$i]}/task/"*/children 2>/dev/null || true)
+    for k in $kids; do all+=("$k"); done
+    i=$((i + 1))
+  done
+  echo "${all[@]}"
+}
+
+# CPU ticks of a process tree, user + system.
+cpu_ticks() {
+  local total=0 t p
+  for p in $(tree "$1"); do
+    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
+
+# wrk's latency lines read like "50%  1.23ms"; normalise to microseconds.
+to_us() { awk '{ v=$1; u=v; gsub(/[0-9.]/,"",u); gsub(/[a-z]/,"",v);
+  if (u=="us") print v; else if (u=="ms") print v*1000; else if (u=="s") print v*1000000; else print v }'; }
+
+# The median of the numbers on stdin.
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

@@ -225,31 +225,6 @@ if [ -n "${BARE_PUBLISHED:-}" ]; then
 fi
 TARGETS+=(pingora tg-proxy tg-auth tg-token tg-authorize traefik caddy)
 
-# A process and all its descendants (nginx's workers).
-tree() {
-  local all=("$1") i=0 kids
-  while [ "$i" -lt "${#all[@]}" ]; do
-    kids=$(cat "/proc/${all[$i]}/task/"*/children 2>/dev/null || true)
-    for k in $kids; do all+=("$k"); done
-    i=$((i + 1))
-  done
-  echo "${all[@]}"
-}
-
-# CPU ticks of a process tree, user + system.
-cpu_ticks() {
-  local total=0 t p
-  for p in $(tree "$1"); do
-    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-    total=$((total + t))
-  done
-  echo "$total"
-}
-
-# wrk's latency lines read like "50%  1.23ms"; normalise to microseconds.
-to_us() { awk '{ v=$1; u=v; gsub(/[0-9.]/,"",u); gsub(/[a-z]/,"",v);
-  if (u=="us") print v; else if (u=="ms") print v*1000; else if (u=="s") print v*1000000; else print v }'; }
-
 for round in $(seq "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
     before=$(cpu_ticks "${PID[$t]}")
@@ -267,7 +242,6 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 declare -A RPS P50 P99 CPU
 for t in "${TARGETS[@]}"; do
   RPS[$t]=$(awk -v t="$t" '$1==t {print $2}' "$work/results" | median)

@@ -371,14 +371,17 @@ where
                 |h2_stream, guard| {
                     let app = app.clone();
                     let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
+                    // Boxed: a task stores its future by value and moves it whole at each
+                    // stage (spawned, finished, consumed), and a request's future is large;
+                    // behind a box each move is a pointer's.
+                    pingora_runtime::current_handle().spawn(Box::pin(async move {
                         // hold `guard` for the session's lifetime so the accept
                         // loop's idle timeout sees this connection as busy.
                         let _guard = guard;
                         // Note, `PersistentSettings` not currently relevant for h2
                         app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
                             .await;
-                    });
+                    }));
                 },
             ))
             .await;
