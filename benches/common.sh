@@ -50,3 +50,22 @@ to_us() { awk '{ v=$1; u=v; gsub(/[0-9.]/,"",u); gsub(/[a-z]/,"",v);
 
 # The median of the numbers on stdin.
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+# An nginx configuration $work/NAME/nginx.conf: one worker, keep-alive without limit, an
+# `upstream backend` pool to $P200, and the given http-level lines (its server blocks).
+nginx_conf() { # name, server block
+  mkdir -p "$work/$1"
+  cat > "$work/$1/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/$1/nginx.pid;
+error_log $work/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$P200; keepalive 128; }
+  $2
+}
+EOF
+}

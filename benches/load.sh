@@ -67,22 +67,6 @@ trap cleanup EXIT
 
 read -r P200 PPROXY PHA PHAJWT PBARE PTG PADMIN PTRAEFIK PCADDY PPUB PAUTH <<<"$(free_ports 11)"
 
-nginx_conf() { # name, server block
-  mkdir -p "$work/$1"
-  cat > "$work/$1/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/$1/nginx.pid;
-error_log $work/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend { server 127.0.0.1:$P200; keepalive 128; }
-  $2
-}
-EOF
-}
 nginx_conf n200 "server { listen 127.0.0.1:$P200; location / { return 200 'upstream says hi'; } }"
 nginx_conf nproxy "server { listen 127.0.0.1:$PPROXY; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 nginx -c "$work/n200/nginx.conf" -p "$work/n200" -e "$work/n200/error.log" & pids+=($!); N200_PID=$!

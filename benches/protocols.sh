@@ -55,30 +55,8 @@ cat "$work/cert.pem" "$work/key.pem" > "$work/both.pem"
 
 read -r P200 TG TG_TLS TG_ADMIN BARE BARE_TLS HA HA_TLS HAJ HAJ_TLS NG NG_H2C NG_TLS <<<"$(free_ports 13)"
 
-mkdir -p "$work/n200" "$work/nginx"
-cat > "$work/n200/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/n200/nginx.pid;
-error_log $work/n200/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$P200; location / { return 200 'upstream says hi'; } }
-}
-EOF
-cat > "$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend { server 127.0.0.1:$P200; keepalive 128; }
-  ssl_certificate $work/cert.pem;
+nginx_conf n200 "server { listen 127.0.0.1:$P200; location / { return 200 'upstream says hi'; } }"
+nginx_conf nginx "ssl_certificate $work/cert.pem;
   ssl_certificate_key $work/key.pem;
   ssl_protocols TLSv1.3;
   ssl_session_cache shared:tls:10m;
@@ -86,10 +64,8 @@ http {
     listen 127.0.0.1:$NG;
     listen 127.0.0.1:$NG_H2C http2;
     listen 127.0.0.1:$NG_TLS ssl http2;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-EOF
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }"
 nginx -c "$work/n200/nginx.conf" -p "$work/n200" -e "$work/n200/error.log" & pids+=($!)
 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -e "$work/nginx/error.log" 2>/dev/null & pids+=($!); NG_PID=$!
 

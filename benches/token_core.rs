@@ -37,15 +37,7 @@ fn bench(c: &mut Criterion) {
     )
     .unwrap();
     let auth = format!("Token token=\"{session}\"");
-    let service = TokenService {
-        keys: SharedKeyring::new(keyring()),
-        settings: Settings::default(),
-        permission: PermissionPolicy::default(),
-        minting: Default::default(),
-        signer: None,
-        minted_keys: None,
-        issuers: Vec::new(),
-    };
+    let service = service(Vec::new());
     let authorization = [auth.as_bytes()];
     let request = TokenRequest {
         authorization: &authorization,
@@ -150,15 +142,7 @@ fn identity_providers(c: &mut Criterion) {
     };
     let keys = issuer.keys.clone();
     keys.set(fresh());
-    let service = TokenService {
-        keys: SharedKeyring::new(keyring()),
-        settings: Settings::default(),
-        permission: PermissionPolicy::default(),
-        minting: Default::default(),
-        signer: None,
-        minted_keys: None,
-        issuers: vec![issuer],
-    };
+    let service = service(vec![issuer]);
     // An access token as oidc-provider issues one.
     let claims = format!(
         r#"{{"email":"alice@example.test","jti":"3y7FaJI_Mi3ukXI3hrM_vOKLfa4LBESRHNE8U86F9Dl","sub":"alice","iat":{IAT},"exp":{},"scope":"images","client_id":"alice","iss":"{ISS}","aud":"tokengate"}}"#,
@@ -178,7 +162,7 @@ fn identity_providers(c: &mut Criterion) {
         key.sign_typed("at+jwt", claims.as_bytes()).expect("signed")
     };
     let legacy = session_token(keyring().signing(), "user_id", "alice", IAT, 600).unwrap();
-    let plain = service_like(&service);
+    let plain = self::service(Vec::new());
     for (name, service, token) in [
         ("authenticate HS256 session", &plain, &legacy),
         (
@@ -211,16 +195,16 @@ fn identity_providers(c: &mut Criterion) {
     }
 }
 
-/// A service configured as `service` is, without its issuers.
-fn service_like(service: &TokenService) -> TokenService {
+/// The token service of the bench secret, with `issuers`.
+fn service(issuers: Vec<tokengate::token::issuer::Issuer>) -> TokenService {
     TokenService {
         keys: SharedKeyring::new(keyring()),
-        settings: service.settings.clone(),
+        settings: Settings::default(),
         permission: PermissionPolicy::default(),
         minting: Default::default(),
         signer: None,
         minted_keys: None,
-        issuers: Vec::new(),
+        issuers,
     }
 }
 
