@@ -53,17 +53,9 @@ cargo build --release --locked --quiet --bin tokengate --example bare_pingora
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 TICKS=$(getconf CLK_TCK)
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 # shellcheck source=benches/common.sh
 . benches/common.sh
+scratch
 
 read -r P200 PPROXY PHA PHAJWT PBARE PTG PADMIN PTRAEFIK PCADDY PPUB PAUTH <<<"$(free_ports 11)"
 
@@ -72,39 +64,8 @@ nginx_conf nproxy "server { listen 127.0.0.1:$PPROXY; location / { proxy_pass ht
 nginx -c "$work/n200/nginx.conf" -p "$work/n200" -e "$work/n200/error.log" & pids+=($!); N200_PID=$!
 nginx -c "$work/nproxy/nginx.conf" -p "$work/nproxy" -e "$work/nproxy/error.log" & pids+=($!); NPROXY_PID=$!
 
-haproxy_conf() { # name, port, extra frontend lines
-  cat > "$work/$1.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-frontend fe
-  bind 127.0.0.1:$2
-$3
-  default_backend be
-backend be
-  http-reuse always
-  server s1 127.0.0.1:$P200
-EOF
-}
-haproxy_conf haproxy "$PHA" ""
-# The same job as tokengate's authenticated forward: HS256 verified, exp checked, the subject
-# set as X-User-Id (client copies removed), the token echoed in X-token.
-haproxy_conf haproxy-jwt "$PHAJWT" "  http-request del-header X-User-Id
-  http-request set-var(txn.bearer) http_auth_bearer
-  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
-  http-request deny deny_status 401 unless { var(txn.alg) -m str HS256 }
-  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,\"$SECRET\") -m int 1 }
-  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
-  http-request set-var(txn.now) date()
-  http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int le 0 }
-  http-request set-header X-User-Id %[var(txn.bearer),jwt_payload_query('\$.user_id')]
-  http-response set-header X-token %[var(txn.bearer)]"
+haproxy_conf haproxy "$PHA" "" ""
+haproxy_conf haproxy-jwt "$PHAJWT" "" "$(haproxy_jwt_rules)"
 haproxy -db -f "$work/haproxy.cfg" & pids+=($!); HA_PID=$!
 haproxy -db -f "$work/haproxy-jwt.cfg" & pids+=($!); HAJWT_PID=$!
 
@@ -153,22 +114,14 @@ for _ in $(seq 100); do
 done
 
 TOKEN=$(./target/release/tokengate -c "$work/tokengate.yaml" sign --user-id f551a1cb-930e-4501-87a9-f51a0718da3e --ttl 1h)
-COUNT='done = function(summary, latency, requests)
-  io.write(string.format("non2xx %d\n", summary.errors.status))
-end'
 cat > "$work/token.lua" <<EOF
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 wrk.headers["Authorization"] = 'Token token="$TOKEN"'
 wrk.body = "permission=%7B%22abilities%22%3A%7B%22album_id%22%3A%7B%22Access%22%3A%7B%22see%22%3Atrue%2C%22image_list%22%3Atrue%2C%22image_upload%22%3Atrue%2C%22image_delete%22%3Atrue%2C%22fullscreen%22%3Atrue%2C%22image_caption%22%3Atrue%7D%7D%2C%22tags%22%3A%7B%22auto_tag%22%3A%22test%22%7D%7D%2C%22Id%22%3A%22album_id%22%7D"
--- Count non-2xx answers: a benchmark of refusals would measure the wrong thing.
-$COUNT
+$WRK_COUNT
 EOF
-printf '%s\n' "$COUNT" > "$work/get.lua"
-cat > "$work/auth.lua" <<EOF
-wrk.headers["Authorization"] = "Bearer $TOKEN"
-$COUNT
-EOF
+wrk_scripts "$TOKEN"
 # What nginx's auth_request asks about that same request (conf/gateways/nginx.conf).
 cat > "$work/authorize.lua" <<EOF
 wrk.headers["Authorization"] = "Bearer $TOKEN"
@@ -176,14 +129,10 @@ wrk.headers["X-Original-Method"] = "GET"
 wrk.headers["X-Original-URI"] = "/images"
 wrk.headers["X-Forwarded-Host"] = "127.0.0.1:$PTG"
 wrk.headers["X-Real-IP"] = "127.0.0.1"
-$COUNT
+$WRK_COUNT
 EOF
-# Both JWT-checking proxies must really check: a forged token is refused by each. The forgery
-# changes the signature's first character: its last one may carry only padding bits, which a
-# lenient base64 decoder (HAProxy's) ignores, so changing it may forge nothing.
-SIG=${TOKEN##*.}
-FIRST=A; [ "${SIG:0:1}" = A ] && FIRST=B
-FORGED="${TOKEN%.*}.$FIRST${SIG:1}"
+# The JWT-checking proxy must really check: a forged token is refused.
+FORGED=$(forged "$TOKEN")
 for port in "$PHAJWT"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $FORGED" "http://127.0.0.1:$port/images")
   [ "$code" = 401 ] || { echo "haproxy-jwt let a forged token through ($code)" >&2; exit 1; }

@@ -37,16 +37,9 @@ done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 TICKS=$(getconf CLK_TCK)
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 # shellcheck source=benches/common.sh
 . benches/common.sh
+scratch
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
   -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
@@ -69,39 +62,9 @@ nginx_conf nginx "ssl_certificate $work/cert.pem;
 nginx -c "$work/n200/nginx.conf" -p "$work/n200" -e "$work/n200/error.log" & pids+=($!)
 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -e "$work/nginx/error.log" 2>/dev/null & pids+=($!); NG_PID=$!
 
-haproxy_conf() { # name, port, TLS port, extra frontend lines
-  cat > "$work/$1.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 4000
-  ssl-default-bind-options ssl-min-ver TLSv1.3
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-frontend fe
-  bind 127.0.0.1:$2
-  bind 127.0.0.1:$3 ssl crt $work/both.pem alpn h2,http/1.1
-$4
-  default_backend be
-backend be
-  http-reuse always
-  server s1 127.0.0.1:$P200
-EOF
-}
-haproxy_conf haproxy "$HA" "$HA_TLS" ""
-haproxy_conf haproxy-jwt "$HAJ" "$HAJ_TLS" "  http-request del-header X-User-Id
-  http-request set-var(txn.bearer) http_auth_bearer
-  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
-  http-request deny deny_status 401 unless { var(txn.alg) -m str HS256 }
-  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,\"$SECRET\") -m int 1 }
-  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
-  http-request set-var(txn.now) date()
-  http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int le 0 }
-  http-request set-header X-User-Id %[var(txn.bearer),jwt_payload_query('\$.user_id')]
-  http-response set-header X-token %[var(txn.bearer)]"
+tls_bind() { echo "  bind 127.0.0.1:$1 ssl crt $work/both.pem alpn h2,http/1.1 ssl-min-ver TLSv1.3"; }
+haproxy_conf haproxy "$HA" "$(tls_bind "$HA_TLS")" ""
+haproxy_conf haproxy-jwt "$HAJ" "$(tls_bind "$HAJ_TLS")" "$(haproxy_jwt_rules)"
 haproxy -db -f "$work/haproxy.cfg" & pids+=($!); HA_PID=$!
 haproxy -db -f "$work/haproxy-jwt.cfg" & pids+=($!); HAJ_PID=$!
 
@@ -127,11 +90,7 @@ done
 TOKEN=$(./target/release/tokengate -c "$work/tokengate.yaml" sign --user-id f551a1cb-930e-4501-87a9-f51a0718da3e --ttl 1h)
 AUTH="Authorization: Bearer $TOKEN"
 
-COUNT='done = function(summary, latency, requests)
-  io.write(string.format("non2xx %d\n", summary.errors.status))
-end'
-printf '%s\n' "$COUNT" > "$work/get.lua"
-printf 'wrk.headers["Authorization"] = "Bearer %s"\n%s\n' "$TOKEN" "$COUNT" > "$work/auth.lua"
+wrk_scripts "$TOKEN"
 
 TARGETS=(tg-proxy tg-auth pingora haproxy haproxy-jwt nginx)
 declare -A PLAIN TLSP H2CP PID HEADER
@@ -143,8 +102,7 @@ authorized() { [ "$1" = tg-auth ] || [ "$1" = haproxy-jwt ]; }
 
 # Every job must really be done: HAProxy refuses a forged token, tokengate echoes a valid one
 # (it verified it), and every load below checks that each answer is a 2xx.
-SIG=${TOKEN##*.}; FIRST=A; [ "${SIG:0:1}" = A ] && FIRST=B
-code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN%.*}.$FIRST${SIG:1}" "https://127.0.0.1:$HAJ_TLS/images")
+code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(forged "$TOKEN")" "https://127.0.0.1:$HAJ_TLS/images")
 [ "$code" = 401 ] || { echo "haproxy-jwt let a forged token through ($code)" >&2; exit 1; }
 curl -sk -D - -o /dev/null -H "$AUTH" "https://127.0.0.1:$TG_TLS/images" | grep -qi '^x-token:' \
   || { echo "tokengate did not verify the token" >&2; exit 1; }
