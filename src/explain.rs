@@ -708,7 +708,7 @@ fn token_facts(settings: &Settings, header: &RequestHeader, now: u64) -> Option<
     if let Some(found) = presented.and_then(|t| settings.tokens.issuer_of(t)) {
         let kid = presented.and_then(issuer::peek).and_then(|p| p.kid);
         facts.insert("issuer".into(), found.settings.issuer.clone().into());
-        facts.insert("kid".into(), kid.map(|k| k.into_owned()).into());
+        facts.insert("kid".into(), kid.into());
     }
     let more = match verified {
         Ok(caller) => serde_json::json!({

@@ -161,7 +161,7 @@ impl Fetcher {
 
 /// Fetches `settings`' key set (discovering its address first unless configured or already
 /// `discovered`): the keys and the address they came from.
-pub fn fetch_blocking(
+fn fetch_blocking(
     settings: &IssuerSettings,
     discovered: Option<String>,
     now: u64,

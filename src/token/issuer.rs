@@ -588,15 +588,16 @@ impl Issuer {
 /// What a token says about where its keys are, read before anything is verified: only to
 /// choose an issuer and know whether its key is at hand.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Peek<'t> {
+pub struct Peek {
     /// `iss`, when the payload is an object with a string one.
-    pub iss: Option<Cow<'t, str>>,
+    pub iss: Option<String>,
     /// The header's `kid`.
-    pub kid: Option<Cow<'t, str>>,
+    pub kid: Option<String>,
 }
 
-/// The `iss` and `kid` of `token`, or `None` when it is not a three-part JWT of JSON objects.
-pub fn peek(token: &str) -> Option<Peek<'static>> {
+/// The `iss` and `kid` of `token`, or `None` when its header and payload are not base64url
+/// JSON objects.
+pub fn peek(token: &str) -> Option<Peek> {
     #[derive(Deserialize)]
     struct Header<'a> {
         #[serde(borrow)]
@@ -614,13 +615,13 @@ pub fn peek(token: &str) -> Option<Peek<'static>> {
     let header: Header = serde_json::from_slice(&header).ok()?;
     let payload: Payload = serde_json::from_slice(&payload).ok()?;
     Some(Peek {
-        iss: payload.iss.map(|s| Cow::Owned(s.into_owned())),
-        kid: header.kid.map(|s| Cow::Owned(s.into_owned())),
+        iss: payload.iss.map(Cow::into_owned),
+        kid: header.kid.map(Cow::into_owned),
     })
 }
 
 /// The issuer among `issuers` whose tokens `peeked` claims to be.
-pub fn issuer_of<'i>(issuers: &'i [Issuer], peeked: &Peek<'_>) -> Option<(usize, &'i Issuer)> {
+pub fn issuer_of<'i>(issuers: &'i [Issuer], peeked: &Peek) -> Option<(usize, &'i Issuer)> {
     let iss = peeked.iss.as_deref()?;
     issuers
         .iter()
