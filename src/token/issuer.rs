@@ -20,6 +20,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::mint::{Claim, ObjectWriter};
 use super::object::Object;
 use super::settings::Settings;
 use super::verify::{self, Claims, SignatureKeys, BAD_ALGORITHM, BAD_SIGNATURE, UNKNOWN_KID};
@@ -553,35 +554,36 @@ impl Issuer {
     /// The session claims of a verified token.
     fn session(&self, claims: &Claims, subject_claim: &str) -> Result<Claims, ApiError> {
         let mut out = Vec::with_capacity(256);
-        out.push(b'{');
-        let subject = claims.subject();
-        let mut entry = |name: &str, raw: &str| {
-            if out.len() > 1 {
-                out.push(b',');
-            }
-            // A name is a JSON string already escaped as serde_json writes it.
-            let _ = serde_json::to_writer(&mut out, name);
-            out.push(b':');
-            out.extend_from_slice(raw.as_bytes());
-        };
-        let quoted = serde_json::to_string(subject).map_err(|_| verify::MALFORMED)?;
-        entry(subject_claim, &quoted);
+        self.write_session(&mut out, claims, subject_claim)
+            .map_err(|_| verify::MALFORMED)?;
+        let text = String::from_utf8(out).map_err(|_| verify::MALFORMED)?;
+        let object = Object::parse(text).map_err(|_| verify::MALFORMED)?;
+        Claims::of_session(object, subject_claim).ok_or(verify::MALFORMED)
+    }
+
+    /// The session's claims as a JSON object: the subject under `subject_claim`, the times
+    /// and the kept claims in the token's order, then the issuer when recorded.
+    fn write_session(
+        &self,
+        out: &mut Vec<u8>,
+        claims: &Claims,
+        subject_claim: &str,
+    ) -> serde_json::Result<()> {
         let settings = &self.settings;
+        let mut object = ObjectWriter::new(out);
+        object.entry(subject_claim, Claim::Text(claims.subject()))?;
         for (name, raw) in claims.iter() {
             let kept =
                 matches!(name, "exp" | "iat" | "nbf") || settings.claims.iter().any(|c| c == name);
             if kept && name != settings.subject_claim {
-                entry(name, raw);
+                object.entry(name, Claim::Raw(raw))?;
             }
         }
         if let Some(name) = &settings.issuer_claim {
-            let iss = serde_json::to_string(&settings.issuer).map_err(|_| verify::MALFORMED)?;
-            entry(name, &iss);
+            object.entry(name, Claim::Text(&settings.issuer))?;
         }
-        out.push(b'}');
-        let text = String::from_utf8(out).map_err(|_| verify::MALFORMED)?;
-        let object = Object::parse(text).map_err(|_| verify::MALFORMED)?;
-        Claims::of_session(object, subject_claim).ok_or(verify::MALFORMED)
+        object.end();
+        Ok(())
     }
 }
 

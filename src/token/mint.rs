@@ -9,7 +9,7 @@ use super::verify::Claims;
 
 /// One claim of the minted payload: the caller's or the permission's raw JSON as received, a
 /// capped `exp`, or a configured string.
-enum Claim<'a> {
+pub(crate) enum Claim<'a> {
     Raw(&'a str),
     Exp(u64),
     Text(&'a str),
@@ -17,18 +17,18 @@ enum Claim<'a> {
 
 /// A JSON object written entry by entry: names escaped as serde_json escapes them, raw values
 /// copied as they are.
-struct ObjectWriter<'a> {
+pub(crate) struct ObjectWriter<'a> {
     out: &'a mut Vec<u8>,
     empty: bool,
 }
 
 impl<'a> ObjectWriter<'a> {
-    fn new(out: &'a mut Vec<u8>) -> Self {
+    pub(crate) fn new(out: &'a mut Vec<u8>) -> Self {
         out.push(b'{');
         ObjectWriter { out, empty: true }
     }
 
-    fn entry(&mut self, name: &str, claim: Claim<'_>) -> serde_json::Result<()> {
+    pub(crate) fn entry(&mut self, name: &str, claim: Claim<'_>) -> serde_json::Result<()> {
         if !std::mem::take(&mut self.empty) {
             self.out.push(b',');
         }
@@ -42,7 +42,7 @@ impl<'a> ObjectWriter<'a> {
         Ok(())
     }
 
-    fn end(self) {
+    pub(crate) fn end(self) {
         self.out.push(b'}');
     }
 }
