@@ -241,6 +241,45 @@ fn a_refused_streamed_body_never_reaches_the_upstream_whole() {
     every.tg.assert_no_panic();
 }
 
+/// A body without a length goes upstream chunked. An HTTP/2 client commonly ends its stream
+/// with an empty DATA frame; Pingora wrote that as a zero-size chunk, the last-chunk marker,
+/// then the marker again, which the upstream read as the start of a next request and answered
+/// `400` on a connection the pool handed to someone else (vendor/README.md, empty chunk).
+#[test]
+fn a_streamed_body_reaches_the_upstream_as_exactly_one_request_on_every_protocol() {
+    let up = Recorder::start();
+    let every = EveryProtocol::start("decide-first-framing", up.addr, CONFIG, &[]);
+    let uploader = mint(&every.tg, r#"{"image_upload":true}"#);
+    let mut sent = 0;
+    for protocol in PROTOCOLS {
+        // A form is scanned as it streams, an opaque body is not: both are framed the same.
+        for content_type in [FORM, "application/octet-stream"] {
+            for framing in [BodyFraming::Unframed, BodyFraming::Bytes] {
+                let request = Req::new("POST", "/albums/a1/images")
+                    .header("authorization", &format!("Bearer {uploader}"))
+                    .header("content-type", content_type)
+                    .body(b"caption=nice", framing);
+                let answer = every.send(protocol, &request);
+                let what = format!("{} {content_type} {framing:?}", protocol.name());
+                assert_eq!(status(&answer), Some(200), "{what}: {answer:?}");
+                sent += 1;
+                let requests = up.requests();
+                assert_eq!(requests.len(), sent, "{what}");
+                assert_eq!(requests[sent - 1].body, b"caption=nice", "{what}");
+                // Whatever followed reached the upstream before the next request did.
+                let stray: Vec<String> = up
+                    .unparsed()
+                    .iter()
+                    .filter(|tail| !tail.is_empty())
+                    .map(|tail| String::from_utf8_lossy(tail).into_owned())
+                    .collect();
+                assert!(stray.is_empty(), "{what}: the upstream also got {stray:?}");
+            }
+        }
+    }
+    every.tg.assert_no_panic();
+}
+
 #[test]
 fn a_body_read_ahead_behind_100_continue_keeps_the_connection_and_the_pipeline() {
     let up = Recorder::start();

@@ -70,6 +70,19 @@ impl Recorder {
         conns.iter().map(|c| c.lock().unwrap().clone()).collect()
     }
 
+    /// What each connection received after its last whole request: bytes that are neither a
+    /// request nor the start of one show a proxy that framed a message wrong.
+    pub fn unparsed(&self) -> Vec<Vec<u8>> {
+        let mut tails = Vec::new();
+        for mut data in self.received() {
+            while let Some((_, used)) = parse(&data) {
+                data.drain(..used);
+            }
+            tails.push(data);
+        }
+        tails
+    }
+
     /// The requests read whole so far.
     pub fn requests(&self) -> Vec<Received> {
         self.requests.lock().unwrap().clone()

@@ -1392,6 +1392,11 @@ impl BodyWriter {
         S: AsyncWrite + Unpin + Send,
     {
         match self.body_mode {
+            // A zero-size chunk is the last-chunk marker, which only `finish` may write: empty
+            // bytes (an HTTP/2 stream ending in an empty DATA frame) would otherwise end the body
+            // early, and the marker `finish` writes after them would reach the peer as the
+            // start of a next message.
+            BM::ChunkedEncoding(_) if buf.is_empty() => Ok(Some(0)),
             BM::ChunkedEncoding(written) => {
                 let chunk_size = buf.len();
 
@@ -1883,7 +1888,13 @@ impl BodyWriter {
     {
         // Move to Writing state if we're Idle
         if matches!(self.send_body_state.write_state, WriteState::Idle) {
-            if let Some(bytes) = self.send_body_state.pending_bytes.take() {
+            let pending = self.send_body_state.pending_bytes.take();
+            // Empty bytes are not a chunk: see `do_write_chunked_body`.
+            if pending.as_ref().is_some_and(|b| b.is_empty()) {
+                self.send_body_state.write_state = WriteState::Done(0);
+                return Poll::Ready(Ok(Some(0)));
+            }
+            if let Some(bytes) = pending {
                 let application_bytes_size = bytes.len();
 
                 // Format the chunk: size\r\ndata\r\n
@@ -3307,6 +3318,50 @@ mod tests {
         let res = body_writer.finish(&mut mock_io).await.unwrap().unwrap();
         assert_eq!(res, data.len() * 2);
         assert_eq!(body_writer.body_mode, BodyMode::Complete(data.len() * 2));
+    }
+
+    #[tokio::test]
+    async fn write_body_chunked_empty_is_not_a_chunk() {
+        init_log();
+        let data = b"abcdefghij";
+        let output = b"A\r\nabcdefghij\r\n";
+        // One chunk and one last-chunk marker: the empty writes put nothing on the wire.
+        let mut mock_io = Builder::new()
+            .write(&output[..])
+            .write(&LAST_CHUNK[..])
+            .build();
+        let mut body_writer = BodyWriter::new();
+        body_writer.init_chunked();
+        let res = body_writer.write_body(&mut mock_io, b"").await.unwrap();
+        assert_eq!(res, Some(0));
+        let res = body_writer.write_body(&mut mock_io, &data[..]).await.unwrap();
+        assert_eq!(res, Some(data.len()));
+        let res = body_writer.write_body(&mut mock_io, b"").await.unwrap();
+        assert_eq!(res, Some(0));
+        assert_eq!(body_writer.body_mode, BodyMode::ChunkedEncoding(data.len()));
+        let res = body_writer.finish(&mut mock_io).await.unwrap();
+        assert_eq!(res, Some(data.len()));
+    }
+
+    #[tokio::test]
+    async fn write_body_task_chunked_empty_is_not_a_chunk() {
+        init_log();
+        let data = b"abcdefghij";
+        let output = b"A\r\nabcdefghij\r\n";
+        let mut mock_io = Builder::new()
+            .write(&output[..])
+            .write(&LAST_CHUNK[..])
+            .build();
+        let mut body_writer = BodyWriter::new();
+        body_writer.init_chunked();
+        for bytes in [&b""[..], &data[..], &b""[..]] {
+            body_writer.send_body_task(Bytes::copy_from_slice(bytes), None);
+            let res = body_writer.write_current_body_task(&mut mock_io).await;
+            assert_eq!(res.unwrap(), Some(bytes.len()));
+        }
+        body_writer.send_finish_task();
+        let res = body_writer.write_current_finish_task(&mut mock_io).await;
+        assert_eq!(res.unwrap(), Some(data.len()));
     }
 
     #[tokio::test]
