@@ -116,10 +116,14 @@ fn upgrade_under_a_stream_of_requests_fails_none() {
     stop.store(true, Ordering::Relaxed);
     let errors = client.join().unwrap();
     assert!(new.alive());
+    // What each instance logged says which of them failed a request, and why.
+    let logs = |tg: &Tokengate| tg.stderr.lock().unwrap().join("\n");
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
-        "failed requests: {errors:?}"
+        "failed requests: {errors:?}\nold instance:\n{}\nnew instance:\n{}",
+        logs(&old),
+        logs(&new)
     );
     assert!(
         after_old > before,
