@@ -585,6 +585,35 @@ fn grpc_passes_through_over_h2c_and_to_a_tls_h2_upstream() {
     assert!(up.seen().is_empty(), "every call went to the gRPC group");
 }
 
+/// An HTTP/2 upstream that ends its response with an empty DATA frame: the HTTP/1.1 client gets
+/// it chunked with one last chunk, and its keep-alive connection carries the next answer intact.
+/// The request direction once sent a second last-chunk marker for such a frame
+/// (`vendor/pingora-core-empty-chunk.patch`); this is the response direction's check.
+#[test]
+fn an_http2_response_ending_in_an_empty_data_frame_keeps_an_http1_connection_in_step() {
+    let h2 = Peer::start("h2c_upstream.py", &[]);
+    let conf = conf(
+        "h2-empty-end",
+        &format!(
+            "tokengate:\n  upstreams:\n    h2: {{addresses: ['{}'], protocol: h2c}}\n  routes:\n    - {{name: h2, path: /h2, upstream: h2}}\n",
+            h2.addr()
+        ),
+    );
+    let up = Upstream::start();
+    let tg = Tokengate::start_with_args(up.addr, &[], &["-c", &conf]);
+    let mut conn = Pipelined::new(tg.connect());
+    for path in ["/h2/one", "/h2/two", "/h2/three"] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+        conn.stream.write_all(raw.as_bytes()).unwrap();
+        let r = conn.next(false).unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, path));
+        assert_eq!(r.header("Transfer-Encoding"), Some("chunked"));
+        assert_eq!(conn.pending(), b"", "after {path}");
+    }
+    assert!(up.seen().is_empty());
+    tg.assert_no_panic();
+}
+
 const UPSTREAM_TLS: &str = "tokengate:
   upstreams:
     verified: {addresses: ['UP'], tls: {ca_file: CA}}
