@@ -22,6 +22,7 @@ use bytes::BytesMut;
 use log::{debug, error};
 use std::any::Any;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,17 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long a plaintext connection may take to show whether it speaks h2c: as long as an
 /// HTTP/1 connection may wait for its first request.
 const H2C_PREFACE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `make()`'s future, boxed. The box is allocated first so that the future can be written
+/// straight into it: `Box::pin(make())` builds it on the stack and copies it, all of it, though
+/// a future not yet polled holds only its captures.
+#[inline(always)]
+fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: written just above.
+    Box::into_pin(unsafe { slot.assume_init() })
+}
 
 #[async_trait]
 /// This trait defines the interface of a transport layer (TCP or TLS) application.
@@ -374,7 +386,7 @@ where
                     // Boxed: a task stores its future by value and moves it whole at each
                     // stage (spawned, finished, consumed), and a request's future is large;
                     // behind a box each move is a pointer's.
-                    pingora_runtime::current_handle().spawn(Box::pin(async move {
+                    pingora_runtime::current_handle().spawn(boxed_in_place(move || async move {
                         // hold `guard` for the session's lifetime so the accept
                         // loop's idle timeout sees this connection as busy.
                         let _guard = guard;
@@ -432,6 +444,16 @@ where
 mod tests {
     use super::*;
     use tokio_test::io::Builder;
+
+    #[tokio::test]
+    async fn boxed_in_place_runs_the_future_it_makes() {
+        let captured = String::from("captured");
+        let fut = boxed_in_place(move || async move {
+            tokio::task::yield_now().await;
+            captured.len()
+        });
+        assert_eq!(fut.await, 8);
+    }
 
     #[test]
     fn test_persistent_settings_user_context_roundtrip() {
